@@ -1,0 +1,190 @@
+//! One function per subcommand: each takes resolved settings, does the
+//! work through the backends, prints its result, and returns the exit status.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::backend::docker::{Container, ContainerQuery, DockerBackend};
+use crate::backend::{short_id, RemovalOptions, RemovalOutcome, RemovalReport};
+use crate::errors::{Error, ExitStatus};
+use crate::owner::{self, LabelledOwner};
+use crate::report::{format_age, table};
+use crate::settings::{DockerCleanupSettings, GlobalSettings, ListSettings};
+use crate::sweep::{self, ContainerSelection, DockerSweep, SweepResult};
+
+/// `benchwarden list --docker`.
+pub async fn list(global: &GlobalSettings, settings: &ListSettings) -> Result<ExitStatus, Error> {
+    let _ = global;
+    let backend = DockerBackend::connect().await?;
+    let query = ContainerQuery {
+        labels: settings.labels.clone(),
+        all: settings.all,
+    };
+    let mut containers = backend
+        .list_containers(&query)
+        .await
+        .map_err(|error| Error::Docker {
+            operation: "list containers".to_string(),
+            reason: error.to_string(),
+        })?;
+    containers.sort_by(|left, right| right.created.cmp(&left.created));
+    if settings.json {
+        print_json(&containers)?;
+    } else {
+        print_stdout(&container_table(&containers))?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn container_table(containers: &[Container]) -> String {
+    let now = sweep::now_unix();
+    let rows: Vec<Vec<String>> = containers
+        .iter()
+        .map(|container| {
+            let owner = LabelledOwner::from_labels(&container.labels)
+                .map(|owner| {
+                    format!(
+                        "{}/{}",
+                        owner.run_id,
+                        owner.task_id.unwrap_or_else(|| "?".to_string())
+                    )
+                })
+                .unwrap_or_else(|| "-".to_string());
+            vec![
+                short_id(&container.id).to_string(),
+                container.name.clone(),
+                container.image.clone(),
+                container.state.clone(),
+                format_age(now - container.created),
+                container
+                    .compose_project
+                    .clone()
+                    .unwrap_or_else(|| "-".to_string()),
+                owner,
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NAME", "IMAGE", "STATE", "AGE", "PROJECT", "OWNER"],
+        &rows,
+    )
+}
+
+/// `benchwarden cleanup docker`.
+pub async fn cleanup_docker(
+    global: &GlobalSettings,
+    settings: &DockerCleanupSettings,
+) -> Result<ExitStatus, Error> {
+    let backend = DockerBackend::connect().await?;
+    let sweep = DockerSweep {
+        selection: ContainerSelection {
+            exited: settings.exited,
+            older_than: settings.older_than,
+            labels: settings.labels.clone(),
+        },
+        stop_timeout: settings.stop_timeout,
+        volumes: settings.volumes,
+        dry_run: settings.dry_run,
+        removal: RemovalOptions {
+            parallel: settings.parallel,
+            fail_fast: settings.fail_fast,
+            retry: global.retry.clone(),
+        },
+    };
+    let this_host = owner::host_name();
+    let result = sweep::sweep_docker(&backend, &sweep, &global.output, |container| {
+        let owner = LabelledOwner::from_labels(&container.labels)?;
+        owner
+            .may_be_alive(&this_host)
+            .then(|| format!("owned by run {}, which is still alive", owner.run_id))
+    })
+    .await?;
+    if settings.json {
+        print_json(&result)?;
+    } else {
+        print_stdout(&sweep_summary(&result))?;
+    }
+    Ok(if result.failed() > 0 {
+        ExitStatus::Failure
+    } else {
+        ExitStatus::Success
+    })
+}
+
+/// The closing lines of a sweep: counts, then each failure with its reason.
+pub fn sweep_summary(result: &SweepResult) -> String {
+    let mut text = String::new();
+    let mut line = |label: &str, report: &RemovalReport| {
+        if report.results.is_empty() {
+            return;
+        }
+        if result.dry_run {
+            text.push_str(&format!(
+                "{label}: {} would be removed\n",
+                report.would_remove()
+            ));
+            return;
+        }
+        text.push_str(&format!(
+            "{label}: {} removed, {} already gone, {} failed",
+            report.removed(),
+            report.already_gone(),
+            report.failed()
+        ));
+        if report.not_attempted() > 0 {
+            text.push_str(&format!(
+                ", {} not attempted (--fail-fast)",
+                report.not_attempted()
+            ));
+        }
+        text.push('\n');
+    };
+    line("containers", &result.containers);
+    line("networks", &result.networks);
+    line("volumes", &result.volumes);
+    if result.containers.results.is_empty() {
+        text.push_str("containers: none matched\n");
+    }
+    if !result.protected.is_empty() {
+        text.push_str(&format!(
+            "{} left alone because a live run owns them\n",
+            result.protected.len()
+        ));
+    }
+    for report in [&result.containers, &result.networks, &result.volumes] {
+        for (resource, outcome) in &report.results {
+            if let RemovalOutcome::Failed { error, attempts } = outcome {
+                text.push_str(&format!(
+                    "  failed: {resource}: {error} (after {attempts} attempt(s))\n"
+                ));
+            }
+        }
+    }
+    text
+}
+
+pub fn print_json(value: &impl Serialize) -> Result<(), Error> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|error| Error::Docker {
+        operation: "encode JSON output".to_string(),
+        reason: error.to_string(),
+    })?;
+    text.push('\n');
+    print_stdout(&text)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a message.
+pub fn print_stdout(text: &str) -> Result<(), Error> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Io {
+            what: "write to",
+            path: "stdout".into(),
+            source: error,
+        }),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,398 @@
+//! The Docker backend: connects to the engine (honouring `DOCKER_HOST`),
+//! lists containers, networks and volumes, removes them, and classifies
+//! every Engine API error once for the retry policy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use bollard::query_parameters::{
+    ListContainersOptions, ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions,
+    RemoveVolumeOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use serde::Serialize;
+
+use super::{Kind, LabelSelector, Remover, ResourceRef};
+use crate::errors::Error;
+use crate::retry::{CallTimeout, Classify, ErrorClass};
+
+/// The label docker compose puts on everything of a project.
+pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
+
+const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
+
+/// A connected Docker engine.
+#[derive(Clone)]
+pub struct DockerBackend {
+    client: Docker,
+    address: String,
+}
+
+/// A container as `list` shows it and the filters see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub state: String,
+    /// Unix seconds, from the list API's `Created`.
+    pub created: i64,
+    pub labels: BTreeMap<String, String>,
+    pub compose_project: Option<String>,
+}
+
+impl Container {
+    pub fn resource(&self) -> ResourceRef {
+        ResourceRef {
+            kind: Kind::Container,
+            id: self.id.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// Not running: exited, dead, or created and never started.
+    pub fn is_exited(&self) -> bool {
+        matches!(self.state.as_str(), "exited" | "dead" | "created")
+    }
+}
+
+/// A network or volume, with its labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelledResource {
+    pub resource: ResourceRef,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a Docker call failed with, already sorted for the retry policy.
+#[derive(Debug, Clone)]
+pub struct DockerError {
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl fmt::Display for DockerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.status {
+            Some(status) => write!(f, "{} (HTTP {status})", self.message.trim()),
+            None => f.write_str(self.message.trim()),
+        }
+    }
+}
+
+impl From<bollard::errors::Error> for DockerError {
+    fn from(error: bollard::errors::Error) -> Self {
+        match error {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message,
+            } => DockerError {
+                status: Some(status_code),
+                message,
+            },
+            bollard::errors::Error::RequestTimeoutError => DockerError {
+                status: None,
+                message: "request timed out".to_string(),
+            },
+            other => DockerError {
+                status: None,
+                message: error_chain(&other),
+            },
+        }
+    }
+}
+
+impl Classify for DockerError {
+    fn class(&self) -> ErrorClass {
+        match self.status {
+            // Removed already, by us or by someone else.
+            Some(404) => ErrorClass::Done,
+            // "removal of container … is already in progress", "volume is in use" while its
+            // container goes: both settle by themselves.
+            Some(409) => ErrorClass::Retryable { wait: None },
+            Some(429) => ErrorClass::Retryable { wait: None },
+            Some(status) if status >= 500 => ErrorClass::Retryable { wait: None },
+            Some(_) => ErrorClass::Fatal,
+            // No status: connection refused or reset, timeouts, broken streams.
+            None => ErrorClass::Retryable { wait: None },
+        }
+    }
+}
+
+impl CallTimeout for DockerError {
+    fn call_timed_out(after: Duration) -> Self {
+        DockerError {
+            status: None,
+            message: format!("no answer within {}", humantime::format_duration(after)),
+        }
+    }
+}
+
+/// Which containers to list. Label selectors go to the daemon; the rest is
+/// applied here so that the semantics do not depend on the engine version.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerQuery {
+    pub labels: Vec<LabelSelector>,
+    /// Include containers that are not running.
+    pub all: bool,
+}
+
+impl DockerBackend {
+    /// Connects to `DOCKER_HOST` (unix or tcp), else the default socket, and
+    /// checks that the daemon answers. An unreachable daemon is a usage-class
+    /// error that names the address.
+    pub async fn connect() -> Result<Self, Error> {
+        let address = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|host| !host.is_empty())
+            .unwrap_or_else(|| DEFAULT_SOCKET.to_string());
+        let unreachable = |reason: String| Error::DockerUnreachable {
+            address: address.clone(),
+            reason,
+        };
+        let client = Docker::connect_with_host(&address)
+            .map_err(|error| unreachable(error_chain(&error)))?;
+        let client = tokio::time::timeout(Duration::from_secs(10), client.negotiate_version())
+            .await
+            .map_err(|_| unreachable("no answer within 10s".to_string()))?
+            .map_err(|error| unreachable(error_chain(&error)))?;
+        Ok(DockerBackend { client, address })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn client(&self) -> &Docker {
+        &self.client
+    }
+
+    pub async fn list_containers(
+        &self,
+        query: &ContainerQuery,
+    ) -> Result<Vec<Container>, DockerError> {
+        let mut filters = HashMap::new();
+        if !query.labels.is_empty() {
+            filters.insert(
+                "label".to_string(),
+                query.labels.iter().map(LabelSelector::to_filter).collect(),
+            );
+        }
+        let options = ListContainersOptions {
+            all: query.all,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let summaries = self.client.list_containers(Some(options)).await?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(|summary| {
+                let id = summary.id?;
+                let labels: BTreeMap<String, String> =
+                    summary.labels.unwrap_or_default().into_iter().collect();
+                let name = summary
+                    .names
+                    .and_then(|names| names.into_iter().next())
+                    .map(|name| name.trim_start_matches('/').to_string())
+                    .unwrap_or_default();
+                Some(Container {
+                    compose_project: labels.get(COMPOSE_PROJECT_LABEL).cloned(),
+                    id,
+                    name,
+                    image: summary.image.unwrap_or_default(),
+                    state: summary
+                        .state
+                        .map(|state| state.to_string())
+                        .unwrap_or_default(),
+                    created: summary.created.unwrap_or_default(),
+                    labels,
+                })
+            })
+            .collect())
+    }
+
+    pub async fn list_networks(
+        &self,
+        labels: &[LabelSelector],
+    ) -> Result<Vec<LabelledResource>, DockerError> {
+        let options = ListNetworksOptions {
+            filters: Some(label_filters(labels)),
+        };
+        let networks = self.client.list_networks(Some(options)).await?;
+        Ok(networks
+            .into_iter()
+            .filter_map(|network| {
+                let id = network.id?;
+                Some(LabelledResource {
+                    resource: ResourceRef {
+                        kind: Kind::Network,
+                        name: network.name.unwrap_or_default(),
+                        id,
+                    },
+                    labels: network.labels.unwrap_or_default().into_iter().collect(),
+                })
+            })
+            .collect())
+    }
+
+    pub async fn list_volumes(
+        &self,
+        labels: &[LabelSelector],
+    ) -> Result<Vec<LabelledResource>, DockerError> {
+        let options = ListVolumesOptions {
+            filters: Some(label_filters(labels)),
+        };
+        let response = self.client.list_volumes(Some(options)).await?;
+        Ok(response
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|volume| LabelledResource {
+                resource: ResourceRef {
+                    kind: Kind::Volume,
+                    id: volume.name.clone(),
+                    name: volume.name,
+                },
+                labels: volume.labels.into_iter().collect(),
+            })
+            .collect())
+    }
+
+    /// Whether the resource still exists. Used to verify teardown by listing.
+    pub async fn exists(&self, resource: &ResourceRef) -> Result<bool, DockerError> {
+        let result = match resource.kind {
+            Kind::Container => self
+                .client
+                .inspect_container(&resource.id, None)
+                .await
+                .map(drop),
+            Kind::Network => self
+                .client
+                .inspect_network(&resource.id, None)
+                .await
+                .map(drop),
+            Kind::Volume => self.client.inspect_volume(&resource.id).await.map(drop),
+        };
+        match result.map_err(DockerError::from) {
+            Ok(()) => Ok(true),
+            Err(error) if error.status == Some(404) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub fn remover(&self, stop_timeout: Option<Duration>) -> DockerRemover<'_> {
+        DockerRemover {
+            backend: self,
+            stop_timeout,
+        }
+    }
+}
+
+/// Removes containers (force, with anonymous volumes, optionally stopping
+/// first), networks and volumes, one call per attempt.
+pub struct DockerRemover<'a> {
+    backend: &'a DockerBackend,
+    stop_timeout: Option<Duration>,
+}
+
+impl Remover for DockerRemover<'_> {
+    type Error = DockerError;
+
+    async fn remove_once(&self, resource: &ResourceRef) -> Result<(), DockerError> {
+        let client = &self.backend.client;
+        match resource.kind {
+            Kind::Container => {
+                if let Some(timeout) = self.stop_timeout {
+                    let seconds = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
+                    let options = StopContainerOptions {
+                        t: Some(seconds),
+                        signal: None,
+                    };
+                    match client
+                        .stop_container(&resource.id, Some(options))
+                        .await
+                        .map_err(DockerError::from)
+                    {
+                        // 304: already stopped.
+                        Ok(())
+                        | Err(DockerError {
+                            status: Some(304), ..
+                        }) => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+                let options = RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    link: false,
+                };
+                client.remove_container(&resource.id, Some(options)).await?;
+            }
+            Kind::Network => client.remove_network(&resource.id).await?,
+            Kind::Volume => {
+                client
+                    .remove_volume(&resource.id, Some(RemoveVolumeOptions { force: false }))
+                    .await?
+            }
+        }
+        Ok(())
+    }
+}
+
+fn label_filters(labels: &[LabelSelector]) -> HashMap<String, Vec<String>> {
+    let mut filters = HashMap::new();
+    if !labels.is_empty() {
+        filters.insert(
+            "label".to_string(),
+            labels.iter().map(LabelSelector::to_filter).collect(),
+        );
+    }
+    filters
+}
+
+/// An error and its causes on one line: bollard's top-level messages alone
+/// ("error in the hyper legacy client") do not say what went wrong.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> DockerError {
+        DockerError {
+            status: Some(code),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn engine_errors_are_classified_once() {
+        assert_eq!(status(404).class(), ErrorClass::Done);
+        assert_eq!(status(409).class(), ErrorClass::Retryable { wait: None });
+        assert_eq!(status(500).class(), ErrorClass::Retryable { wait: None });
+        assert_eq!(status(503).class(), ErrorClass::Retryable { wait: None });
+        assert_eq!(status(400).class(), ErrorClass::Fatal);
+        assert_eq!(status(401).class(), ErrorClass::Fatal);
+        assert_eq!(status(403).class(), ErrorClass::Fatal);
+        let reset = DockerError::from(bollard::errors::Error::IOError {
+            err: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        });
+        assert_eq!(reset.class(), ErrorClass::Retryable { wait: None });
+        assert_eq!(
+            DockerError::call_timed_out(Duration::from_secs(1)).class(),
+            ErrorClass::Retryable { wait: None }
+        );
+    }
+}

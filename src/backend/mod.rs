@@ -1,0 +1,322 @@
+//! Backends list and destroy one kind of resource each. This module holds
+//! what they share: resource identities, owner labels, and the bounded,
+//! retried, parallel removal used by cleanup, teardown and recovery alike.
+
+pub mod docker;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures_util::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::report::Progress;
+use crate::retry::{Failure, RetryPolicy, Success};
+
+/// Owner labels stamped on everything a task creates.
+pub const LABEL_RUN: &str = "benchwarden.run";
+pub const LABEL_TASK: &str = "benchwarden.task";
+pub const LABEL_HOST: &str = "benchwarden.host";
+pub const LABEL_PID: &str = "benchwarden.pid";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Container,
+    Network,
+    Volume,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Container => "container",
+            Kind::Network => "network",
+            Kind::Volume => "volume",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Kind> {
+        match text {
+            "container" => Some(Kind::Container),
+            "network" => Some(Kind::Network),
+            "volume" => Some(Kind::Volume),
+            _ => None,
+        }
+    }
+
+    /// Backend that owns this kind, as stored in the ledger.
+    pub fn backend(self) -> &'static str {
+        "docker"
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One resource to remove: enough to name it in messages and to find it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ResourceRef {
+    pub kind: Kind,
+    pub id: String,
+    pub name: String,
+}
+
+impl ResourceRef {
+    /// Short id for humans: 12 characters, as the docker CLI prints them.
+    pub fn short_id(&self) -> &str {
+        short_id(&self.id)
+    }
+}
+
+impl fmt::Display for ResourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.name.is_empty() || self.name == self.id {
+            write!(f, "{} {}", self.kind, self.short_id())
+        } else {
+            write!(f, "{} {} ({})", self.kind, self.name, self.short_id())
+        }
+    }
+}
+
+pub fn short_id(id: &str) -> &str {
+    if id.len() > 12 && id.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        &id[..12]
+    } else {
+        id
+    }
+}
+
+/// A label selector: `key=value`, or `key` alone for any value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelSelector {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+impl LabelSelector {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (key, value) = match text.split_once('=') {
+            Some((key, value)) => (key, Some(value.to_string())),
+            None => (text, None),
+        };
+        if key.is_empty() {
+            return Err(format!(
+                "invalid label selector {text:?}: expected K=V or K"
+            ));
+        }
+        Ok(LabelSelector {
+            key: key.to_string(),
+            value,
+        })
+    }
+
+    /// The form the Docker API's `label` filter takes.
+    pub fn to_filter(&self) -> String {
+        match &self.value {
+            Some(value) => format!("{}={}", self.key, value),
+            None => self.key.clone(),
+        }
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        match (labels.get(&self.key), &self.value) {
+            (Some(found), Some(wanted)) => found == wanted,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
+/// How one removal ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RemovalOutcome {
+    Removed {
+        attempts: u32,
+    },
+    AlreadyGone {
+        attempts: u32,
+    },
+    Failed {
+        attempts: u32,
+        error: String,
+    },
+    /// Not attempted: `--fail-fast` stopped new removals.
+    NotAttempted,
+    /// A dry run: this would have been removed.
+    WouldRemove,
+}
+
+/// What a batch of removals did, resource by resource, in input order.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RemovalReport {
+    pub results: Vec<(ResourceRef, RemovalOutcome)>,
+}
+
+impl RemovalReport {
+    pub fn count(&self, wanted: fn(&RemovalOutcome) -> bool) -> usize {
+        self.results
+            .iter()
+            .filter(|(_, outcome)| wanted(outcome))
+            .count()
+    }
+
+    pub fn removed(&self) -> usize {
+        self.count(|outcome| matches!(outcome, RemovalOutcome::Removed { .. }))
+    }
+
+    pub fn already_gone(&self) -> usize {
+        self.count(|outcome| matches!(outcome, RemovalOutcome::AlreadyGone { .. }))
+    }
+
+    pub fn failed(&self) -> usize {
+        self.count(|outcome| matches!(outcome, RemovalOutcome::Failed { .. }))
+    }
+
+    pub fn not_attempted(&self) -> usize {
+        self.count(|outcome| matches!(outcome, RemovalOutcome::NotAttempted))
+    }
+
+    pub fn would_remove(&self) -> usize {
+        self.count(|outcome| matches!(outcome, RemovalOutcome::WouldRemove))
+    }
+
+    /// A dry run's report: every resource marked as one that would go.
+    pub fn planned(resources: Vec<ResourceRef>) -> Self {
+        RemovalReport {
+            results: resources
+                .into_iter()
+                .map(|resource| (resource, RemovalOutcome::WouldRemove))
+                .collect(),
+        }
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = (&ResourceRef, &str)> {
+        self.results
+            .iter()
+            .filter_map(|(resource, outcome)| match outcome {
+                RemovalOutcome::Failed { error, .. } => Some((resource, error.as_str())),
+                _ => None,
+            })
+    }
+
+    pub fn extend(&mut self, other: RemovalReport) {
+        self.results.extend(other.results);
+    }
+}
+
+/// Options for a batch of removals.
+#[derive(Debug, Clone)]
+pub struct RemovalOptions {
+    pub parallel: usize,
+    pub fail_fast: bool,
+    pub retry: RetryPolicy,
+}
+
+/// Something that can remove one resource with one call. Errors are
+/// classified by the backend's error type.
+pub trait Remover: Sync {
+    type Error: crate::retry::Classify + crate::retry::CallTimeout + fmt::Display + Send;
+
+    fn remove_once(
+        &self,
+        resource: &ResourceRef,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Removes `resources` with retry and bounded parallelism, ticking
+/// `progress` once per resource. Never returns early: every resource gets
+/// an outcome.
+pub async fn remove_all<R: Remover>(
+    remover: &R,
+    resources: Vec<ResourceRef>,
+    options: &RemovalOptions,
+    progress: &Progress,
+) -> RemovalReport {
+    let stop_starting = Arc::new(AtomicBool::new(false));
+    let mut indexed: Vec<(usize, ResourceRef, RemovalOutcome)> =
+        stream::iter(resources.into_iter().enumerate())
+            .map(|(index, resource)| {
+                let stop_starting = Arc::clone(&stop_starting);
+                async move {
+                    if stop_starting.load(Ordering::SeqCst) {
+                        progress.tick_one(&resource, "not attempted");
+                        return (index, resource, RemovalOutcome::NotAttempted);
+                    }
+                    let what = format!("remove {resource}");
+                    let outcome = match options
+                        .retry
+                        .run(&what, || remover.remove_once(&resource))
+                        .await
+                    {
+                        Ok((Success::Done(()), attempts)) => {
+                            tracing::info!("removed {resource}");
+                            RemovalOutcome::Removed { attempts }
+                        }
+                        Ok((Success::AlreadyDone, attempts)) => {
+                            tracing::info!("{resource} was already gone");
+                            RemovalOutcome::AlreadyGone { attempts }
+                        }
+                        Err(Failure {
+                            error, attempts, ..
+                        }) => {
+                            tracing::error!(
+                                "could not remove {resource} after {attempts} attempt(s): {error}"
+                            );
+                            if options.fail_fast {
+                                stop_starting.store(true, Ordering::SeqCst);
+                            }
+                            RemovalOutcome::Failed {
+                                attempts,
+                                error: error.to_string(),
+                            }
+                        }
+                    };
+                    progress.tick_one(&resource, "done");
+                    (index, resource, outcome)
+                }
+            })
+            .buffer_unordered(options.parallel.max(1))
+            .collect()
+            .await;
+    indexed.sort_by_key(|(index, _, _)| *index);
+    RemovalReport {
+        results: indexed
+            .into_iter()
+            .map(|(_, resource, outcome)| (resource, outcome))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_selectors_parse_and_match() {
+        let selector = LabelSelector::parse("team=eval").unwrap();
+        let mut labels = BTreeMap::new();
+        assert!(!selector.matches(&labels));
+        labels.insert("team".to_string(), "eval".to_string());
+        assert!(selector.matches(&labels));
+        assert!(LabelSelector::parse("team").unwrap().matches(&labels));
+        assert!(!LabelSelector::parse("team=other").unwrap().matches(&labels));
+        assert!(LabelSelector::parse("=x").is_err());
+        assert_eq!(selector.to_filter(), "team=eval");
+    }
+
+    #[test]
+    fn short_ids_are_twelve_hex_characters() {
+        assert_eq!(short_id("0123456789abcdef0123"), "0123456789ab");
+        assert_eq!(
+            short_id("my-volume-with-a-long-name"),
+            "my-volume-with-a-long-name"
+        );
+    }
+}

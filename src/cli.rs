@@ -1,0 +1,243 @@
+//! Command-line types, and nothing else: clap derives only. Settings are
+//! resolved from these in `settings.rs`; no other module sees clap.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Supervise benchmark harnesses and never leak a container.
+///
+/// benchwarden runs a harness (Terminal-Bench `tb run`, Harbor `harbor run`, or
+/// any command) once per task, records every Docker resource each task
+/// creates, tears those down when the task ends, times out or is interrupted,
+/// and checks that nothing is left. It also finds and removes what earlier
+/// runs leaked.
+#[derive(Debug, Parser)]
+#[command(name = "benchwarden", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Where the ledger and run logs live [env: BENCHWARDEN_STATE_DIR]
+    /// [default: $XDG_STATE_HOME/benchwarden, else ~/.local/state/benchwarden]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Retries after a failed removal call (connection errors, timeouts, 5xx, 409 in progress)
+    #[arg(long, global = true, value_name = "N")]
+    pub retries: Option<u32>,
+
+    /// First delay between retries; doubles each time, with jitter, up to 30s
+    #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
+    pub retry_delay: Option<Duration>,
+
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only warnings and errors; no progress bars
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// When to use colors and progress bars [env: NO_COLOR disables]
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a benchmark: one harness process per task, with teardown of what each task created
+    Run(RunArgs),
+    /// List Docker containers, with benchwarden's owner labels
+    List(ListArgs),
+    /// Remove leftovers by policy (state, age, labels)
+    #[command(subcommand)]
+    Cleanup(CleanupCommand),
+    /// Tear down everything owned by runs whose benchwarden process is gone
+    Recover(RecoverArgs),
+    /// Show runs in the ledger, the resources they still own, and orphans
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    benchwarden run                                  # the embedded smoke benchmark\n  \
+    benchwarden run benchmarks/terminal-bench.yaml --tasks hello-world -j 4\n  \
+    benchwarden run --timeout 30m -- ./my-harness --flag   # one task named `main`")]
+pub struct RunArgs {
+    /// Benchmark file (YAML); without one, `-- COMMAND` runs a single task, and with
+    /// neither the embedded smoke benchmark runs
+    #[arg(value_name = "BENCHMARK.yaml")]
+    pub benchmark: Option<PathBuf>,
+
+    /// Run only these tasks (comma-separated names from the benchmark file)
+    #[arg(long, value_delimiter = ',', value_name = "a,b")]
+    pub tasks: Vec<String>,
+
+    /// Tasks at once [default: the benchmark's `concurrency`, else 1]
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// Time limit per task; then SIGTERM, and SIGKILL after the grace [default: benchmark's, else none]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Time between SIGTERM and SIGKILL [default: benchmark's, else 10s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+
+    /// Skip the pre-run recovery of orphaned runs and the sweep of old leftovers
+    #[arg(long)]
+    pub skip_cleanup: bool,
+
+    /// Pre-run sweep removes owned leftovers older than N days [default: 1]
+    #[arg(long, value_name = "N", conflicts_with = "cleanup_age")]
+    pub cleanup_days: Option<u32>,
+
+    /// Pre-run sweep removes owned leftovers older than DUR (e.g. 36h)
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub cleanup_age: Option<Duration>,
+
+    /// Where to write the JSON report [default: <state-dir>/runs/<run>/report.json]
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Arguments appended to the harness command, or the whole command without a benchmark file
+    #[arg(last = true, value_name = "HARNESS ARGS")]
+    pub harness_args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// List Docker containers (the default, and so far the only backend)
+    #[arg(long)]
+    pub docker: bool,
+
+    /// Only containers with this label (K=V, or K for any value); repeat to require several
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+
+    /// Include stopped containers, not only running ones
+    #[arg(long)]
+    pub all: bool,
+
+    /// One JSON array on stdout instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CleanupCommand {
+    /// Remove Docker containers chosen by state, age and labels
+    Docker(CleanupDockerArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Filters combine with AND. At least one of --exited, --older-than, --label, \
+    --all is required, so a bare `cleanup docker` never wipes a host.\n\n\
+    Examples:\n  \
+    benchwarden cleanup docker --exited --older-than 1d\n  \
+    benchwarden cleanup docker --label com.docker.compose.project=tb-run --dry-run\n  \
+    benchwarden cleanup docker --all --volumes        # every container on this host"
+)]
+pub struct CleanupDockerArgs {
+    /// Only containers that are not running: exited, dead, or created but never started
+    #[arg(long)]
+    pub exited: bool,
+
+    /// Only containers created more than DUR ago (90s, 30m, 24h, 2d), in any state
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+
+    /// Only containers with this label (K=V, or K for any value); repeat to require several
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+
+    /// Select every container the other filters match, running ones included (alone: all of them)
+    #[arg(long)]
+    pub all: bool,
+
+    /// Stop gracefully with this timeout before removing, instead of force-removing at once
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub stop_timeout: Option<Duration>,
+
+    /// Also remove named volumes of removed compose projects (and, with --label, labelled volumes)
+    #[arg(long)]
+    pub volumes: bool,
+
+    /// Removals at once
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub parallel: usize,
+
+    /// Show what would be removed; remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Start no new removal after the first one that fails for good
+    #[arg(long)]
+    pub fail_fast: bool,
+
+    /// Print the result as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Show what would be torn down; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the result as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses human durations: `90s`, `30m`, `24h`, `2d`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{error} (expected a duration such as 90s, 30m, 24h or 2d)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_read_like_the_docs() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_duration("2d").unwrap(),
+            Duration::from_secs(2 * 86400)
+        );
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,319 @@
+//! Retry policy, exponential backoff with jitter, and the classes every
+//! backend error falls into. Each backend classifies its errors once (by
+//! implementing [`Classify`]); this module decides what to do with a class.
+
+use std::cell::Cell;
+use std::fmt::Display;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use backon::{ExponentialBuilder, Retryable};
+
+/// What an error means for the operation that produced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The goal is already reached (a 404 on delete): stop, successfully.
+    Done,
+    /// Worth another try; `wait` is a delay the server asked for, if any.
+    Retryable { wait: Option<Duration> },
+    /// Retrying cannot help (bad request, bad credentials).
+    Fatal,
+}
+
+/// Implemented once per backend error type: the single place where errors
+/// are sorted into classes.
+pub trait Classify {
+    fn class(&self) -> ErrorClass;
+}
+
+/// An error type that can express "this single call took too long".
+pub trait CallTimeout {
+    fn call_timed_out(after: Duration) -> Self;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    pub first_delay: Duration,
+    pub factor: f32,
+    pub max_delay: Duration,
+    pub jitter: bool,
+    /// Bound on one call to the backend.
+    pub call_timeout: Duration,
+    /// Bound on the whole operation, retries included.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            retries: 3,
+            first_delay: Duration::from_secs(2),
+            factor: 2.0,
+            max_delay: Duration::from_secs(30),
+            jitter: true,
+            call_timeout: Duration::from_secs(60),
+            deadline: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How an operation under retry ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Success<T> {
+    /// The operation did it.
+    Done(T),
+    /// Someone else had done it already (the error was classified `Done`).
+    AlreadyDone,
+}
+
+/// How an operation under retry ended badly.
+#[derive(Debug)]
+pub struct Failure<E> {
+    pub error: E,
+    pub attempts: u32,
+    pub class: ErrorClass,
+}
+
+impl RetryPolicy {
+    fn backoff(&self) -> ExponentialBuilder {
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(self.first_delay)
+            .with_factor(self.factor)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.retries as usize);
+        if self.jitter {
+            builder.with_jitter()
+        } else {
+            builder
+        }
+    }
+
+    /// Runs `operation` until it succeeds, reaches a `Done` or `Fatal` error,
+    /// runs out of retries, or would pass the deadline. `what` names the
+    /// operation and its target for the log lines ("remove container 3f2a…").
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        what: &str,
+        mut operation: F,
+    ) -> Result<(Success<T>, u32), Failure<E>>
+    where
+        E: Classify + CallTimeout + Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let started = Instant::now();
+        let attempts = Cell::new(0u32);
+        let call_timeout = self.call_timeout;
+        let total = self.retries + 1;
+        let outcome = (|| {
+            attempts.set(attempts.get() + 1);
+            let call = operation();
+            async move {
+                match tokio::time::timeout(call_timeout, call).await {
+                    Ok(result) => result,
+                    Err(_) => Err(E::call_timed_out(call_timeout)),
+                }
+            }
+        })
+        .retry(self.backoff())
+        .sleep(tokio::time::sleep)
+        .when(|error: &E| matches!(error.class(), ErrorClass::Retryable { .. }))
+        .adjust(|error: &E, proposed| {
+            let proposed = proposed?;
+            let delay = match error.class() {
+                // A server-dictated wait replaces our own guess.
+                ErrorClass::Retryable { wait: Some(wait) } => wait,
+                _ => proposed,
+            };
+            if started.elapsed() + delay > self.deadline {
+                None
+            } else {
+                Some(delay)
+            }
+        })
+        .notify(|error: &E, delay| {
+            tracing::warn!(
+                "{what}: attempt {}/{total} failed: {error}; retrying in {}",
+                attempts.get(),
+                humantime::format_duration(round_to_millis(delay))
+            );
+        })
+        .await;
+        let attempts = attempts.get();
+        match outcome {
+            Ok(value) => Ok((Success::Done(value), attempts)),
+            Err(error) => match error.class() {
+                ErrorClass::Done => Ok((Success::AlreadyDone, attempts)),
+                class => Err(Failure {
+                    error,
+                    attempts,
+                    class,
+                }),
+            },
+        }
+    }
+}
+
+fn round_to_millis(duration: Duration) -> Duration {
+    Duration::from_millis(duration.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[derive(Debug)]
+    enum TestError {
+        Gone,
+        Flaky,
+        Denied,
+        Slow,
+        Throttled(Duration),
+    }
+
+    impl Display for TestError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{self:?}")
+        }
+    }
+
+    impl Classify for TestError {
+        fn class(&self) -> ErrorClass {
+            match self {
+                TestError::Gone => ErrorClass::Done,
+                TestError::Flaky | TestError::Slow => ErrorClass::Retryable { wait: None },
+                TestError::Throttled(wait) => ErrorClass::Retryable { wait: Some(*wait) },
+                TestError::Denied => ErrorClass::Fatal,
+            }
+        }
+    }
+
+    impl CallTimeout for TestError {
+        fn call_timed_out(_: Duration) -> Self {
+            TestError::Slow
+        }
+    }
+
+    fn instant_policy(retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            retries,
+            first_delay: Duration::ZERO,
+            factor: 2.0,
+            max_delay: Duration::ZERO,
+            jitter: false,
+            call_timeout: Duration::from_secs(5),
+            deadline: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn retryable_errors_are_retried_until_success() {
+        let calls = AtomicU32::new(0);
+        let result = instant_policy(3)
+            .run("op", || async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(TestError::Flaky)
+                } else {
+                    Ok(7)
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(result, (Success::Done(7), 3));
+    }
+
+    #[tokio::test]
+    async fn retries_are_bounded() {
+        let calls = AtomicU32::new(0);
+        let failure = instant_policy(3)
+            .run("op", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(TestError::Flaky)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        assert_eq!(failure.attempts, 4);
+        assert!(matches!(failure.error, TestError::Flaky));
+    }
+
+    #[tokio::test]
+    async fn done_means_already_done_without_retry() {
+        let calls = AtomicU32::new(0);
+        let result = instant_policy(3)
+            .run("op", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(TestError::Gone)
+            })
+            .await
+            .unwrap();
+        assert_eq!(result, (Success::AlreadyDone, 1));
+    }
+
+    #[tokio::test]
+    async fn fatal_errors_stop_at_once() {
+        let calls = AtomicU32::new(0);
+        let failure = instant_policy(3)
+            .run("op", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(TestError::Denied)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(failure.class, ErrorClass::Fatal);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_hangs_is_cut_off_and_retried() {
+        let calls = AtomicU32::new(0);
+        let mut policy = instant_policy(1);
+        policy.call_timeout = Duration::from_millis(20);
+        let result = policy
+            .run("op", || {
+                let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, TestError>(1)
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(result, (Success::Done(1), 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_dictated_wait_is_honoured_and_the_deadline_bounds_it() {
+        let mut policy = instant_policy(5);
+        policy.deadline = Duration::from_secs(10);
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let failure = policy
+            .run("op", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(TestError::Throttled(Duration::from_secs(4)))
+            })
+            .await
+            .unwrap_err();
+        // 0 s, 4 s, 8 s; a fourth try at 12 s would pass the 10 s deadline.
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(started.elapsed(), Duration::from_secs(8));
+        assert!(matches!(failure.error, TestError::Throttled(_)));
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.retries, 3);
+        assert_eq!(policy.first_delay, Duration::from_secs(2));
+        assert_eq!(policy.factor, 2.0);
+        assert_eq!(policy.max_delay, Duration::from_secs(30));
+    }
+}
