@@ -28,7 +28,7 @@ pub async fn list(global: &GlobalSettings, settings: &ListSettings) -> Result<Ex
             operation: "list containers".to_string(),
             reason: error.to_string(),
         })?;
-    containers.sort_by(|left, right| right.created.cmp(&left.created));
+    containers.sort_by_key(|container| std::cmp::Reverse(container.created));
     if settings.json {
         print_json(&containers)?;
     } else {
