@@ -154,9 +154,24 @@ pub enum RemovalOutcome {
 }
 
 /// What a batch of removals did, resource by resource, in input order.
-#[derive(Debug, Clone, Default, Serialize)]
+/// Serialized with its counts, so `--json` carries what the text summary says.
+#[derive(Debug, Clone, Default)]
 pub struct RemovalReport {
     pub results: Vec<(ResourceRef, RemovalOutcome)>,
+}
+
+impl Serialize for RemovalReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut report = serializer.serialize_struct("RemovalReport", 6)?;
+        report.serialize_field("removed", &self.removed())?;
+        report.serialize_field("already_gone", &self.already_gone())?;
+        report.serialize_field("failed", &self.failed())?;
+        report.serialize_field("not_attempted", &self.not_attempted())?;
+        report.serialize_field("would_remove", &self.would_remove())?;
+        report.serialize_field("results", &self.results)?;
+        report.end()
+    }
 }
 
 impl RemovalReport {
