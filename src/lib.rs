@@ -9,9 +9,13 @@
 pub mod app;
 pub mod backend;
 pub mod cli;
+pub mod config;
 pub mod errors;
+pub mod ledger;
 pub mod owner;
 pub mod report;
 pub mod retry;
 pub mod settings;
+pub mod supervisor;
 pub mod sweep;
+pub mod teardown;

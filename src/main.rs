@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use benchwarden::cli::{CleanupCommand, Cli, Command};
 use benchwarden::errors::{Error, ExitStatus};
-use benchwarden::settings::{DockerCleanupSettings, GlobalSettings, ListSettings};
+use benchwarden::settings::{DockerCleanupSettings, GlobalSettings, ListSettings, RunSettings};
 use benchwarden::{app, report};
 use clap::Parser;
 
@@ -39,9 +39,9 @@ fn run(cli: Cli) -> Result<ExitStatus, Error> {
             Command::Cleanup(CleanupCommand::Docker(args)) => {
                 app::cleanup_docker(&global, &DockerCleanupSettings::resolve(&args)?).await
             }
-            Command::Run(_) | Command::Recover(_) | Command::Status(_) => {
-                Err(Error::usage("not built yet"))
-            }
+            Command::Run(args) => app::run(&global, &RunSettings::resolve(&args, &global)?).await,
+            Command::Recover(args) => app::recover(&global, args.dry_run, args.json).await,
+            Command::Status(args) => app::status(&global, args.json).await,
         }
     })
 }

@@ -181,6 +181,107 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     text
 }
 
+/// The live view of a run: one overall bar with done/failed/timed-out
+/// counts, and a line per running task with its elapsed time. Drawn only on
+/// a terminal; otherwise log lines carry the same news.
+pub struct RunView {
+    overall: Option<ProgressBar>,
+    draw: bool,
+    counts: std::sync::Mutex<(usize, usize, usize)>,
+}
+
+/// One running task's line in the view.
+pub struct TaskLine {
+    bar: Option<ProgressBar>,
+}
+
+impl RunView {
+    pub fn new(output: &OutputSettings, tasks: usize) -> Self {
+        let overall = output.progress.then(|| {
+            let bar = multi().add(ProgressBar::new(tasks as u64));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{bar:30}] {pos}/{len} tasks {msg} {elapsed}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        RunView {
+            overall,
+            draw: output.progress,
+            counts: std::sync::Mutex::new((0, 0, 0)),
+        }
+    }
+
+    pub fn task_started(&self, name: &str) -> TaskLine {
+        tracing::info!("task {name}: started");
+        let bar = self.draw.then(|| {
+            let bar = multi().add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("  {spinner} {prefix} {elapsed} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_prefix(name.to_string());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        TaskLine { bar }
+    }
+
+    /// Counts a finished task: `failed` and `timed_out` as reported.
+    pub fn task_finished(&self, failed: bool, timed_out: bool) {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        counts.0 += 1;
+        counts.1 += usize::from(failed && !timed_out);
+        counts.2 += usize::from(timed_out);
+        if let Some(bar) = &self.overall {
+            bar.set_position(counts.0 as u64);
+            bar.set_message(format!("({} failed, {} timed out)", counts.1, counts.2));
+        }
+    }
+}
+
+impl Drop for RunView {
+    fn drop(&mut self) {
+        if let Some(bar) = self.overall.take() {
+            bar.finish_and_clear();
+            multi().remove(&bar);
+        }
+    }
+}
+
+impl TaskLine {
+    pub fn set_message(&self, message: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(message.to_string());
+        }
+    }
+}
+
+impl Drop for TaskLine {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+            multi().remove(&bar);
+        }
+    }
+}
+
+/// Writes a harness's output line to the terminal above the progress bars.
+pub fn echo_harness_output(bytes: &[u8]) {
+    multi().suspend(|| {
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr.write_all(bytes);
+        let _ = stderr.flush();
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,9 +2,9 @@
 //! backend error falls into. Each backend classifies its errors once (by
 //! implementing [`Classify`]); this module decides what to do with a class.
 
-use std::cell::Cell;
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -106,11 +106,11 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T, E>>,
     {
         let started = Instant::now();
-        let attempts = Cell::new(0u32);
+        let attempts = AtomicU32::new(0);
         let call_timeout = self.call_timeout;
         let total = self.retries + 1;
         let outcome = (|| {
-            attempts.set(attempts.get() + 1);
+            attempts.fetch_add(1, Ordering::Relaxed);
             let call = operation();
             async move {
                 match tokio::time::timeout(call_timeout, call).await {
@@ -138,12 +138,12 @@ impl RetryPolicy {
         .notify(|error: &E, delay| {
             tracing::warn!(
                 "{what}: attempt {}/{total} failed: {error}; retrying in {}",
-                attempts.get(),
+                attempts.load(Ordering::Relaxed),
                 humantime::format_duration(round_to_millis(delay))
             );
         })
         .await;
-        let attempts = attempts.get();
+        let attempts = attempts.load(Ordering::Relaxed);
         match outcome {
             Ok(value) => Ok((Success::Done(value), attempts)),
             Err(error) => match error.class() {
@@ -165,7 +165,6 @@ fn round_to_millis(duration: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[derive(Debug)]
     enum TestError {

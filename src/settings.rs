@@ -23,6 +23,8 @@ pub enum Color {
 pub struct GlobalSettings {
     pub state_dir: PathBuf,
     pub retry: RetryPolicy,
+    /// `--retries` and `--retry-delay` as given, so they can win over a benchmark file.
+    pub retry_flags: (Option<u32>, Option<Duration>),
     pub output: OutputSettings,
 }
 
@@ -49,6 +51,7 @@ impl GlobalSettings {
         Ok(GlobalSettings {
             state_dir: resolve_state_dir(args.state_dir.clone())?,
             retry,
+            retry_flags: (args.retries, args.retry_delay),
             output: OutputSettings::resolve(verbosity, color),
         })
     }
@@ -144,4 +147,240 @@ impl DockerCleanupSettings {
             json: args.json,
         })
     }
+}
+
+/// `run`: the command line merged over the benchmark file, once.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub benchmark: crate::config::Benchmark,
+    /// Where the benchmark came from, for messages and the report.
+    pub source: String,
+    /// Directory relative paths in the benchmark file are resolved against.
+    pub base_dir: PathBuf,
+    pub tasks: Vec<String>,
+    pub jobs: usize,
+    pub timeout: Option<Duration>,
+    pub grace: Duration,
+    pub skip_cleanup: bool,
+    pub cleanup_age: Duration,
+    pub cleanup_states: Vec<String>,
+    pub report: Option<PathBuf>,
+    pub harness_args: Vec<String>,
+    pub retry: RetryPolicy,
+}
+
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_CLEANUP_AGE: Duration = Duration::from_secs(86_400);
+
+impl RunSettings {
+    pub fn resolve(args: &cli::RunArgs, global: &GlobalSettings) -> Result<Self, Error> {
+        use crate::config::{Benchmark, Harness};
+        let (benchmark, source, base_dir, harness_args) =
+            match (&args.benchmark, args.harness_args.is_empty()) {
+                (Some(path), _) => {
+                    let benchmark = Benchmark::load(path)?;
+                    let base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
+                    (
+                        benchmark,
+                        path.display().to_string(),
+                        base_dir,
+                        args.harness_args.clone(),
+                    )
+                }
+                (None, false) => {
+                    let benchmark = Benchmark {
+                        name: "adhoc".to_string(),
+                        harness: Harness {
+                            command: args.harness_args.clone(),
+                            env: Default::default(),
+                            cwd: None,
+                            timeout: None,
+                            grace: None,
+                        },
+                        tasks: Vec::new(),
+                        concurrency: None,
+                        cleanup: Default::default(),
+                        docker: Default::default(),
+                        daytona: None,
+                        limits: None,
+                    };
+                    (
+                        benchmark,
+                        "command line".to_string(),
+                        PathBuf::from("."),
+                        Vec::new(),
+                    )
+                }
+                (None, true) => {
+                    let path = materialize_smoke(&global.state_dir)?;
+                    let benchmark = Benchmark::load(&path)?;
+                    let base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
+                    (
+                        benchmark,
+                        "embedded smoke benchmark".to_string(),
+                        base_dir,
+                        Vec::new(),
+                    )
+                }
+            };
+        if benchmark.daytona.is_some() || benchmark.limits.is_some() {
+            tracing::warn!("{source}: the `daytona` and `limits` sections are not supported by this version and are ignored");
+        }
+
+        let all_tasks = if benchmark.tasks.is_empty() {
+            vec!["main".to_string()]
+        } else {
+            benchmark.tasks.clone()
+        };
+        let tasks = if args.tasks.is_empty() {
+            all_tasks
+        } else {
+            for wanted in &args.tasks {
+                if !all_tasks.contains(wanted) {
+                    return Err(Error::usage(format!(
+                        "--tasks: no task {wanted:?} in {source}; valid names: {}",
+                        all_tasks.join(", ")
+                    )));
+                }
+            }
+            all_tasks
+                .into_iter()
+                .filter(|task| args.tasks.contains(task))
+                .collect()
+        };
+        let jobs = args.jobs.or(benchmark.concurrency).unwrap_or(1);
+        if jobs == 0 {
+            return Err(Error::usage("-j must be at least 1"));
+        }
+        let cleanup_age = match (args.cleanup_days, args.cleanup_age) {
+            (Some(days), _) => Duration::from_secs(u64::from(days) * 86_400),
+            (None, Some(age)) => age,
+            (None, None) => benchmark
+                .cleanup
+                .before_run
+                .age
+                .unwrap_or(DEFAULT_CLEANUP_AGE),
+        };
+        let mut retry = global.retry.clone();
+        let section = &benchmark.cleanup.retry;
+        // The command line wins over the benchmark file.
+        if let (Some(retries), None) = (section.retries, global.retry_flags.0) {
+            retry.retries = retries;
+        }
+        if let (Some(delay), None) = (section.first_delay, global.retry_flags.1) {
+            retry.first_delay = delay;
+        }
+        if let Some(factor) = section.factor {
+            retry.factor = factor;
+        }
+        if let Some(max_delay) = section.max_delay {
+            retry.max_delay = max_delay;
+        }
+        if let Some(deadline) = section.deadline {
+            retry.deadline = deadline;
+        }
+        Ok(RunSettings {
+            timeout: args.timeout.or(benchmark.harness.timeout),
+            grace: args
+                .grace
+                .or(benchmark.harness.grace)
+                .unwrap_or(DEFAULT_GRACE),
+            cleanup_states: benchmark.cleanup.before_run.states.clone(),
+            benchmark,
+            source,
+            base_dir,
+            tasks,
+            jobs,
+            skip_cleanup: args.skip_cleanup,
+            cleanup_age,
+            report: args.report.clone(),
+            harness_args,
+            retry,
+        })
+    }
+
+    /// The task specs of this run, placeholders filled.
+    pub fn task_specs(&self, run_id: &str) -> Vec<crate::supervisor::task::TaskSpec> {
+        use crate::config::{fill, Selector};
+        let harness = &self.benchmark.harness;
+        let cwd = harness.cwd.as_ref().map(|cwd| self.base_dir.join(cwd));
+        self.tasks
+            .iter()
+            .enumerate()
+            .map(|(index, task)| {
+                let mut words = harness
+                    .command
+                    .iter()
+                    .map(|word| fill(word, task, run_id, index));
+                let mut program = words.next().unwrap_or_default();
+                // A relative path is relative to the harness's working directory.
+                if program.contains('/') && !program.starts_with('/') {
+                    if let Some(cwd) = &cwd {
+                        program = cwd.join(&program).display().to_string();
+                    }
+                }
+                let mut arguments: Vec<String> = words.collect();
+                arguments.extend(self.harness_args.iter().cloned());
+                crate::supervisor::task::TaskSpec {
+                    name: task.clone(),
+                    index,
+                    program,
+                    args: arguments,
+                    env: harness
+                        .env
+                        .iter()
+                        .map(|(key, value)| (key.clone(), fill(value, task, run_id, index)))
+                        .collect(),
+                    cwd: cwd.clone(),
+                    timeout: self.timeout,
+                    grace: self.grace,
+                    selectors: self
+                        .benchmark
+                        .docker
+                        .selectors
+                        .iter()
+                        .map(|selector| match selector {
+                            Selector::Label(label) => {
+                                Selector::Label(fill(label, task, run_id, index))
+                            }
+                            Selector::ComposeProjectPrefix(prefix) => {
+                                Selector::ComposeProjectPrefix(fill(prefix, task, run_id, index))
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Writes the embedded smoke benchmark and its harness under the state
+/// directory, in the same layout as the repository, and returns the
+/// benchmark's path: the default behaves exactly like the file on disk.
+fn materialize_smoke(state_dir: &std::path::Path) -> Result<PathBuf, Error> {
+    let root = state_dir.join("embedded");
+    let files = [
+        (
+            root.join("benchmarks/smoke.yaml"),
+            crate::config::SMOKE_BENCHMARK,
+        ),
+        (
+            root.join("scripts/smoke-harness.sh"),
+            crate::config::SMOKE_HARNESS,
+        ),
+    ];
+    for (path, text) in &files {
+        let write = || -> std::io::Result<()> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, text)
+        };
+        write().map_err(|source| Error::Io {
+            what: "write the embedded benchmark to",
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(files[0].0.clone())
 }

@@ -48,6 +48,16 @@ pub struct DockerSweep {
     pub removal: RemovalOptions,
 }
 
+/// What a sweep does with one listed container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not selected.
+    Skip,
+    /// Selected, but a live run owns it: left alone, and said so.
+    Protect(String),
+    Take,
+}
+
 /// A container left alone because a run that is still alive owns it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Protected {
@@ -77,13 +87,14 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs one sweep. `protect` says why a container must be left alone, if it
-/// must (a live run owns it).
+/// Runs one sweep. `verdict` decides for each listed container; the
+/// selection's labels narrow the listing and say which labelled networks
+/// and volumes may go.
 pub async fn sweep_docker(
     backend: &DockerBackend,
     sweep: &DockerSweep,
     output: &OutputSettings,
-    protect: impl Fn(&Container) -> Option<String>,
+    verdict: impl Fn(&Container) -> Verdict,
 ) -> Result<SweepResult, Error> {
     let query = ContainerQuery {
         labels: sweep.selection.labels.clone(),
@@ -96,19 +107,16 @@ pub async fn sweep_docker(
             operation: "list containers".to_string(),
             reason: error.to_string(),
         })?;
-    let now = now_unix();
     let mut picked = Vec::new();
     let mut protected = Vec::new();
-    for container in listed
-        .iter()
-        .filter(|container| sweep.selection.matches(container, now))
-    {
-        match protect(container) {
-            Some(reason) => protected.push(Protected {
+    for container in &listed {
+        match verdict(container) {
+            Verdict::Skip => {}
+            Verdict::Protect(reason) => protected.push(Protected {
                 resource: container.resource(),
                 reason,
             }),
-            None => picked.push(container.clone()),
+            Verdict::Take => picked.push(container.clone()),
         }
     }
     for item in &protected {

@@ -1,5 +1,12 @@
 //! One function per subcommand: each takes resolved settings, does the
 //! work through the backends, prints its result, and returns the exit status.
+//! `list` and `cleanup` live here; `run`, `recover` and `status` beside it.
+
+mod recover;
+mod run;
+
+pub use recover::{recover, recover_orphans, status};
+pub use run::run;
 
 use std::io::Write;
 
@@ -8,10 +15,11 @@ use serde::Serialize;
 use crate::backend::docker::{Container, ContainerQuery, DockerBackend};
 use crate::backend::{short_id, RemovalOptions, RemovalOutcome, RemovalReport};
 use crate::errors::{Error, ExitStatus};
+use crate::ledger::{Ledger, RunRecord};
 use crate::owner::{self, LabelledOwner};
 use crate::report::{format_age, table};
 use crate::settings::{DockerCleanupSettings, GlobalSettings, ListSettings};
-use crate::sweep::{self, ContainerSelection, DockerSweep, SweepResult};
+use crate::sweep::{self, ContainerSelection, DockerSweep, SweepResult, Verdict};
 
 /// `benchwarden list --docker`.
 pub async fn list(global: &GlobalSettings, settings: &ListSettings) -> Result<ExitStatus, Error> {
@@ -93,11 +101,16 @@ pub async fn cleanup_docker(
         },
     };
     let this_host = owner::host_name();
+    let now = sweep::now_unix();
+    let ledger_runs = open_ledger_runs(global).await;
     let result = sweep::sweep_docker(&backend, &sweep, &global.output, |container| {
-        let owner = LabelledOwner::from_labels(&container.labels)?;
-        owner
-            .may_be_alive(&this_host)
-            .then(|| format!("owned by run {}, which is still alive", owner.run_id))
+        if !sweep.selection.matches(container, now) {
+            return Verdict::Skip;
+        }
+        match live_owner(container, &ledger_runs, &this_host) {
+            Some(reason) => Verdict::Protect(reason),
+            None => Verdict::Take,
+        }
     })
     .await?;
     if settings.json {
@@ -110,6 +123,26 @@ pub async fn cleanup_docker(
     } else {
         ExitStatus::Success
     })
+}
+
+/// Runs in the ledger, for liveness checks; an unreadable ledger leaves the
+/// labels to judge.
+async fn open_ledger_runs(global: &GlobalSettings) -> Vec<RunRecord> {
+    match Ledger::open(&global.state_dir) {
+        Ok(ledger) => ledger.runs().await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Why a container must be left alone, if a live run owns it: judged by the
+/// ledger when it knows the run, else by the owner labels.
+pub fn live_owner(container: &Container, runs: &[RunRecord], this_host: &str) -> Option<String> {
+    let owner = LabelledOwner::from_labels(&container.labels)?;
+    let alive = match runs.iter().find(|run| run.id == owner.run_id) {
+        Some(run) => run.ended_at.is_none() && run.is_alive(this_host),
+        None => owner.may_be_alive(this_host),
+    };
+    alive.then(|| format!("owned by run {}, which is still alive", owner.run_id))
 }
 
 /// The closing lines of a sweep: counts, then each failure with its reason.

@@ -1,0 +1,323 @@
+//! Serde types for benchmark files (`benchmarks/*.yaml`). Unknown fields are
+//! rejected, and every error names the file, line and column.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::errors::Error;
+
+/// The embedded default benchmark and the harness it runs.
+pub const SMOKE_BENCHMARK: &str = include_str!("../benchmarks/smoke.yaml");
+pub const SMOKE_HARNESS: &str = include_str!("../scripts/smoke-harness.sh");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Benchmark {
+    pub name: String,
+    pub harness: Harness,
+    /// Task names; without any, one task named `main`.
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// Tasks at once.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    #[serde(default)]
+    pub cleanup: Cleanup,
+    #[serde(default)]
+    pub docker: DockerSection,
+    /// Reserved for the Daytona backend; accepted and ignored by this version.
+    #[serde(default)]
+    pub daytona: Option<serde_yaml::Value>,
+    /// Reserved for resource limits; accepted and ignored by this version.
+    #[serde(default)]
+    pub limits: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Harness {
+    /// Program and arguments, with placeholders `{task}`, `{run_id}`, `{task_index}`.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory, relative to the benchmark file's directory.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub grace: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cleanup {
+    #[serde(default)]
+    pub before_run: BeforeRun,
+    #[serde(default)]
+    pub retry: RetrySection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BeforeRun {
+    /// Owned leftovers older than this go before the run (default 1d).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub age: Option<Duration>,
+    /// Container states that go regardless of age (e.g. `exited`, `dead`, `created`).
+    #[serde(default)]
+    pub states: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    pub retries: Option<u32>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub first_delay: Option<Duration>,
+    pub factor: Option<f32>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub max_delay: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub deadline: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub stop_timeout: Option<Duration>,
+    #[serde(default)]
+    pub selectors: Vec<Selector>,
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        DockerSection {
+            enabled: true,
+            stop_timeout: None,
+            selectors: Vec::new(),
+        }
+    }
+}
+
+/// Says which resources a task owns when the harness does not label them.
+/// Values may hold `{task}` and `{run_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SelectorEntry")]
+pub enum Selector {
+    /// `key=value`: containers, networks and volumes with this label.
+    Label(String),
+    /// Compose projects whose name starts with this: their containers, networks and volumes.
+    ComposeProjectPrefix(String),
+}
+
+/// A selector as written: a map with exactly one of the keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectorEntry {
+    label: Option<String>,
+    compose_project_prefix: Option<String>,
+}
+
+impl TryFrom<SelectorEntry> for Selector {
+    type Error = String;
+
+    fn try_from(entry: SelectorEntry) -> Result<Self, String> {
+        match (entry.label, entry.compose_project_prefix) {
+            (Some(label), None) => Ok(Selector::Label(label)),
+            (None, Some(prefix)) => Ok(Selector::ComposeProjectPrefix(prefix)),
+            _ => Err(
+                "a selector has exactly one of `label: K=V` or `compose_project_prefix: PREFIX`"
+                    .to_string(),
+            ),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text: Option<String> = Option::deserialize(deserializer)?;
+    text.map(|text| {
+        humantime::parse_duration(&text).map_err(|error| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?}: {error} (e.g. 90s, 30m, 2d)"
+            ))
+        })
+    })
+    .transpose()
+}
+
+impl Benchmark {
+    /// Reads and checks a benchmark file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: "read benchmark file",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
+        let config_error = |message: String| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let benchmark: Benchmark = serde_yaml::from_str(text).map_err(|error| {
+            let message = match error.location() {
+                Some(location) => format!(
+                    "line {}, column {}: {}",
+                    location.line(),
+                    location.column(),
+                    strip_location(&error.to_string())
+                ),
+                None => error.to_string(),
+            };
+            config_error(message)
+        })?;
+        if benchmark.harness.command.is_empty() {
+            return Err(config_error(
+                "harness.command is empty: give the program and its arguments as a list".into(),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for task in &benchmark.tasks {
+            if task.is_empty() || task.contains(['/', '\0']) {
+                return Err(config_error(format!(
+                    "task name {task:?} is not usable: no '/' and not empty"
+                )));
+            }
+            if !seen.insert(task) {
+                return Err(config_error(format!("task {task:?} is listed twice")));
+            }
+        }
+        if benchmark.concurrency == Some(0) {
+            return Err(config_error("concurrency must be at least 1".into()));
+        }
+        Ok(benchmark)
+    }
+}
+
+/// serde_yaml appends " at line L column C"; we lead with it instead.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(index) => message[..index].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Fills `{task}`, `{run_id}` and `{task_index}` in a harness argument or selector.
+pub fn fill(template: &str, task: &str, run_id: &str, task_index: usize) -> String {
+    template
+        .replace("{task}", task)
+        .replace("{run_id}", run_id)
+        .replace("{task_index}", &task_index.to_string())
+}
+
+/// Whether `value` fits a template whose placeholders stand for any
+/// non-empty text. Fill `{run_id}` first to ask "does this belong to run R?".
+pub fn matches_template(template: &str, value: &str) -> bool {
+    let mut literals: Vec<&str> = Vec::new();
+    let mut rest = template;
+    loop {
+        let next = ["{task}", "{run_id}", "{task_index}"]
+            .iter()
+            .filter_map(|placeholder| {
+                rest.find(placeholder)
+                    .map(|index| (index, placeholder.len()))
+            })
+            .min();
+        match next {
+            Some((index, length)) => {
+                literals.push(&rest[..index]);
+                rest = &rest[index + length..];
+            }
+            None => {
+                literals.push(rest);
+                break;
+            }
+        }
+    }
+    matches_literals(&literals, value)
+}
+
+/// `literals` alternate with wildcards: literal, *, literal, *, ..., literal.
+fn matches_literals(literals: &[&str], value: &str) -> bool {
+    let Some((first, tail)) = literals.split_first() else {
+        return value.is_empty();
+    };
+    let Some(value) = value.strip_prefix(first) else {
+        return false;
+    };
+    if tail.is_empty() {
+        return value.is_empty();
+    }
+    (1..=value.len())
+        .any(|cut| value.is_char_boundary(cut) && matches_literals(tail, &value[cut..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_benchmarks_parse() {
+        for name in ["smoke", "terminal-bench", "harbor"] {
+            let path = PathBuf::from(format!("benchmarks/{name}.yaml"));
+            Benchmark::load(&path).unwrap_or_else(|error| panic!("{name}: {error}"));
+        }
+        Benchmark::parse(SMOKE_BENCHMARK, Path::new("smoke.yaml")).unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_line_and_column() {
+        let text = "name: x\nharness:\n  command: [true]\n  comand: oops\n";
+        let error = Benchmark::parse(text, Path::new("b.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("b.yaml: line 4, column 3: "), "{error}");
+        assert!(error.contains("unknown field `comand`"), "{error}");
+    }
+
+    #[test]
+    fn bad_durations_say_what_was_expected() {
+        let text = "name: x\nharness:\n  command: [true]\n  timeout: soon\n";
+        let error = Benchmark::parse(text, Path::new("b.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("invalid duration \"soon\""), "{error}");
+    }
+
+    #[test]
+    fn placeholders_fill_and_match() {
+        assert_eq!(fill("tb-{run_id}-{task}", "hello", "r1", 0), "tb-r1-hello");
+        assert!(matches_template(
+            "tb-{run_id}-{task}",
+            "tb-20261129-2304-k3f9-hello"
+        ));
+        assert!(matches_template(
+            "tb-20261129-2304-k3f9-{task}",
+            "tb-20261129-2304-k3f9-hello"
+        ));
+        assert!(!matches_template(
+            "tb-20261129-2304-zzzz-{task}",
+            "tb-20261129-2304-k3f9-hello"
+        ));
+        assert!(matches_template("smoke/{task}", "smoke/a"));
+        assert!(!matches_template("smoke/{task}", "smoke/"));
+        assert!(!matches_template("tb-{run_id}-{task}", "other-r1-hello"));
+        assert!(matches_template("fixed", "fixed"));
+        assert!(!matches_template("fixed", "fixed2"));
+    }
+}

@@ -1,0 +1,487 @@
+//! The durable ledger: an SQLite database in the state directory holding
+//! runs and the resources they own. A resource row is committed before
+//! anything depends on it, so a `kill -9` of benchwarden loses nothing.
+//!
+//! rusqlite is blocking: every call runs on tokio's blocking pool, one
+//! connection behind a mutex. WAL mode and a busy timeout let several runs
+//! on one host share the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::backend::{Kind, ResourceRef};
+use crate::errors::Error;
+use crate::owner;
+use crate::sweep::now_unix;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id          TEXT PRIMARY KEY,
+    pid         INTEGER NOT NULL,
+    start_time  INTEGER,
+    host        TEXT NOT NULL,
+    benchmark   TEXT NOT NULL,
+    started_at  INTEGER NOT NULL,
+    ended_at    INTEGER,
+    outcome     TEXT
+);
+CREATE TABLE IF NOT EXISTS claims (
+    run_id      TEXT NOT NULL REFERENCES runs(id),
+    task_id     TEXT NOT NULL,
+    selector    TEXT NOT NULL,
+    PRIMARY KEY (run_id, task_id, selector)
+);
+CREATE TABLE IF NOT EXISTS resources (
+    backend     TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    run_id      TEXT NOT NULL REFERENCES runs(id),
+    task_id     TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    released_at INTEGER,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    PRIMARY KEY (backend, kind, id)
+);
+CREATE INDEX IF NOT EXISTS resources_by_run ON resources (run_id, task_id);
+";
+
+#[derive(Clone)]
+pub struct Ledger {
+    connection: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+/// A run as the ledger knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub pid: u32,
+    pub start_time: Option<u64>,
+    pub host: String,
+    pub benchmark: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub outcome: Option<String>,
+}
+
+impl RunRecord {
+    /// Alive: same host and its process (pid and start time) still runs.
+    /// Another host's run cannot be judged from here and counts as alive.
+    pub fn is_alive(&self, this_host: &str) -> bool {
+        if self.host != this_host {
+            return true;
+        }
+        owner::process_is_alive(self.pid, self.start_time)
+    }
+
+    /// Orphaned: on this host, its process is gone, and it never finished.
+    pub fn is_orphaned(&self, this_host: &str) -> bool {
+        self.host == this_host && !self.is_alive(this_host) && self.ended_at.is_none()
+    }
+}
+
+/// A resource row.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceRecord {
+    pub resource: ResourceRef,
+    pub run_id: String,
+    pub task_id: String,
+    pub created_at: i64,
+    pub released_at: Option<i64>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+impl Ledger {
+    /// Opens (creating if needed) `<state_dir>/ledger.sqlite`.
+    pub fn open(state_dir: &Path) -> Result<Self, Error> {
+        let path = state_dir.join("ledger.sqlite");
+        let ledger_error = |message: String| Error::Ledger {
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(state_dir).map_err(|error| {
+            ledger_error(format!("cannot create {}: {error}", state_dir.display()))
+        })?;
+        let connection =
+            Connection::open(&path).map_err(|error| ledger_error(error.to_string()))?;
+        connection
+            .busy_timeout(Duration::from_secs(30))
+            .map_err(|error| ledger_error(error.to_string()))?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .and_then(|()| connection.pragma_update(None, "synchronous", "NORMAL"))
+            .and_then(|()| connection.execute_batch(SCHEMA))
+            .map_err(|error| ledger_error(error.to_string()))?;
+        Ok(Ledger {
+            connection: Arc::new(Mutex::new(connection)),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` with the connection on the blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, Error> {
+        let connection = Arc::clone(&self.connection);
+        let path = self.path.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            // A poisoned lock means a panic mid-statement; SQLite rolled the statement back.
+            let mut guard = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut guard)
+        })
+        .await;
+        match outcome {
+            Ok(result) => result.map_err(|error| Error::Ledger {
+                path,
+                message: error.to_string(),
+            }),
+            Err(join_error) => Err(Error::Ledger {
+                path,
+                message: format!("ledger worker failed: {join_error}"),
+            }),
+        }
+    }
+
+    pub async fn start_run(&self, run: RunRecord) -> Result<(), Error> {
+        self.with(move |connection| {
+            connection.execute(
+                "INSERT INTO runs (id, pid, start_time, host, benchmark, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![run.id, run.pid, run.start_time.map(|time| time as i64), run.host, run.benchmark, run.started_at],
+            )
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn end_run(&self, run_id: &str, outcome: &str) -> Result<(), Error> {
+        let (run_id, outcome) = (run_id.to_string(), outcome.to_string());
+        self.with(move |connection| {
+            connection.execute(
+                "UPDATE runs SET ended_at = ?2, outcome = ?3 WHERE id = ?1",
+                params![run_id, now_unix(), outcome],
+            )
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Records the selectors a task claims, so `recover` can find what they
+    /// matched after a crash.
+    pub async fn record_claims(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        selectors: Vec<String>,
+    ) -> Result<(), Error> {
+        let (run_id, task_id) = (run_id.to_string(), task_id.to_string());
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            for selector in selectors {
+                transaction.execute(
+                    "INSERT OR IGNORE INTO claims (run_id, task_id, selector) VALUES (?1, ?2, ?3)",
+                    params![run_id, task_id, selector],
+                )?;
+            }
+            transaction.commit()
+        })
+        .await
+    }
+
+    pub async fn claims(&self, run_id: &str) -> Result<Vec<(String, String)>, Error> {
+        let run_id = run_id.to_string();
+        self.with(move |connection| {
+            let mut statement =
+                connection.prepare("SELECT task_id, selector FROM claims WHERE run_id = ?1")?;
+            let rows = statement.query_map([run_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Records resources as owned by a task. Idempotent: a resource already
+    /// recorded keeps its first owner.
+    pub async fn record_resources(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        resources: Vec<ResourceRef>,
+    ) -> Result<(), Error> {
+        if resources.is_empty() {
+            return Ok(());
+        }
+        let (run_id, task_id) = (run_id.to_string(), task_id.to_string());
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            for resource in resources {
+                transaction.execute(
+                    "INSERT OR IGNORE INTO resources (backend, kind, id, name, run_id, task_id, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        resource.kind.backend(),
+                        resource.kind.as_str(),
+                        resource.id,
+                        resource.name,
+                        run_id,
+                        task_id,
+                        now_unix()
+                    ],
+                )?;
+            }
+            transaction.commit()
+        })
+        .await
+    }
+
+    /// Marks resources as released (gone), or records a failed attempt.
+    pub async fn record_outcomes(
+        &self,
+        outcomes: Vec<(ResourceRef, u32, Option<String>)>,
+    ) -> Result<(), Error> {
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            for (resource, attempts, error) in outcomes {
+                let key = params![resource.kind.backend(), resource.kind.as_str(), resource.id];
+                match error {
+                    None => transaction.execute(
+                        "UPDATE resources SET released_at = ?4, attempts = attempts + ?5, last_error = NULL
+                         WHERE backend = ?1 AND kind = ?2 AND id = ?3",
+                        params![key[0], key[1], key[2], now_unix(), attempts],
+                    )?,
+                    Some(error) => transaction.execute(
+                        "UPDATE resources SET attempts = attempts + ?4, last_error = ?5
+                         WHERE backend = ?1 AND kind = ?2 AND id = ?3",
+                        params![key[0], key[1], key[2], attempts, error],
+                    )?,
+                };
+            }
+            transaction.commit()
+        })
+        .await
+    }
+
+    /// Resources not yet released, of one run (and one task, if given).
+    pub async fn unreleased(
+        &self,
+        run_id: &str,
+        task_id: Option<&str>,
+    ) -> Result<Vec<ResourceRecord>, Error> {
+        let (run_id, task_id) = (run_id.to_string(), task_id.map(str::to_string));
+        self.with(move |connection| {
+            let mut statement = connection.prepare(
+                "SELECT kind, id, name, run_id, task_id, created_at, released_at, attempts, last_error
+                 FROM resources WHERE released_at IS NULL AND run_id = ?1 AND (?2 IS NULL OR task_id = ?2)
+                 ORDER BY created_at, id",
+            )?;
+            let rows = statement.query_map(params![run_id, task_id], resource_from_row)?;
+            Ok(rows.filter_map(Result::ok).flatten().collect())
+        })
+        .await
+    }
+
+    /// Every unreleased resource, across runs.
+    pub async fn all_unreleased(&self) -> Result<Vec<ResourceRecord>, Error> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT kind, id, name, run_id, task_id, created_at, released_at, attempts, last_error
+                 FROM resources WHERE released_at IS NULL ORDER BY run_id, created_at, id",
+            )?;
+            let rows = statement.query_map([], resource_from_row)?;
+            Ok(rows.filter_map(Result::ok).flatten().collect())
+        })
+        .await
+    }
+
+    pub async fn runs(&self) -> Result<Vec<RunRecord>, Error> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT id, pid, start_time, host, benchmark, started_at, ended_at, outcome FROM runs ORDER BY started_at, id",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(RunRecord {
+                    id: row.get(0)?,
+                    pid: row.get(1)?,
+                    start_time: row.get::<_, Option<i64>>(2)?.map(|time| time as u64),
+                    host: row.get(3)?,
+                    benchmark: row.get(4)?,
+                    started_at: row.get(5)?,
+                    ended_at: row.get(6)?,
+                    outcome: row.get(7)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, Error> {
+        let run_id = run_id.to_string();
+        Ok(self.runs().await?.into_iter().find(|run| run.id == run_id))
+    }
+
+    pub async fn run_exists(&self, run_id: &str) -> Result<bool, Error> {
+        let run_id = run_id.to_string();
+        self.with(move |connection| {
+            connection
+                .query_row("SELECT 1 FROM runs WHERE id = ?1", [run_id], |_| Ok(()))
+                .optional()
+                .map(|found| found.is_some())
+        })
+        .await
+    }
+}
+
+fn resource_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ResourceRecord>> {
+    let kind: String = row.get(0)?;
+    let Some(kind) = Kind::parse(&kind) else {
+        // A kind written by a newer version: leave it to that version.
+        return Ok(None);
+    };
+    Ok(Some(ResourceRecord {
+        resource: ResourceRef {
+            kind,
+            id: row.get(1)?,
+            name: row.get(2)?,
+        },
+        run_id: row.get(3)?,
+        task_id: row.get(4)?,
+        created_at: row.get(5)?,
+        released_at: row.get(6)?,
+        attempts: row.get(7)?,
+        last_error: row.get(8)?,
+    }))
+}
+
+/// Unreleased resources of a run, read synchronously on a fresh connection:
+/// for the moment when benchwarden exits at once and no runtime is left to ask.
+pub fn unreleased_now(path: &Path, run_id: &str) -> rusqlite::Result<Vec<ResourceRecord>> {
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(Duration::from_secs(2))?;
+    let mut statement = connection.prepare(
+        "SELECT kind, id, name, run_id, task_id, created_at, released_at, attempts, last_error
+         FROM resources WHERE released_at IS NULL AND run_id = ?1 ORDER BY created_at, id",
+    )?;
+    let rows = statement.query_map([run_id], resource_from_row)?;
+    Ok(rows.filter_map(Result::ok).flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str) -> RunRecord {
+        RunRecord {
+            id: id.to_string(),
+            pid: std::process::id(),
+            start_time: owner::process_start_time(std::process::id()),
+            host: owner::host_name(),
+            benchmark: "test".to_string(),
+            started_at: now_unix(),
+            ended_at: None,
+            outcome: None,
+        }
+    }
+
+    fn container(id: &str) -> ResourceRef {
+        ResourceRef {
+            kind: Kind::Container,
+            id: id.to_string(),
+            name: format!("name-{id}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn resources_are_recorded_and_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.start_run(run("r1")).await.unwrap();
+        ledger
+            .record_resources("r1", "a", vec![container("c1"), container("c2")])
+            .await
+            .unwrap();
+        ledger
+            .record_resources("r1", "b", vec![container("c3"), container("c1")])
+            .await
+            .unwrap();
+        let unreleased = ledger.unreleased("r1", Some("a")).await.unwrap();
+        assert_eq!(unreleased.len(), 2, "c1 keeps its first owner");
+        ledger
+            .record_outcomes(vec![
+                (container("c1"), 1, None),
+                (container("c2"), 4, Some("boom".into())),
+            ])
+            .await
+            .unwrap();
+        let left = ledger.unreleased("r1", None).await.unwrap();
+        let ids: Vec<&str> = left
+            .iter()
+            .map(|record| record.resource.id.as_str())
+            .collect();
+        assert_eq!(ids, ["c2", "c3"]);
+        assert_eq!(left[0].attempts, 4);
+        assert_eq!(left[0].last_error.as_deref(), Some("boom"));
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_process_is_gone_is_orphaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let mut dead = run("dead");
+        dead.start_time = dead.start_time.map(|time| time + 1);
+        ledger.start_run(run("live")).await.unwrap();
+        ledger.start_run(dead).await.unwrap();
+        let host = owner::host_name();
+        let runs = ledger.runs().await.unwrap();
+        let orphaned: Vec<&str> = runs
+            .iter()
+            .filter(|run| run.is_orphaned(&host))
+            .map(|run| run.id.as_str())
+            .collect();
+        assert_eq!(orphaned, ["dead"]);
+        ledger.end_run("dead", "recovered").await.unwrap();
+        assert!(!ledger
+            .run("dead")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_orphaned(&host));
+    }
+
+    #[tokio::test]
+    async fn two_handles_share_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Ledger::open(dir.path()).unwrap();
+        let second = Ledger::open(dir.path()).unwrap();
+        first.start_run(run("r1")).await.unwrap();
+        second.start_run(run("r2")).await.unwrap();
+        let writes = (0..50).map(|index| {
+            let ledger = if index % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            async move {
+                ledger
+                    .record_resources("r1", "t", vec![container(&format!("c{index}"))])
+                    .await
+            }
+        });
+        for result in futures_util::future::join_all(writes).await {
+            result.unwrap();
+        }
+        assert_eq!(first.unreleased("r1", None).await.unwrap().len(), 50);
+    }
+}

@@ -1,0 +1,8 @@
+//! Running harness processes: one per task, each in its own process group,
+//! scheduled at most `-j` at once, stopped on timeout or interrupt, and
+//! followed by teardown of what the task owns.
+
+pub mod process;
+pub mod scheduler;
+pub mod signal;
+pub mod task;

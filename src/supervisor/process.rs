@@ -1,0 +1,189 @@
+//! Harness processes: spawning in a new process group, finding every
+//! process of a task (group members, and descendants that escaped it, by
+//! their inherited `BENCHWARDEN_RUN_ID`/`BENCHWARDEN_TASK_ID`), signal
+//! escalation, and reaping of orphans adopted as a child subreaper.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+
+pub const ENV_RUN_ID: &str = "BENCHWARDEN_RUN_ID";
+pub const ENV_TASK_ID: &str = "BENCHWARDEN_TASK_ID";
+
+/// How often process exits are checked while waiting out a grace period.
+/// Exits of processes that are not our children raise no event we can await.
+const EXIT_POLL: Duration = Duration::from_millis(20);
+
+/// Pids of harness processes that tokio is waiting for: the orphan reaper
+/// must not steal their exit status.
+fn tokio_children() -> &'static Mutex<HashSet<u32>> {
+    static CHILDREN: OnceLock<Mutex<HashSet<u32>>> = OnceLock::new();
+    CHILDREN.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+pub fn register_tokio_child(pid: u32) {
+    tokio_children()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(pid);
+}
+
+pub fn unregister_tokio_child(pid: u32) {
+    tokio_children()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .remove(&pid);
+}
+
+/// Makes this process a child subreaper, so that a harness's double-forked
+/// descendants are re-parented to us instead of to init.
+pub fn become_subreaper() -> Result<(), Errno> {
+    nix::sys::prctl::set_child_subreaper(true)
+}
+
+/// Reaps zombie children of ours that tokio does not own (adopted orphans).
+/// Waits on specific pids only, never `waitpid(-1)`.
+pub fn reap_adopted() {
+    let me = std::process::id();
+    let owned = tokio_children()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    for stat in proc_stats() {
+        if stat.parent == me && stat.state == 'Z' && !owned.contains(&stat.pid) {
+            let _ = waitpid(Pid::from_raw(stat.pid as i32), Some(WaitPidFlag::WNOHANG));
+        }
+    }
+}
+
+/// Runs [`reap_adopted`] whenever a child changes state, until the runtime
+/// shuts down.
+pub fn spawn_reaper() {
+    tokio::spawn(async {
+        let Ok(mut child_signals) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        else {
+            tracing::warn!(
+                "cannot listen for SIGCHLD: adopted orphans are reaped only when their task ends"
+            );
+            return;
+        };
+        while child_signals.recv().await.is_some() {
+            reap_adopted();
+        }
+    });
+}
+
+struct ProcStat {
+    pid: u32,
+    parent: u32,
+    group: u32,
+    state: char,
+}
+
+fn proc_stats() -> Vec<ProcStat> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let parent = fields.next()?.parse().ok()?;
+            let group = fields.next()?.parse().ok()?;
+            Some(ProcStat {
+                pid,
+                parent,
+                group,
+                state,
+            })
+        })
+        .collect()
+}
+
+/// Live (not zombie) processes of one task: members of its process group,
+/// and any process whose environment names the task, wherever it went.
+pub fn task_processes(process_group: u32, run_id: &str, task_id: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let run_entry = format!("{ENV_RUN_ID}={run_id}");
+    let task_entry = format!("{ENV_TASK_ID}={task_id}");
+    proc_stats()
+        .into_iter()
+        .filter(|stat| stat.pid != me && stat.state != 'Z')
+        .filter(|stat| {
+            if stat.group == process_group {
+                return true;
+            }
+            let Ok(environ) = std::fs::read(format!("/proc/{}/environ", stat.pid)) else {
+                return false;
+            };
+            let mut run_matches = false;
+            let mut task_matches = false;
+            for entry in environ.split(|byte| *byte == 0) {
+                run_matches |= entry == run_entry.as_bytes();
+                task_matches |= entry == task_entry.as_bytes();
+            }
+            run_matches && task_matches
+        })
+        .map(|stat| stat.pid)
+        .collect()
+}
+
+/// Sends `signal` to the task's process group and to every process of the
+/// task found elsewhere.
+pub fn signal_task(process_group: u32, run_id: &str, task_id: &str, signal: Signal) -> usize {
+    let _ = killpg(Pid::from_raw(process_group as i32), signal);
+    let processes = task_processes(process_group, run_id, task_id);
+    for pid in &processes {
+        let _ = kill(Pid::from_raw(*pid as i32), signal);
+    }
+    processes.len()
+}
+
+/// Waits until no process of the task is left, reaping adopted ones, for at
+/// most `limit`. Returns whether they are all gone.
+pub async fn wait_task_gone(
+    process_group: u32,
+    run_id: &str,
+    task_id: &str,
+    limit: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        reap_adopted();
+        if task_processes(process_group, run_id, task_id).is_empty() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(EXIT_POLL).await;
+    }
+}
+
+pub fn signal_from_name(name: &str) -> Signal {
+    match name {
+        "SIGINT" => Signal::SIGINT,
+        "SIGHUP" => Signal::SIGHUP,
+        _ => Signal::SIGTERM,
+    }
+}
+
+/// SIGKILL every harness process group we are still waiting for: the
+/// last resort of a third Ctrl-C.
+pub fn kill_all_harnesses() {
+    let groups = tokio_children()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    for group in groups {
+        let _ = killpg(Pid::from_raw(group as i32), Signal::SIGKILL);
+    }
+}

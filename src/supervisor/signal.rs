@@ -1,0 +1,68 @@
+//! Ctrl-C, SIGTERM and SIGHUP, as data: each press moves the shutdown
+//! state one step (graceful, then kill now, then exit at once), and every
+//! task watches that state.
+
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    Running,
+    /// First press: start no new task; signal harness groups; kill after the grace.
+    Graceful(Signal),
+    /// Second press: kill every harness group now; teardown goes on.
+    Kill(Signal),
+}
+
+impl Shutdown {
+    pub fn is_requested(self) -> bool {
+        !matches!(self, Shutdown::Running)
+    }
+
+    /// The signal that started the shutdown, if any.
+    pub fn signal(self) -> Option<Signal> {
+        match self {
+            Shutdown::Running => None,
+            Shutdown::Graceful(signal) | Shutdown::Kill(signal) => Some(signal),
+        }
+    }
+}
+
+/// Listens for SIGINT, SIGTERM and SIGHUP. `on_third` runs on the third
+/// press and must not return (it exits the process).
+pub fn install(
+    on_third: impl Fn(Signal) + Send + 'static,
+) -> std::io::Result<watch::Receiver<Shutdown>> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let (sender, receiver) = watch::channel(Shutdown::Running);
+    tokio::spawn(async move {
+        let mut presses = 0u32;
+        loop {
+            let received = tokio::select! {
+                Some(()) = interrupt.recv() => Signal::SIGINT,
+                Some(()) = terminate.recv() => Signal::SIGTERM,
+                Some(()) = hangup.recv() => Signal::SIGHUP,
+                else => return,
+            };
+            presses += 1;
+            let first = sender.borrow().signal().unwrap_or(received);
+            match presses {
+                1 => {
+                    tracing::warn!(
+                        "{received}: starting no new tasks; stopping running ones (again to kill them at once)"
+                    );
+                    sender.send_replace(Shutdown::Graceful(first));
+                }
+                2 => {
+                    tracing::warn!("{received} again: killing every harness now; teardown goes on (again to exit at once)");
+                    sender.send_replace(Shutdown::Kill(first));
+                }
+                _ => on_third(first),
+            }
+        }
+    });
+    Ok(receiver)
+}

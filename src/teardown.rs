@@ -1,0 +1,241 @@
+//! Teardown of exactly what one owner (a task, or a whole run) owns: found
+//! through the ledger, benchwarden's owner labels and the benchmark's
+//! selectors; recorded before removal; removed with retry (containers, then
+//! networks, then volumes); then listed again to prove nothing is left.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::backend::docker::{
+    Container, ContainerQuery, DockerBackend, DockerError, COMPOSE_PROJECT_LABEL,
+};
+use crate::backend::{
+    remove_all, Kind, LabelSelector, RemovalOptions, RemovalOutcome, RemovalReport, ResourceRef,
+};
+use crate::backend::{LABEL_RUN, LABEL_TASK};
+use crate::config::Selector;
+use crate::errors::Error;
+use crate::ledger::Ledger;
+use crate::report::Progress;
+
+/// What an owner claims: owner labels, plus selectors already filled with
+/// the run id and task name.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    pub run_id: String,
+    /// `None`: every task of the run.
+    pub task_id: Option<String>,
+    pub selectors: Vec<Selector>,
+}
+
+impl Claims {
+    fn owner_labels(&self) -> Vec<LabelSelector> {
+        let mut labels = vec![LabelSelector {
+            key: LABEL_RUN.to_string(),
+            value: Some(self.run_id.clone()),
+        }];
+        if let Some(task_id) = &self.task_id {
+            labels.push(LabelSelector {
+                key: LABEL_TASK.to_string(),
+                value: Some(task_id.clone()),
+            });
+        }
+        labels
+    }
+
+    /// Selectors as stored in the ledger's `claims` table.
+    pub fn encode_selector(selector: &Selector) -> String {
+        match selector {
+            Selector::Label(label) => format!("label:{label}"),
+            Selector::ComposeProjectPrefix(prefix) => format!("compose_project_prefix:{prefix}"),
+        }
+    }
+
+    pub fn decode_selector(text: &str) -> Option<Selector> {
+        let (kind, value) = text.split_once(':')?;
+        match kind {
+            "label" => Some(Selector::Label(value.to_string())),
+            "compose_project_prefix" => Some(Selector::ComposeProjectPrefix(value.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// How a teardown ended.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TeardownReport {
+    pub removal: RemovalReport,
+    /// Still there after teardown, found by listing again.
+    pub leaked: Vec<ResourceRef>,
+    pub seconds: f64,
+}
+
+impl TeardownReport {
+    pub fn found(&self) -> usize {
+        self.removal.results.len()
+    }
+}
+
+fn docker_error(operation: &str) -> impl Fn(DockerError) -> Error + '_ {
+    move |error| Error::Docker {
+        operation: operation.to_string(),
+        reason: error.to_string(),
+    }
+}
+
+/// Everything the claims point at now, containers first.
+pub async fn discover(
+    backend: &DockerBackend,
+    ledger: &Ledger,
+    claims: &Claims,
+) -> Result<Vec<ResourceRef>, Error> {
+    let mut found: BTreeSet<ResourceRef> = BTreeSet::new();
+    let owner_labels = claims.owner_labels();
+    let label_selectors: Vec<LabelSelector> = claims
+        .selectors
+        .iter()
+        .filter_map(|selector| match selector {
+            Selector::Label(label) => LabelSelector::parse(label).ok(),
+            Selector::ComposeProjectPrefix(_) => None,
+        })
+        .collect();
+    let prefixes: Vec<&str> = claims
+        .selectors
+        .iter()
+        .filter_map(|selector| match selector {
+            Selector::ComposeProjectPrefix(prefix) => Some(prefix.as_str()),
+            Selector::Label(_) => None,
+        })
+        .collect();
+    let in_claimed_project = |labels: &std::collections::BTreeMap<String, String>| {
+        labels
+            .get(COMPOSE_PROJECT_LABEL)
+            .is_some_and(|project| prefixes.iter().any(|prefix| project.starts_with(prefix)))
+    };
+
+    let mut container_queries = vec![owner_labels.clone()];
+    container_queries.extend(
+        label_selectors
+            .iter()
+            .map(|selector| vec![selector.clone()]),
+    );
+    if !prefixes.is_empty() {
+        container_queries.push(vec![LabelSelector {
+            key: COMPOSE_PROJECT_LABEL.to_string(),
+            value: None,
+        }]);
+    }
+    for labels in container_queries {
+        let prefix_query = labels
+            .first()
+            .is_some_and(|label| label.key == COMPOSE_PROJECT_LABEL && label.value.is_none());
+        let containers = backend
+            .list_containers(&ContainerQuery { labels, all: true })
+            .await
+            .map_err(docker_error("list containers"))?;
+        found.extend(
+            containers
+                .iter()
+                .filter(|container| !prefix_query || in_claimed_project(&container.labels))
+                .map(Container::resource),
+        );
+    }
+
+    let networks = backend
+        .list_networks(&[])
+        .await
+        .map_err(docker_error("list networks"))?;
+    let volumes = backend
+        .list_volumes(&[])
+        .await
+        .map_err(docker_error("list volumes"))?;
+    for item in networks.iter().chain(&volumes) {
+        let owned = owner_labels
+            .iter()
+            .all(|selector| selector.matches(&item.labels))
+            || label_selectors
+                .iter()
+                .any(|selector| selector.matches(&item.labels))
+            || in_claimed_project(&item.labels);
+        if owned {
+            found.insert(item.resource.clone());
+        }
+    }
+
+    for record in ledger
+        .unreleased(&claims.run_id, claims.task_id.as_deref())
+        .await?
+    {
+        if backend
+            .exists(&record.resource)
+            .await
+            .map_err(docker_error("inspect"))?
+        {
+            found.insert(record.resource);
+        } else {
+            // Gone already (removed by the harness itself): release the row.
+            ledger
+                .record_outcomes(vec![(record.resource, 0, None)])
+                .await?;
+        }
+    }
+    // BTreeSet order is by kind: containers, networks, volumes.
+    Ok(found.into_iter().collect())
+}
+
+/// Tears down what `claims` own and verifies by listing again. Every
+/// resource found is written to the ledger first, so a crash mid-teardown
+/// leaves a record for `recover`.
+pub async fn teardown(
+    backend: &DockerBackend,
+    ledger: &Ledger,
+    claims: &Claims,
+    options: &RemovalOptions,
+    stop_timeout: Option<std::time::Duration>,
+) -> Result<TeardownReport, Error> {
+    let started = std::time::Instant::now();
+    let found = discover(backend, ledger, claims).await?;
+    let task_for_rows = claims.task_id.clone().unwrap_or_else(|| "-".to_string());
+    ledger
+        .record_resources(&claims.run_id, &task_for_rows, found.clone())
+        .await?;
+
+    let remover = backend.remover(stop_timeout);
+    let hidden = Progress::hidden();
+    let mut removal = RemovalReport::default();
+    for kind in [Kind::Container, Kind::Network, Kind::Volume] {
+        let batch: Vec<ResourceRef> = found
+            .iter()
+            .filter(|resource| resource.kind == kind)
+            .cloned()
+            .collect();
+        if !batch.is_empty() {
+            removal.extend(remove_all(&remover, batch, options, &hidden).await);
+        }
+    }
+    let outcomes = removal
+        .results
+        .iter()
+        .filter_map(|(resource, outcome)| match outcome {
+            RemovalOutcome::Removed { attempts } | RemovalOutcome::AlreadyGone { attempts } => {
+                Some((resource.clone(), *attempts, None))
+            }
+            RemovalOutcome::Failed { attempts, error } => {
+                Some((resource.clone(), *attempts, Some(error.clone())))
+            }
+            RemovalOutcome::NotAttempted | RemovalOutcome::WouldRemove => None,
+        })
+        .collect();
+    ledger.record_outcomes(outcomes).await?;
+
+    let leaked = discover(backend, ledger, claims).await?;
+    for resource in &leaked {
+        tracing::error!("leaked: {resource} is still there after teardown");
+    }
+    Ok(TeardownReport {
+        removal,
+        leaked,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
