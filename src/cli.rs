@@ -147,14 +147,12 @@ pub enum CleanupCommand {
 }
 
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Filters combine with AND. At least one of --exited, --older-than, --label, \
+#[command(after_help = "Filters combine with AND. At least one of --exited, --older-than, --label, \
     --all is required, so a bare `cleanup docker` never wipes a host.\n\n\
     Examples:\n  \
     benchwarden cleanup docker --exited --older-than 1d\n  \
     benchwarden cleanup docker --label com.docker.compose.project=tb-run --dry-run\n  \
-    benchwarden cleanup docker --all --volumes        # every container on this host"
-)]
+    benchwarden cleanup docker --all --volumes        # every container on this host")]
 pub struct CleanupDockerArgs {
     /// Only containers that are not running: exited, dead, or created but never started
     #[arg(long)]
@@ -234,10 +232,7 @@ mod tests {
     #[test]
     fn durations_read_like_the_docs() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(
-            parse_duration("2d").unwrap(),
-            Duration::from_secs(2 * 86400)
-        );
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(2 * 86400));
         assert!(parse_duration("soon").is_err());
     }
 }

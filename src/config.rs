@@ -98,11 +98,7 @@ pub struct DockerSection {
 
 impl Default for DockerSection {
     fn default() -> Self {
-        DockerSection {
-            enabled: true,
-            stop_timeout: None,
-            selectors: Vec::new(),
-        }
+        DockerSection { enabled: true, stop_timeout: None, selectors: Vec::new() }
     }
 }
 
@@ -132,10 +128,7 @@ impl TryFrom<SelectorEntry> for Selector {
         match (entry.label, entry.compose_project_prefix) {
             (Some(label), None) => Ok(Selector::Label(label)),
             (None, Some(prefix)) => Ok(Selector::ComposeProjectPrefix(prefix)),
-            _ => Err(
-                "a selector has exactly one of `label: K=V` or `compose_project_prefix: PREFIX`"
-                    .to_string(),
-            ),
+            _ => Err("a selector has exactly one of `label: K=V` or `compose_project_prefix: PREFIX`".to_string()),
         }
     }
 }
@@ -144,15 +137,11 @@ fn yes() -> bool {
     true
 }
 
-fn optional_duration<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Duration>, D::Error> {
+fn optional_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
     let text: Option<String> = Option::deserialize(deserializer)?;
     text.map(|text| {
         humantime::parse_duration(&text).map_err(|error| {
-            serde::de::Error::custom(format!(
-                "invalid duration {text:?}: {error} (e.g. 90s, 30m, 2d)"
-            ))
+            serde::de::Error::custom(format!("invalid duration {text:?}: {error} (e.g. 90s, 30m, 2d)"))
         })
     })
     .transpose()
@@ -170,10 +159,7 @@ impl Benchmark {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
-        let config_error = |message: String| Error::Config {
-            path: path.to_path_buf(),
-            message,
-        };
+        let config_error = |message: String| Error::Config { path: path.to_path_buf(), message };
         let benchmark: Benchmark = serde_yaml::from_str(text).map_err(|error| {
             let message = match error.location() {
                 Some(location) => format!(
@@ -187,16 +173,12 @@ impl Benchmark {
             config_error(message)
         })?;
         if benchmark.harness.command.is_empty() {
-            return Err(config_error(
-                "harness.command is empty: give the program and its arguments as a list".into(),
-            ));
+            return Err(config_error("harness.command is empty: give the program and its arguments as a list".into()));
         }
         let mut seen = std::collections::BTreeSet::new();
         for task in &benchmark.tasks {
             if task.is_empty() || task.contains(['/', '\0']) {
-                return Err(config_error(format!(
-                    "task name {task:?} is not usable: no '/' and not empty"
-                )));
+                return Err(config_error(format!("task name {task:?} is not usable: no '/' and not empty")));
             }
             if !seen.insert(task) {
                 return Err(config_error(format!("task {task:?} is listed twice")));
@@ -219,10 +201,7 @@ fn strip_location(message: &str) -> String {
 
 /// Fills `{task}`, `{run_id}` and `{task_index}` in a harness argument or selector.
 pub fn fill(template: &str, task: &str, run_id: &str, task_index: usize) -> String {
-    template
-        .replace("{task}", task)
-        .replace("{run_id}", run_id)
-        .replace("{task_index}", &task_index.to_string())
+    template.replace("{task}", task).replace("{run_id}", run_id).replace("{task_index}", &task_index.to_string())
 }
 
 /// Whether `value` fits a template whose placeholders stand for any
@@ -233,10 +212,7 @@ pub fn matches_template(template: &str, value: &str) -> bool {
     loop {
         let next = ["{task}", "{run_id}", "{task_index}"]
             .iter()
-            .filter_map(|placeholder| {
-                rest.find(placeholder)
-                    .map(|index| (index, placeholder.len()))
-            })
+            .filter_map(|placeholder| rest.find(placeholder).map(|index| (index, placeholder.len())))
             .min();
         match next {
             Some((index, length)) => {
@@ -263,8 +239,7 @@ fn matches_literals(literals: &[&str], value: &str) -> bool {
     if tail.is_empty() {
         return value.is_empty();
     }
-    (1..=value.len())
-        .any(|cut| value.is_char_boundary(cut) && matches_literals(tail, &value[cut..]))
+    (1..=value.len()).any(|cut| value.is_char_boundary(cut) && matches_literals(tail, &value[cut..]))
 }
 
 #[cfg(test)]
@@ -283,9 +258,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_rejected_with_line_and_column() {
         let text = "name: x\nharness:\n  command: [true]\n  comand: oops\n";
-        let error = Benchmark::parse(text, Path::new("b.yaml"))
-            .unwrap_err()
-            .to_string();
+        let error = Benchmark::parse(text, Path::new("b.yaml")).unwrap_err().to_string();
         assert!(error.starts_with("b.yaml: line 4, column 3: "), "{error}");
         assert!(error.contains("unknown field `comand`"), "{error}");
     }
@@ -293,27 +266,16 @@ mod tests {
     #[test]
     fn bad_durations_say_what_was_expected() {
         let text = "name: x\nharness:\n  command: [true]\n  timeout: soon\n";
-        let error = Benchmark::parse(text, Path::new("b.yaml"))
-            .unwrap_err()
-            .to_string();
+        let error = Benchmark::parse(text, Path::new("b.yaml")).unwrap_err().to_string();
         assert!(error.contains("invalid duration \"soon\""), "{error}");
     }
 
     #[test]
     fn placeholders_fill_and_match() {
         assert_eq!(fill("tb-{run_id}-{task}", "hello", "r1", 0), "tb-r1-hello");
-        assert!(matches_template(
-            "tb-{run_id}-{task}",
-            "tb-20261129-2304-k3f9-hello"
-        ));
-        assert!(matches_template(
-            "tb-20261129-2304-k3f9-{task}",
-            "tb-20261129-2304-k3f9-hello"
-        ));
-        assert!(!matches_template(
-            "tb-20261129-2304-zzzz-{task}",
-            "tb-20261129-2304-k3f9-hello"
-        ));
+        assert!(matches_template("tb-{run_id}-{task}", "tb-20261129-2304-k3f9-hello"));
+        assert!(matches_template("tb-20261129-2304-k3f9-{task}", "tb-20261129-2304-k3f9-hello"));
+        assert!(!matches_template("tb-20261129-2304-zzzz-{task}", "tb-20261129-2304-k3f9-hello"));
         assert!(matches_template("smoke/{task}", "smoke/a"));
         assert!(!matches_template("smoke/{task}", "smoke/"));
         assert!(!matches_template("tb-{run_id}-{task}", "other-r1-hello"));

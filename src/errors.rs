@@ -56,11 +56,7 @@ pub enum Error {
     Ledger { path: PathBuf, message: String },
 
     #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
 }
 
 impl Error {
@@ -70,9 +66,7 @@ impl Error {
 
     pub fn exit_status(&self) -> ExitStatus {
         match self {
-            Error::Usage(_) | Error::DockerUnreachable { .. } | Error::Config { .. } => {
-                ExitStatus::Usage
-            }
+            Error::Usage(_) | Error::DockerUnreachable { .. } | Error::Config { .. } => ExitStatus::Usage,
             Error::Docker { .. } | Error::Ledger { .. } | Error::Io { .. } => ExitStatus::Failure,
         }
     }

@@ -102,27 +102,17 @@ impl Ledger {
     /// Opens (creating if needed) `<state_dir>/ledger.sqlite`.
     pub fn open(state_dir: &Path) -> Result<Self, Error> {
         let path = state_dir.join("ledger.sqlite");
-        let ledger_error = |message: String| Error::Ledger {
-            path: path.clone(),
-            message,
-        };
-        std::fs::create_dir_all(state_dir).map_err(|error| {
-            ledger_error(format!("cannot create {}: {error}", state_dir.display()))
-        })?;
-        let connection =
-            Connection::open(&path).map_err(|error| ledger_error(error.to_string()))?;
-        connection
-            .busy_timeout(Duration::from_secs(30))
-            .map_err(|error| ledger_error(error.to_string()))?;
+        let ledger_error = |message: String| Error::Ledger { path: path.clone(), message };
+        std::fs::create_dir_all(state_dir)
+            .map_err(|error| ledger_error(format!("cannot create {}: {error}", state_dir.display())))?;
+        let connection = Connection::open(&path).map_err(|error| ledger_error(error.to_string()))?;
+        connection.busy_timeout(Duration::from_secs(30)).map_err(|error| ledger_error(error.to_string()))?;
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| connection.pragma_update(None, "synchronous", "NORMAL"))
             .and_then(|()| connection.execute_batch(SCHEMA))
             .map_err(|error| ledger_error(error.to_string()))?;
-        Ok(Ledger {
-            connection: Arc::new(Mutex::new(connection)),
-            path,
-        })
+        Ok(Ledger { connection: Arc::new(Mutex::new(connection)), path })
     }
 
     pub fn path(&self) -> &Path {
@@ -138,21 +128,13 @@ impl Ledger {
         let path = self.path.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             // A poisoned lock means a panic mid-statement; SQLite rolled the statement back.
-            let mut guard = connection
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut guard = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             work(&mut guard)
         })
         .await;
         match outcome {
-            Ok(result) => result.map_err(|error| Error::Ledger {
-                path,
-                message: error.to_string(),
-            }),
-            Err(join_error) => Err(Error::Ledger {
-                path,
-                message: format!("ledger worker failed: {join_error}"),
-            }),
+            Ok(result) => result.map_err(|error| Error::Ledger { path, message: error.to_string() }),
+            Err(join_error) => Err(Error::Ledger { path, message: format!("ledger worker failed: {join_error}") }),
         }
     }
 
@@ -160,7 +142,14 @@ impl Ledger {
         self.with(move |connection| {
             connection.execute(
                 "INSERT INTO runs (id, pid, start_time, host, benchmark, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![run.id, run.pid, run.start_time.map(|time| time as i64), run.host, run.benchmark, run.started_at],
+                params![
+                    run.id,
+                    run.pid,
+                    run.start_time.map(|time| time as i64),
+                    run.host,
+                    run.benchmark,
+                    run.started_at
+                ],
             )
         })
         .await
@@ -181,12 +170,7 @@ impl Ledger {
 
     /// Records the selectors a task claims, so `recover` can find what they
     /// matched after a crash.
-    pub async fn record_claims(
-        &self,
-        run_id: &str,
-        task_id: &str,
-        selectors: Vec<String>,
-    ) -> Result<(), Error> {
+    pub async fn record_claims(&self, run_id: &str, task_id: &str, selectors: Vec<String>) -> Result<(), Error> {
         let (run_id, task_id) = (run_id.to_string(), task_id.to_string());
         self.with(move |connection| {
             let transaction = connection.transaction()?;
@@ -204,8 +188,7 @@ impl Ledger {
     pub async fn claims(&self, run_id: &str) -> Result<Vec<(String, String)>, Error> {
         let run_id = run_id.to_string();
         self.with(move |connection| {
-            let mut statement =
-                connection.prepare("SELECT task_id, selector FROM claims WHERE run_id = ?1")?;
+            let mut statement = connection.prepare("SELECT task_id, selector FROM claims WHERE run_id = ?1")?;
             let rows = statement.query_map([run_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
             rows.collect()
         })
@@ -247,10 +230,7 @@ impl Ledger {
     }
 
     /// Marks resources as released (gone), or records a failed attempt.
-    pub async fn record_outcomes(
-        &self,
-        outcomes: Vec<(ResourceRef, u32, Option<String>)>,
-    ) -> Result<(), Error> {
+    pub async fn record_outcomes(&self, outcomes: Vec<(ResourceRef, u32, Option<String>)>) -> Result<(), Error> {
         self.with(move |connection| {
             let transaction = connection.transaction()?;
             for (resource, attempts, error) in outcomes {
@@ -274,11 +254,7 @@ impl Ledger {
     }
 
     /// Resources not yet released, of one run (and one task, if given).
-    pub async fn unreleased(
-        &self,
-        run_id: &str,
-        task_id: Option<&str>,
-    ) -> Result<Vec<ResourceRecord>, Error> {
+    pub async fn unreleased(&self, run_id: &str, task_id: Option<&str>) -> Result<Vec<ResourceRecord>, Error> {
         let (run_id, task_id) = (run_id.to_string(), task_id.map(str::to_string));
         self.with(move |connection| {
             let mut statement = connection.prepare(
@@ -351,11 +327,7 @@ fn resource_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Resourc
         return Ok(None);
     };
     Ok(Some(ResourceRecord {
-        resource: ResourceRef {
-            kind,
-            id: row.get(1)?,
-            name: row.get(2)?,
-        },
+        resource: ResourceRef { kind, id: row.get(1)?, name: row.get(2)? },
         run_id: row.get(3)?,
         task_id: row.get(4)?,
         created_at: row.get(5)?,
@@ -396,11 +368,7 @@ mod tests {
     }
 
     fn container(id: &str) -> ResourceRef {
-        ResourceRef {
-            kind: Kind::Container,
-            id: id.to_string(),
-            name: format!("name-{id}"),
-        }
+        ResourceRef { kind: Kind::Container, id: id.to_string(), name: format!("name-{id}") }
     }
 
     #[tokio::test]
@@ -408,28 +376,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
         ledger.start_run(run("r1")).await.unwrap();
-        ledger
-            .record_resources("r1", "a", vec![container("c1"), container("c2")])
-            .await
-            .unwrap();
-        ledger
-            .record_resources("r1", "b", vec![container("c3"), container("c1")])
-            .await
-            .unwrap();
+        ledger.record_resources("r1", "a", vec![container("c1"), container("c2")]).await.unwrap();
+        ledger.record_resources("r1", "b", vec![container("c3"), container("c1")]).await.unwrap();
         let unreleased = ledger.unreleased("r1", Some("a")).await.unwrap();
         assert_eq!(unreleased.len(), 2, "c1 keeps its first owner");
         ledger
-            .record_outcomes(vec![
-                (container("c1"), 1, None),
-                (container("c2"), 4, Some("boom".into())),
-            ])
+            .record_outcomes(vec![(container("c1"), 1, None), (container("c2"), 4, Some("boom".into()))])
             .await
             .unwrap();
         let left = ledger.unreleased("r1", None).await.unwrap();
-        let ids: Vec<&str> = left
-            .iter()
-            .map(|record| record.resource.id.as_str())
-            .collect();
+        let ids: Vec<&str> = left.iter().map(|record| record.resource.id.as_str()).collect();
         assert_eq!(ids, ["c2", "c3"]);
         assert_eq!(left[0].attempts, 4);
         assert_eq!(left[0].last_error.as_deref(), Some("boom"));
@@ -445,19 +401,10 @@ mod tests {
         ledger.start_run(dead).await.unwrap();
         let host = owner::host_name();
         let runs = ledger.runs().await.unwrap();
-        let orphaned: Vec<&str> = runs
-            .iter()
-            .filter(|run| run.is_orphaned(&host))
-            .map(|run| run.id.as_str())
-            .collect();
+        let orphaned: Vec<&str> = runs.iter().filter(|run| run.is_orphaned(&host)).map(|run| run.id.as_str()).collect();
         assert_eq!(orphaned, ["dead"]);
         ledger.end_run("dead", "recovered").await.unwrap();
-        assert!(!ledger
-            .run("dead")
-            .await
-            .unwrap()
-            .unwrap()
-            .is_orphaned(&host));
+        assert!(!ledger.run("dead").await.unwrap().unwrap().is_orphaned(&host));
     }
 
     #[tokio::test]
@@ -468,16 +415,8 @@ mod tests {
         first.start_run(run("r1")).await.unwrap();
         second.start_run(run("r2")).await.unwrap();
         let writes = (0..50).map(|index| {
-            let ledger = if index % 2 == 0 {
-                first.clone()
-            } else {
-                second.clone()
-            };
-            async move {
-                ledger
-                    .record_resources("r1", "t", vec![container(&format!("c{index}"))])
-                    .await
-            }
+            let ledger = if index % 2 == 0 { first.clone() } else { second.clone() };
+            async move { ledger.record_resources("r1", "t", vec![container(&format!("c{index}"))]).await }
         });
         for result in futures_util::future::join_all(writes).await {
             result.unwrap();

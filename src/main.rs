@@ -25,14 +25,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitStatus, Error> {
     let global = GlobalSettings::resolve(&cli.global)?;
     report::init_logging(&global.output);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            what: "start the async runtime for",
-            path: "benchwarden".into(),
-            source,
-        })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| Error::Io {
+        what: "start the async runtime for",
+        path: "benchwarden".into(),
+        source,
+    })?;
     runtime.block_on(async {
         match cli.command {
             Command::List(args) => app::list(&global, &ListSettings::resolve(&args)?).await,

@@ -38,9 +38,7 @@ pub fn process_is_alive(pid: u32, start_time: Option<u64>) -> bool {
         return false;
     }
     match start_time {
-        Some(expected) => {
-            fields.nth(18).and_then(|field| field.parse::<u64>().ok()) == Some(expected)
-        }
+        Some(expected) => fields.nth(18).and_then(|field| field.parse::<u64>().ok()) == Some(expected),
         None => true,
     }
 }
@@ -80,8 +78,7 @@ impl LabelledOwner {
     pub fn may_be_alive(&self, this_host: &str) -> bool {
         match (&self.host, self.pid) {
             (Some(host), Some(pid)) if host == this_host => {
-                process_is_alive(pid, None)
-                    && process_name(pid).is_some_and(|name| name.starts_with("benchwarden"))
+                process_is_alive(pid, None) && process_name(pid).is_some_and(|name| name.starts_with("benchwarden"))
             }
             (Some(host), _) if host != this_host => true,
             // Labelled by a run, but without a pid: treat as ours and dead only if the host matches.
@@ -91,9 +88,7 @@ impl LabelledOwner {
 }
 
 fn process_name(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|name| name.trim().to_string())
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|name| name.trim().to_string())
 }
 
 #[cfg(test)]

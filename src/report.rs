@@ -38,11 +38,7 @@ impl OutputSettings {
             crate::settings::Color::Never => false,
             crate::settings::Color::Auto => terminal && std::env::var_os("NO_COLOR").is_none(),
         };
-        OutputSettings {
-            verbosity,
-            color,
-            progress: terminal && verbosity != Verbosity::Quiet,
-        }
+        OutputSettings { verbosity, color, progress: terminal && verbosity != Verbosity::Quiet }
     }
 }
 
@@ -89,11 +85,8 @@ pub fn init_logging(output: &OutputSettings) {
         .with_ansi(output.color)
         .with_target(false);
     // On a terminal people read along, so time stamps are clutter; in a log file they matter.
-    let installed = if std::io::stderr().is_terminal() {
-        builder.without_time().try_init()
-    } else {
-        builder.try_init()
-    };
+    let installed =
+        if std::io::stderr().is_terminal() { builder.without_time().try_init() } else { builder.try_init() };
     // A second init (tests driving the library) keeps the first subscriber.
     drop(installed);
 }
@@ -200,30 +193,34 @@ impl RunView {
         let overall = output.progress.then(|| {
             let bar = multi().add(ProgressBar::new(tasks as u64));
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} [{bar:30}] {pos}/{len} tasks {msg} {elapsed}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} tasks {msg} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
             );
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-        RunView {
-            overall,
-            draw: output.progress,
-            counts: std::sync::Mutex::new((0, 0, 0)),
-        }
+        RunView { overall, draw: output.progress, counts: std::sync::Mutex::new((0, 0, 0)) }
     }
 
-    pub fn task_started(&self, name: &str) -> TaskLine {
+    /// A line for a task that just started; `live` counts the containers it
+    /// has now, as the creation watcher sees them.
+    pub fn task_started(
+        &self,
+        name: &str,
+        live: Option<std::sync::Arc<crate::supervisor::watch::LiveCount>>,
+    ) -> TaskLine {
         tracing::info!("task {name}: started");
         let bar = self.draw.then(|| {
             let bar = multi().add(ProgressBar::new_spinner());
-            bar.set_style(
-                ProgressStyle::with_template("  {spinner} {prefix} {elapsed} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
+            let style = ProgressStyle::with_template("  {spinner} {prefix} {elapsed} {live} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner())
+                .with_key("live", move |_: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                    if let Some(live) = &live {
+                        let _ = write!(out, "{} live container(s)", live.get());
+                    }
+                });
+            bar.set_style(style);
             bar.set_prefix(name.to_string());
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
@@ -233,10 +230,7 @@ impl RunView {
 
     /// Counts a finished task: `failed` and `timed_out` as reported.
     pub fn task_finished(&self, failed: bool, timed_out: bool) {
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         counts.0 += 1;
         counts.1 += usize::from(failed && !timed_out);
         counts.2 += usize::from(timed_out);
@@ -296,13 +290,7 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let text = table(
-            &["ID", "NAME"],
-            &[
-                vec!["a".into(), "bb".into()],
-                vec!["ccc".into(), "d".into()],
-            ],
-        );
+        let text = table(&["ID", "NAME"], &[vec!["a".into(), "bb".into()], vec!["ccc".into(), "d".into()]]);
         assert_eq!(text, "ID   NAME\na    bb\nccc  d\n");
     }
 }

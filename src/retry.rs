@@ -95,11 +95,7 @@ impl RetryPolicy {
     /// Runs `operation` until it succeeds, reaches a `Done` or `Fatal` error,
     /// runs out of retries, or would pass the deadline. `what` names the
     /// operation and its target for the log lines ("remove container 3f2a…").
-    pub async fn run<T, E, F, Fut>(
-        &self,
-        what: &str,
-        mut operation: F,
-    ) -> Result<(Success<T>, u32), Failure<E>>
+    pub async fn run<T, E, F, Fut>(&self, what: &str, mut operation: F) -> Result<(Success<T>, u32), Failure<E>>
     where
         E: Classify + CallTimeout + Display,
         F: FnMut() -> Fut,
@@ -148,11 +144,7 @@ impl RetryPolicy {
             Ok(value) => Ok((Success::Done(value), attempts)),
             Err(error) => match error.class() {
                 ErrorClass::Done => Ok((Success::AlreadyDone, attempts)),
-                class => Err(Failure {
-                    error,
-                    attempts,
-                    class,
-                }),
+                class => Err(Failure { error, attempts, class }),
             },
         }
     }

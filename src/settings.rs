@@ -63,11 +63,7 @@ fn resolve_state_dir(flag: Option<PathBuf>) -> Result<PathBuf, Error> {
     if let Some(dir) = flag {
         return Ok(dir);
     }
-    let from_env = |name: &str| {
-        std::env::var_os(name)
-            .filter(|value| !value.is_empty())
-            .map(PathBuf::from)
-    };
+    let from_env = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
     if let Some(dir) = from_env("BENCHWARDEN_STATE_DIR") {
         return Ok(dir);
     }
@@ -77,16 +73,11 @@ fn resolve_state_dir(flag: Option<PathBuf>) -> Result<PathBuf, Error> {
     if let Some(home) = from_env("HOME") {
         return Ok(home.join(".local/state/benchwarden"));
     }
-    Err(Error::usage(
-        "cannot find a state directory: HOME is not set; pass --state-dir or set BENCHWARDEN_STATE_DIR",
-    ))
+    Err(Error::usage("cannot find a state directory: HOME is not set; pass --state-dir or set BENCHWARDEN_STATE_DIR"))
 }
 
 pub fn parse_labels(texts: &[String]) -> Result<Vec<LabelSelector>, Error> {
-    texts
-        .iter()
-        .map(|text| LabelSelector::parse(text).map_err(Error::Usage))
-        .collect()
+    texts.iter().map(|text| LabelSelector::parse(text).map_err(Error::Usage)).collect()
 }
 
 /// `list`.
@@ -99,11 +90,7 @@ pub struct ListSettings {
 
 impl ListSettings {
     pub fn resolve(args: &cli::ListArgs) -> Result<Self, Error> {
-        Ok(ListSettings {
-            labels: parse_labels(&args.labels)?,
-            all: args.all,
-            json: args.json,
-        })
+        Ok(ListSettings { labels: parse_labels(&args.labels)?, all: args.all, json: args.json })
     }
 }
 
@@ -175,63 +162,45 @@ const DEFAULT_CLEANUP_AGE: Duration = Duration::from_secs(86_400);
 impl RunSettings {
     pub fn resolve(args: &cli::RunArgs, global: &GlobalSettings) -> Result<Self, Error> {
         use crate::config::{Benchmark, Harness};
-        let (benchmark, source, base_dir, harness_args) =
-            match (&args.benchmark, args.harness_args.is_empty()) {
-                (Some(path), _) => {
-                    let benchmark = Benchmark::load(path)?;
-                    let base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
-                    (
-                        benchmark,
-                        path.display().to_string(),
-                        base_dir,
-                        args.harness_args.clone(),
-                    )
-                }
-                (None, false) => {
-                    let benchmark = Benchmark {
-                        name: "adhoc".to_string(),
-                        harness: Harness {
-                            command: args.harness_args.clone(),
-                            env: Default::default(),
-                            cwd: None,
-                            timeout: None,
-                            grace: None,
-                        },
-                        tasks: Vec::new(),
-                        concurrency: None,
-                        cleanup: Default::default(),
-                        docker: Default::default(),
-                        daytona: None,
-                        limits: None,
-                    };
-                    (
-                        benchmark,
-                        "command line".to_string(),
-                        PathBuf::from("."),
-                        Vec::new(),
-                    )
-                }
-                (None, true) => {
-                    let path = materialize_smoke(&global.state_dir)?;
-                    let benchmark = Benchmark::load(&path)?;
-                    let base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
-                    (
-                        benchmark,
-                        "embedded smoke benchmark".to_string(),
-                        base_dir,
-                        Vec::new(),
-                    )
-                }
-            };
+        let (benchmark, source, base_dir, harness_args) = match (&args.benchmark, args.harness_args.is_empty()) {
+            (Some(path), _) => {
+                let benchmark = Benchmark::load(path)?;
+                let base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
+                (benchmark, path.display().to_string(), base_dir, args.harness_args.clone())
+            }
+            (None, false) => {
+                let benchmark = Benchmark {
+                    name: "adhoc".to_string(),
+                    harness: Harness {
+                        command: args.harness_args.clone(),
+                        env: Default::default(),
+                        cwd: None,
+                        timeout: None,
+                        grace: None,
+                    },
+                    tasks: Vec::new(),
+                    concurrency: None,
+                    cleanup: Default::default(),
+                    docker: Default::default(),
+                    daytona: None,
+                    limits: None,
+                };
+                (benchmark, "command line".to_string(), PathBuf::from("."), Vec::new())
+            }
+            (None, true) => {
+                let path = materialize_smoke(&global.state_dir)?;
+                let benchmark = Benchmark::load(&path)?;
+                let base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
+                (benchmark, "embedded smoke benchmark".to_string(), base_dir, Vec::new())
+            }
+        };
         if benchmark.daytona.is_some() || benchmark.limits.is_some() {
-            tracing::warn!("{source}: the `daytona` and `limits` sections are not supported by this version and are ignored");
+            tracing::warn!(
+                "{source}: the `daytona` and `limits` sections are not supported by this version and are ignored"
+            );
         }
 
-        let all_tasks = if benchmark.tasks.is_empty() {
-            vec!["main".to_string()]
-        } else {
-            benchmark.tasks.clone()
-        };
+        let all_tasks = if benchmark.tasks.is_empty() { vec!["main".to_string()] } else { benchmark.tasks.clone() };
         let tasks = if args.tasks.is_empty() {
             all_tasks
         } else {
@@ -243,10 +212,7 @@ impl RunSettings {
                     )));
                 }
             }
-            all_tasks
-                .into_iter()
-                .filter(|task| args.tasks.contains(task))
-                .collect()
+            all_tasks.into_iter().filter(|task| args.tasks.contains(task)).collect()
         };
         let jobs = args.jobs.or(benchmark.concurrency).unwrap_or(1);
         if jobs == 0 {
@@ -255,11 +221,7 @@ impl RunSettings {
         let cleanup_age = match (args.cleanup_days, args.cleanup_age) {
             (Some(days), _) => Duration::from_secs(u64::from(days) * 86_400),
             (None, Some(age)) => age,
-            (None, None) => benchmark
-                .cleanup
-                .before_run
-                .age
-                .unwrap_or(DEFAULT_CLEANUP_AGE),
+            (None, None) => benchmark.cleanup.before_run.age.unwrap_or(DEFAULT_CLEANUP_AGE),
         };
         let mut retry = global.retry.clone();
         let section = &benchmark.cleanup.retry;
@@ -281,10 +243,7 @@ impl RunSettings {
         }
         Ok(RunSettings {
             timeout: args.timeout.or(benchmark.harness.timeout),
-            grace: args
-                .grace
-                .or(benchmark.harness.grace)
-                .unwrap_or(DEFAULT_GRACE),
+            grace: args.grace.or(benchmark.harness.grace).unwrap_or(DEFAULT_GRACE),
             cleanup_states: benchmark.cleanup.before_run.states.clone(),
             benchmark,
             source,
@@ -308,10 +267,7 @@ impl RunSettings {
             .iter()
             .enumerate()
             .map(|(index, task)| {
-                let mut words = harness
-                    .command
-                    .iter()
-                    .map(|word| fill(word, task, run_id, index));
+                let mut words = harness.command.iter().map(|word| fill(word, task, run_id, index));
                 let mut program = words.next().unwrap_or_default();
                 // A relative path is relative to the harness's working directory.
                 if program.contains('/') && !program.starts_with('/') {
@@ -340,9 +296,7 @@ impl RunSettings {
                         .selectors
                         .iter()
                         .map(|selector| match selector {
-                            Selector::Label(label) => {
-                                Selector::Label(fill(label, task, run_id, index))
-                            }
+                            Selector::Label(label) => Selector::Label(fill(label, task, run_id, index)),
                             Selector::ComposeProjectPrefix(prefix) => {
                                 Selector::ComposeProjectPrefix(fill(prefix, task, run_id, index))
                             }
@@ -360,14 +314,8 @@ impl RunSettings {
 fn materialize_smoke(state_dir: &std::path::Path) -> Result<PathBuf, Error> {
     let root = state_dir.join("embedded");
     let files = [
-        (
-            root.join("benchmarks/smoke.yaml"),
-            crate::config::SMOKE_BENCHMARK,
-        ),
-        (
-            root.join("scripts/smoke-harness.sh"),
-            crate::config::SMOKE_HARNESS,
-        ),
+        (root.join("benchmarks/smoke.yaml"), crate::config::SMOKE_BENCHMARK),
+        (root.join("scripts/smoke-harness.sh"), crate::config::SMOKE_HARNESS),
     ];
     for (path, text) in &files {
         let write = || -> std::io::Result<()> {
@@ -376,11 +324,7 @@ fn materialize_smoke(state_dir: &std::path::Path) -> Result<PathBuf, Error> {
             }
             std::fs::write(path, text)
         };
-        write().map_err(|source| Error::Io {
-            what: "write the embedded benchmark to",
-            path: path.clone(),
-            source,
-        })?;
+        write().map_err(|source| Error::Io { what: "write the embedded benchmark to", path: path.clone(), source })?;
     }
     Ok(files[0].0.clone())
 }

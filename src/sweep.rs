@@ -32,9 +32,7 @@ impl ContainerSelection {
                 return false;
             }
         }
-        self.labels
-            .iter()
-            .all(|selector| selector.matches(&container.labels))
+        self.labels.iter().all(|selector| selector.matches(&container.labels))
     }
 }
 
@@ -81,10 +79,7 @@ impl SweepResult {
 }
 
 pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs() as i64).unwrap_or(0)
 }
 
 /// Runs one sweep. `verdict` decides for each listed container; the
@@ -96,26 +91,17 @@ pub async fn sweep_docker(
     output: &OutputSettings,
     verdict: impl Fn(&Container) -> Verdict,
 ) -> Result<SweepResult, Error> {
-    let query = ContainerQuery {
-        labels: sweep.selection.labels.clone(),
-        all: true,
-    };
+    let query = ContainerQuery { labels: sweep.selection.labels.clone(), all: true };
     let listed = backend
         .list_containers(&query)
         .await
-        .map_err(|error| Error::Docker {
-            operation: "list containers".to_string(),
-            reason: error.to_string(),
-        })?;
+        .map_err(|error| Error::Docker { operation: "list containers".to_string(), reason: error.to_string() })?;
     let mut picked = Vec::new();
     let mut protected = Vec::new();
     for container in &listed {
         match verdict(container) {
             Verdict::Skip => {}
-            Verdict::Protect(reason) => protected.push(Protected {
-                resource: container.resource(),
-                reason,
-            }),
+            Verdict::Protect(reason) => protected.push(Protected { resource: container.resource(), reason }),
             Verdict::Take => picked.push(container.clone()),
         }
     }
@@ -135,15 +121,8 @@ pub async fn sweep_docker(
         remove_all(&remover, resources, &sweep.removal, &progress).await
     };
 
-    let (networks, volumes) =
-        sweep_unused_networks_and_volumes(backend, sweep, &picked, &containers).await?;
-    Ok(SweepResult {
-        dry_run: sweep.dry_run,
-        containers,
-        networks,
-        volumes,
-        protected,
-    })
+    let (networks, volumes) = sweep_unused_networks_and_volumes(backend, sweep, &picked, &containers).await?;
+    Ok(SweepResult { dry_run: sweep.dry_run, containers, networks, volumes, protected })
 }
 
 /// After containers go, their compose projects' networks (and with
@@ -180,45 +159,24 @@ async fn sweep_unused_networks_and_volumes(
 
     // What is left: in a dry run, everything but what would go.
     let remaining = backend
-        .list_containers(&ContainerQuery {
-            labels: Vec::new(),
-            all: true,
-        })
+        .list_containers(&ContainerQuery { labels: Vec::new(), all: true })
         .await
         .map_err(|error| list_error("containers", error))?;
-    let remaining: Vec<&Container> = remaining
-        .iter()
-        .filter(|container| !sweep.dry_run || !gone.contains(container.id.as_str()))
-        .collect();
-    let project_in_use = |project: &str| {
-        remaining
-            .iter()
-            .any(|container| container.compose_project.as_deref() == Some(project))
-    };
+    let remaining: Vec<&Container> =
+        remaining.iter().filter(|container| !sweep.dry_run || !gone.contains(container.id.as_str())).collect();
+    let project_in_use =
+        |project: &str| remaining.iter().any(|container| container.compose_project.as_deref() == Some(project));
     let labels_in_use = !sweep.selection.labels.is_empty()
-        && remaining.iter().any(|container| {
-            sweep
-                .selection
-                .labels
-                .iter()
-                .all(|selector| selector.matches(&container.labels))
-        });
-    let emptied: BTreeSet<&str> = projects
-        .into_iter()
-        .filter(|project| !project_in_use(project))
-        .collect();
+        && remaining
+            .iter()
+            .any(|container| sweep.selection.labels.iter().all(|selector| selector.matches(&container.labels)));
+    let emptied: BTreeSet<&str> = projects.into_iter().filter(|project| !project_in_use(project)).collect();
 
     let wanted = |labels: &BTreeMap<String, String>| {
-        let by_project = labels
-            .get(COMPOSE_PROJECT_LABEL)
-            .is_some_and(|project| emptied.contains(project.as_str()));
+        let by_project = labels.get(COMPOSE_PROJECT_LABEL).is_some_and(|project| emptied.contains(project.as_str()));
         let by_label = !sweep.selection.labels.is_empty()
             && !labels_in_use
-            && sweep
-                .selection
-                .labels
-                .iter()
-                .all(|selector| selector.matches(labels));
+            && sweep.selection.labels.iter().all(|selector| selector.matches(labels));
         by_project || by_label
     };
 
@@ -247,10 +205,7 @@ async fn sweep_unused_networks_and_volumes(
         for resource in networks.iter().chain(&volumes) {
             tracing::info!("would remove {resource}");
         }
-        return Ok((
-            RemovalReport::planned(networks),
-            RemovalReport::planned(volumes),
-        ));
+        return Ok((RemovalReport::planned(networks), RemovalReport::planned(volumes)));
     }
     let remover = backend.remover(None);
     let hidden = Progress::hidden();

@@ -7,12 +7,8 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::backend::docker::{
-    Container, ContainerQuery, DockerBackend, DockerError, COMPOSE_PROJECT_LABEL,
-};
-use crate::backend::{
-    remove_all, Kind, LabelSelector, RemovalOptions, RemovalOutcome, RemovalReport, ResourceRef,
-};
+use crate::backend::docker::{Container, ContainerQuery, DockerBackend, DockerError, COMPOSE_PROJECT_LABEL};
+use crate::backend::{remove_all, Kind, LabelSelector, RemovalOptions, RemovalOutcome, RemovalReport, ResourceRef};
 use crate::backend::{LABEL_RUN, LABEL_TASK};
 use crate::config::Selector;
 use crate::errors::Error;
@@ -31,17 +27,25 @@ pub struct Claims {
 
 impl Claims {
     fn owner_labels(&self) -> Vec<LabelSelector> {
-        let mut labels = vec![LabelSelector {
-            key: LABEL_RUN.to_string(),
-            value: Some(self.run_id.clone()),
-        }];
+        let mut labels = vec![LabelSelector { key: LABEL_RUN.to_string(), value: Some(self.run_id.clone()) }];
         if let Some(task_id) = &self.task_id {
-            labels.push(LabelSelector {
-                key: LABEL_TASK.to_string(),
-                value: Some(task_id.clone()),
-            });
+            labels.push(LabelSelector { key: LABEL_TASK.to_string(), value: Some(task_id.clone()) });
         }
         labels
+    }
+
+    /// Whether a resource with these labels is claimed: it carries the
+    /// owner labels, or a selector matches.
+    pub fn claims_labels(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        if self.owner_labels().iter().all(|selector| selector.matches(labels)) {
+            return true;
+        }
+        self.selectors.iter().any(|selector| match selector {
+            Selector::Label(label) => LabelSelector::parse(label).is_ok_and(|selector| selector.matches(labels)),
+            Selector::ComposeProjectPrefix(prefix) => {
+                labels.get(COMPOSE_PROJECT_LABEL).is_some_and(|project| project.starts_with(prefix.as_str()))
+            }
+        })
     }
 
     /// Selectors as stored in the ledger's `claims` table.
@@ -78,18 +82,11 @@ impl TeardownReport {
 }
 
 fn docker_error(operation: &str) -> impl Fn(DockerError) -> Error + '_ {
-    move |error| Error::Docker {
-        operation: operation.to_string(),
-        reason: error.to_string(),
-    }
+    move |error| Error::Docker { operation: operation.to_string(), reason: error.to_string() }
 }
 
 /// Everything the claims point at now, containers first.
-pub async fn discover(
-    backend: &DockerBackend,
-    ledger: &Ledger,
-    claims: &Claims,
-) -> Result<Vec<ResourceRef>, Error> {
+pub async fn discover(backend: &DockerBackend, ledger: &Ledger, claims: &Claims) -> Result<Vec<ResourceRef>, Error> {
     let mut found: BTreeSet<ResourceRef> = BTreeSet::new();
     let owner_labels = claims.owner_labels();
     let label_selectors: Vec<LabelSelector> = claims
@@ -115,21 +112,13 @@ pub async fn discover(
     };
 
     let mut container_queries = vec![owner_labels.clone()];
-    container_queries.extend(
-        label_selectors
-            .iter()
-            .map(|selector| vec![selector.clone()]),
-    );
+    container_queries.extend(label_selectors.iter().map(|selector| vec![selector.clone()]));
     if !prefixes.is_empty() {
-        container_queries.push(vec![LabelSelector {
-            key: COMPOSE_PROJECT_LABEL.to_string(),
-            value: None,
-        }]);
+        container_queries.push(vec![LabelSelector { key: COMPOSE_PROJECT_LABEL.to_string(), value: None }]);
     }
     for labels in container_queries {
-        let prefix_query = labels
-            .first()
-            .is_some_and(|label| label.key == COMPOSE_PROJECT_LABEL && label.value.is_none());
+        let prefix_query =
+            labels.first().is_some_and(|label| label.key == COMPOSE_PROJECT_LABEL && label.value.is_none());
         let containers = backend
             .list_containers(&ContainerQuery { labels, all: true })
             .await
@@ -142,42 +131,23 @@ pub async fn discover(
         );
     }
 
-    let networks = backend
-        .list_networks(&[])
-        .await
-        .map_err(docker_error("list networks"))?;
-    let volumes = backend
-        .list_volumes(&[])
-        .await
-        .map_err(docker_error("list volumes"))?;
+    let networks = backend.list_networks(&[]).await.map_err(docker_error("list networks"))?;
+    let volumes = backend.list_volumes(&[]).await.map_err(docker_error("list volumes"))?;
     for item in networks.iter().chain(&volumes) {
-        let owned = owner_labels
-            .iter()
-            .all(|selector| selector.matches(&item.labels))
-            || label_selectors
-                .iter()
-                .any(|selector| selector.matches(&item.labels))
+        let owned = owner_labels.iter().all(|selector| selector.matches(&item.labels))
+            || label_selectors.iter().any(|selector| selector.matches(&item.labels))
             || in_claimed_project(&item.labels);
         if owned {
             found.insert(item.resource.clone());
         }
     }
 
-    for record in ledger
-        .unreleased(&claims.run_id, claims.task_id.as_deref())
-        .await?
-    {
-        if backend
-            .exists(&record.resource)
-            .await
-            .map_err(docker_error("inspect"))?
-        {
+    for record in ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await? {
+        if backend.exists(&record.resource).await.map_err(docker_error("inspect"))? {
             found.insert(record.resource);
         } else {
             // Gone already (removed by the harness itself): release the row.
-            ledger
-                .record_outcomes(vec![(record.resource, 0, None)])
-                .await?;
+            ledger.record_outcomes(vec![(record.resource, 0, None)]).await?;
         }
     }
     // BTreeSet order is by kind: containers, networks, volumes.
@@ -197,19 +167,13 @@ pub async fn teardown(
     let started = std::time::Instant::now();
     let found = discover(backend, ledger, claims).await?;
     let task_for_rows = claims.task_id.clone().unwrap_or_else(|| "-".to_string());
-    ledger
-        .record_resources(&claims.run_id, &task_for_rows, found.clone())
-        .await?;
+    ledger.record_resources(&claims.run_id, &task_for_rows, found.clone()).await?;
 
     let remover = backend.remover(stop_timeout);
     let hidden = Progress::hidden();
     let mut removal = RemovalReport::default();
     for kind in [Kind::Container, Kind::Network, Kind::Volume] {
-        let batch: Vec<ResourceRef> = found
-            .iter()
-            .filter(|resource| resource.kind == kind)
-            .cloned()
-            .collect();
+        let batch: Vec<ResourceRef> = found.iter().filter(|resource| resource.kind == kind).cloned().collect();
         if !batch.is_empty() {
             removal.extend(remove_all(&remover, batch, options, &hidden).await);
         }
@@ -221,9 +185,7 @@ pub async fn teardown(
             RemovalOutcome::Removed { attempts } | RemovalOutcome::AlreadyGone { attempts } => {
                 Some((resource.clone(), *attempts, None))
             }
-            RemovalOutcome::Failed { attempts, error } => {
-                Some((resource.clone(), *attempts, Some(error.clone())))
-            }
+            RemovalOutcome::Failed { attempts, error } => Some((resource.clone(), *attempts, Some(error.clone()))),
             RemovalOutcome::NotAttempted | RemovalOutcome::WouldRemove => None,
         })
         .collect();
@@ -233,9 +195,5 @@ pub async fn teardown(
     for resource in &leaked {
         tracing::error!("leaked: {resource} is still there after teardown");
     }
-    Ok(TeardownReport {
-        removal,
-        leaked,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(TeardownReport { removal, leaked, seconds: started.elapsed().as_secs_f64() })
 }

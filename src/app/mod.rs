@@ -25,17 +25,11 @@ use crate::sweep::{self, ContainerSelection, DockerSweep, SweepResult, Verdict};
 pub async fn list(global: &GlobalSettings, settings: &ListSettings) -> Result<ExitStatus, Error> {
     let _ = global;
     let backend = DockerBackend::connect().await?;
-    let query = ContainerQuery {
-        labels: settings.labels.clone(),
-        all: settings.all,
-    };
+    let query = ContainerQuery { labels: settings.labels.clone(), all: settings.all };
     let mut containers = backend
         .list_containers(&query)
         .await
-        .map_err(|error| Error::Docker {
-            operation: "list containers".to_string(),
-            reason: error.to_string(),
-        })?;
+        .map_err(|error| Error::Docker { operation: "list containers".to_string(), reason: error.to_string() })?;
     containers.sort_by_key(|container| std::cmp::Reverse(container.created));
     if settings.json {
         print_json(&containers)?;
@@ -51,13 +45,7 @@ fn container_table(containers: &[Container]) -> String {
         .iter()
         .map(|container| {
             let owner = LabelledOwner::from_labels(&container.labels)
-                .map(|owner| {
-                    format!(
-                        "{}/{}",
-                        owner.run_id,
-                        owner.task_id.unwrap_or_else(|| "?".to_string())
-                    )
-                })
+                .map(|owner| format!("{}/{}", owner.run_id, owner.task_id.unwrap_or_else(|| "?".to_string())))
                 .unwrap_or_else(|| "-".to_string());
             vec![
                 short_id(&container.id).to_string(),
@@ -65,25 +53,16 @@ fn container_table(containers: &[Container]) -> String {
                 container.image.clone(),
                 container.state.clone(),
                 format_age(now - container.created),
-                container
-                    .compose_project
-                    .clone()
-                    .unwrap_or_else(|| "-".to_string()),
+                container.compose_project.clone().unwrap_or_else(|| "-".to_string()),
                 owner,
             ]
         })
         .collect();
-    table(
-        &["ID", "NAME", "IMAGE", "STATE", "AGE", "PROJECT", "OWNER"],
-        &rows,
-    )
+    table(&["ID", "NAME", "IMAGE", "STATE", "AGE", "PROJECT", "OWNER"], &rows)
 }
 
 /// `benchwarden cleanup docker`.
-pub async fn cleanup_docker(
-    global: &GlobalSettings,
-    settings: &DockerCleanupSettings,
-) -> Result<ExitStatus, Error> {
+pub async fn cleanup_docker(global: &GlobalSettings, settings: &DockerCleanupSettings) -> Result<ExitStatus, Error> {
     let backend = DockerBackend::connect().await?;
     let sweep = DockerSweep {
         selection: ContainerSelection {
@@ -118,11 +97,7 @@ pub async fn cleanup_docker(
     } else {
         print_stdout(&sweep_summary(&result))?;
     }
-    Ok(if result.failed() > 0 {
-        ExitStatus::Failure
-    } else {
-        ExitStatus::Success
-    })
+    Ok(if result.failed() > 0 { ExitStatus::Failure } else { ExitStatus::Success })
 }
 
 /// Runs in the ledger, for liveness checks; an unreadable ledger leaves the
@@ -153,10 +128,7 @@ pub fn sweep_summary(result: &SweepResult) -> String {
             return;
         }
         if result.dry_run {
-            text.push_str(&format!(
-                "{label}: {} would be removed\n",
-                report.would_remove()
-            ));
+            text.push_str(&format!("{label}: {} would be removed\n", report.would_remove()));
             return;
         }
         text.push_str(&format!(
@@ -166,10 +138,7 @@ pub fn sweep_summary(result: &SweepResult) -> String {
             report.failed()
         ));
         if report.not_attempted() > 0 {
-            text.push_str(&format!(
-                ", {} not attempted (--fail-fast)",
-                report.not_attempted()
-            ));
+            text.push_str(&format!(", {} not attempted (--fail-fast)", report.not_attempted()));
         }
         text.push('\n');
     };
@@ -180,17 +149,12 @@ pub fn sweep_summary(result: &SweepResult) -> String {
         text.push_str("containers: none matched\n");
     }
     if !result.protected.is_empty() {
-        text.push_str(&format!(
-            "{} left alone because a live run owns them\n",
-            result.protected.len()
-        ));
+        text.push_str(&format!("{} left alone because a live run owns them\n", result.protected.len()));
     }
     for report in [&result.containers, &result.networks, &result.volumes] {
         for (resource, outcome) in &report.results {
             if let RemovalOutcome::Failed { error, attempts } = outcome {
-                text.push_str(&format!(
-                    "  failed: {resource}: {error} (after {attempts} attempt(s))\n"
-                ));
+                text.push_str(&format!("  failed: {resource}: {error} (after {attempts} attempt(s))\n"));
             }
         }
     }
@@ -198,10 +162,8 @@ pub fn sweep_summary(result: &SweepResult) -> String {
 }
 
 pub fn print_json(value: &impl Serialize) -> Result<(), Error> {
-    let mut text = serde_json::to_string_pretty(value).map_err(|error| Error::Docker {
-        operation: "encode JSON output".to_string(),
-        reason: error.to_string(),
-    })?;
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|error| Error::Docker { operation: "encode JSON output".to_string(), reason: error.to_string() })?;
     text.push('\n');
     print_stdout(&text)
 }
@@ -209,15 +171,10 @@ pub fn print_json(value: &impl Serialize) -> Result<(), Error> {
 /// Writes to stdout; a closed pipe (`| head`) is not an error worth a message.
 pub fn print_stdout(text: &str) -> Result<(), Error> {
     let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Io {
-            what: "write to",
-            path: "stdout".into(),
-            source: error,
-        }),
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::Io { what: "write to", path: "stdout".into(), source: error })
+        }
         _ => Ok(()),
     }
 }

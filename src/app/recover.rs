@@ -34,54 +34,30 @@ pub async fn recover_orphans(
 ) -> Result<Vec<RecoveredRun>, Error> {
     let this_host = owner::host_name();
     let mut recovered = Vec::new();
-    for run in ledger
-        .runs()
-        .await?
-        .into_iter()
-        .filter(|run| run.is_orphaned(&this_host))
-    {
+    for run in ledger.runs().await?.into_iter().filter(|run| run.is_orphaned(&this_host)) {
         let selectors = ledger
             .claims(&run.id)
             .await?
             .iter()
             .filter_map(|(_, selector)| Claims::decode_selector(selector))
             .collect();
-        let claims = Claims {
-            run_id: run.id.clone(),
-            task_id: None,
-            selectors,
-        };
+        let claims = Claims { run_id: run.id.clone(), task_id: None, selectors };
         if dry_run {
             let found = teardown::discover(docker, ledger, &claims).await?;
             for resource in &found {
                 tracing::info!("run {}: would remove {resource}", run.id);
             }
-            recovered.push(RecoveredRun {
-                run_id: run.id,
-                removed: 0,
-                leaked: Vec::new(),
-                found,
-                dry_run,
-            });
+            recovered.push(RecoveredRun { run_id: run.id, removed: 0, leaked: Vec::new(), found, dry_run });
             continue;
         }
-        tracing::info!(
-            "run {} (pid {}) is gone: tearing down what it owns",
-            run.id,
-            run.pid
-        );
+        tracing::info!("run {} (pid {}) is gone: tearing down what it owns", run.id, run.pid);
         let torn = teardown::teardown(docker, ledger, &claims, removal, None).await?;
         if torn.leaked.is_empty() {
             ledger.end_run(&run.id, "recovered").await?;
         }
         recovered.push(RecoveredRun {
             run_id: run.id,
-            found: torn
-                .removal
-                .results
-                .iter()
-                .map(|(resource, _)| resource.clone())
-                .collect(),
+            found: torn.removal.results.iter().map(|(resource, _)| resource.clone()).collect(),
             removed: torn.removal.removed() + torn.removal.already_gone(),
             leaked: torn.leaked,
             dry_run,
@@ -90,18 +66,10 @@ pub async fn recover_orphans(
     Ok(recovered)
 }
 
-pub async fn recover(
-    global: &GlobalSettings,
-    dry_run: bool,
-    json: bool,
-) -> Result<ExitStatus, Error> {
+pub async fn recover(global: &GlobalSettings, dry_run: bool, json: bool) -> Result<ExitStatus, Error> {
     let ledger = Ledger::open(&global.state_dir)?;
     let docker = DockerBackend::connect().await?;
-    let removal = RemovalOptions {
-        parallel: 16,
-        fail_fast: false,
-        retry: global.retry.clone(),
-    };
+    let removal = RemovalOptions { parallel: 16, fail_fast: false, retry: global.retry.clone() };
     let recovered = recover_orphans(&docker, &ledger, &removal, dry_run).await?;
     let leaked: usize = recovered.iter().map(|run| run.leaked.len()).sum();
     if json {
@@ -112,11 +80,7 @@ pub async fn recover(
         let mut text = String::new();
         for run in &recovered {
             if run.dry_run {
-                text.push_str(&format!(
-                    "run {}: {} resource(s) would be removed\n",
-                    run.run_id,
-                    run.found.len()
-                ));
+                text.push_str(&format!("run {}: {} resource(s) would be removed\n", run.run_id, run.found.len()));
             } else {
                 text.push_str(&format!(
                     "run {}: {} resource(s) removed, {} left\n",
@@ -131,11 +95,7 @@ pub async fn recover(
         }
         print_stdout(&text)?;
     }
-    Ok(if leaked > 0 {
-        ExitStatus::Leaked
-    } else {
-        ExitStatus::Success
-    })
+    Ok(if leaked > 0 { ExitStatus::Leaked } else { ExitStatus::Success })
 }
 
 #[derive(Debug, Serialize)]
@@ -167,11 +127,7 @@ pub async fn status(global: &GlobalSettings, json: bool) -> Result<ExitStatus, E
                 .filter(|record| record.run_id == run.id)
                 .map(|record| record.resource.clone())
                 .collect();
-            RunStatus {
-                run,
-                state,
-                live_resources,
-            }
+            RunStatus { run, state, live_resources }
         })
         .collect();
     if json {
@@ -186,33 +142,15 @@ pub async fn status(global: &GlobalSettings, json: bool) -> Result<ExitStatus, E
                 status.run.id.clone(),
                 status.run.benchmark.clone(),
                 status.state.to_string(),
-                status
-                    .run
-                    .outcome
-                    .clone()
-                    .unwrap_or_else(|| "-".to_string()),
+                status.run.outcome.clone().unwrap_or_else(|| "-".to_string()),
                 status.run.pid.to_string(),
                 format_age(now - status.run.started_at),
                 status.live_resources.len().to_string(),
             ]
         })
         .collect();
-    let mut text = table(
-        &[
-            "RUN",
-            "BENCHMARK",
-            "STATE",
-            "OUTCOME",
-            "PID",
-            "AGE",
-            "RESOURCES",
-        ],
-        &rows,
-    );
-    let orphans = statuses
-        .iter()
-        .filter(|status| status.state == "orphaned")
-        .count();
+    let mut text = table(&["RUN", "BENCHMARK", "STATE", "OUTCOME", "PID", "AGE", "RESOURCES"], &rows);
+    let orphans = statuses.iter().filter(|status| status.state == "orphaned").count();
     if orphans > 0 {
         text.push_str(&format!(
             "{orphans} orphaned run(s): `benchwarden recover --state-dir {}` tears down what they own\n",

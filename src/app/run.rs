@@ -19,6 +19,7 @@ use crate::report::{self, RunView};
 use crate::settings::{GlobalSettings, RunSettings};
 use crate::supervisor::signal;
 use crate::supervisor::task::{RunContext, TaskOutcome, TaskReport};
+use crate::supervisor::watch::Watcher;
 use crate::supervisor::{process, scheduler};
 use crate::sweep::{self, ContainerSelection, DockerSweep, SweepResult, Verdict};
 
@@ -38,11 +39,7 @@ struct RunReport<'a> {
 
 pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<ExitStatus, Error> {
     let ledger = Ledger::open(&global.state_dir)?;
-    let docker = if settings.benchmark.docker.enabled {
-        Some(DockerBackend::connect().await?)
-    } else {
-        None
-    };
+    let docker = if settings.benchmark.docker.enabled { Some(DockerBackend::connect().await?) } else { None };
     let host = owner::host_name();
     let run_id = new_run_id();
     let started_at = sweep::now_unix();
@@ -74,35 +71,20 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
     );
 
     if let Err(error) = process::become_subreaper() {
-        tracing::warn!(
-            "cannot become a child subreaper ({error}): double-forked harness processes may escape"
-        );
+        tracing::warn!("cannot become a child subreaper ({error}): double-forked harness processes may escape");
     }
     process::spawn_reaper();
-    let shutdown = signal::install(third_press(
-        ledger.path().to_path_buf(),
-        run_id.clone(),
-        global.state_dir.clone(),
-    ))
-    .map_err(|source| Error::Io {
-        what: "listen for signals in",
-        path: "benchwarden".into(),
-        source,
-    })?;
+    let shutdown = signal::install(third_press(ledger.path().to_path_buf(), run_id.clone(), global.state_dir.clone()))
+        .map_err(|source| Error::Io { what: "listen for signals in", path: "benchwarden".into(), source })?;
 
-    let removal = RemovalOptions {
-        parallel: 16,
-        fail_fast: false,
-        retry: settings.retry.clone(),
-    };
+    let removal = RemovalOptions { parallel: 16, fail_fast: false, retry: settings.retry.clone() };
     let pre_run = match (&docker, settings.skip_cleanup) {
-        (Some(docker), false) => {
-            Some(pre_run_cleanup(docker, &ledger, settings, global, &removal, &run_id).await?)
-        }
+        (Some(docker), false) => Some(pre_run_cleanup(docker, &ledger, settings, global, &removal, &run_id).await?),
         _ => None,
     };
 
     let specs = settings.task_specs(&run_id);
+    let watcher = docker.as_ref().map(|docker| Watcher::spawn(docker.clone(), ledger.clone(), started_at));
     let context = Arc::new(RunContext {
         run_id: run_id.clone(),
         ledger: ledger.clone(),
@@ -114,6 +96,7 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
         shutdown: shutdown.clone(),
         view: RunView::new(&global.output, specs.len()),
         teardowns: TaskTracker::new(),
+        watcher,
     });
     let reports = scheduler::run_all(Arc::clone(&context), specs, settings.jobs).await;
     context.teardowns.close();
@@ -123,10 +106,7 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
     let interrupted_by = shutdown.borrow().signal();
     let status = exit_status(&reports, interrupted_by);
     let ended_at = sweep::now_unix();
-    let report_path = settings
-        .report
-        .clone()
-        .unwrap_or_else(|| log_dir.join("report.json"));
+    let report_path = settings.report.clone().unwrap_or_else(|| log_dir.join("report.json"));
     let report = RunReport {
         run_id: &run_id,
         benchmark: &settings.benchmark.name,
@@ -140,10 +120,7 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
     };
     write_report(&report_path, &report)?;
     print_stdout(&summary(&reports))?;
-    let leaked: usize = reports
-        .iter()
-        .map(|report| report.resources_leaked.len())
-        .sum();
+    let leaked: usize = reports.iter().map(|report| report.resources_leaked.len()).sum();
     let torn_down = reports.iter().all(|report| report.teardown_error.is_none());
     let outcome = match status {
         ExitStatus::Success => "passed",
@@ -165,13 +142,8 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
 }
 
 /// Leaked > interrupted > failed > passed.
-fn exit_status(
-    reports: &[TaskReport],
-    interrupted_by: Option<nix::sys::signal::Signal>,
-) -> ExitStatus {
-    let leaked = reports
-        .iter()
-        .any(|report| !report.resources_leaked.is_empty() || report.teardown_error.is_some());
+fn exit_status(reports: &[TaskReport], interrupted_by: Option<nix::sys::signal::Signal>) -> ExitStatus {
+    let leaked = reports.iter().any(|report| !report.resources_leaked.is_empty() || report.teardown_error.is_some());
     if leaked {
         return ExitStatus::Leaked;
     }
@@ -180,10 +152,7 @@ fn exit_status(
         Some(_) => return ExitStatus::Interrupted,
         None => {}
     }
-    if reports
-        .iter()
-        .all(|report| report.outcome == TaskOutcome::Passed)
-    {
+    if reports.iter().all(|report| report.outcome == TaskOutcome::Passed) {
         ExitStatus::Success
     } else {
         ExitStatus::Failure
@@ -217,10 +186,7 @@ async fn pre_run_cleanup(
 ) -> Result<SweepResult, Error> {
     let recovered = recover_orphans(docker, ledger, removal, false).await?;
     if !recovered.is_empty() {
-        tracing::info!(
-            "recovered {} orphaned run(s) before starting",
-            recovered.len()
-        );
+        tracing::info!("recovered {} orphaned run(s) before starting", recovered.len());
     }
     let runs = ledger.runs().await?;
     let this_host = owner::host_name();
@@ -241,9 +207,7 @@ async fn pre_run_cleanup(
     };
     let result = sweep::sweep_docker(docker, &sweep_settings, &global.output, |container| {
         let by_label = container.labels.contains_key(LABEL_RUN);
-        let by_selector = selectors
-            .iter()
-            .any(|selector| selector_claims(selector, container, None));
+        let by_selector = selectors.iter().any(|selector| selector_claims(selector, container, None));
         if !by_label && !by_selector {
             return Verdict::Skip;
         }
@@ -255,11 +219,10 @@ async fn pre_run_cleanup(
         if let Some(reason) = live_owner(container, &runs, &this_host) {
             return Verdict::Protect(reason);
         }
-        if let Some(run) = live_runs.iter().find(|run| {
-            selectors
-                .iter()
-                .any(|selector| selector_claims(selector, container, Some(run)))
-        }) {
+        if let Some(run) = live_runs
+            .iter()
+            .find(|run| selectors.iter().any(|selector| selector_claims(selector, container, Some(run))))
+        {
             return Verdict::Protect(format!("claimed by run {run}, which is still alive"));
         }
         Verdict::Take
@@ -296,23 +259,15 @@ fn selector_claims(selector: &Selector, container: &Container, run_id: Option<&s
         }
         Selector::ComposeProjectPrefix(template) => {
             let template = fill_run(template);
-            container
-                .labels
-                .get(COMPOSE_PROJECT_LABEL)
-                .is_some_and(|project| {
-                    matches_template(&template, project)
-                        || matches_template(&format!("{template}{{task}}"), project)
-                })
+            container.labels.get(COMPOSE_PROJECT_LABEL).is_some_and(|project| {
+                matches_template(&template, project) || matches_template(&format!("{template}{{task}}"), project)
+            })
         }
     }
 }
 
 /// The third Ctrl-C: kill what still runs, say what is left, exit now.
-fn third_press(
-    ledger_path: PathBuf,
-    run_id: String,
-    state_dir: PathBuf,
-) -> impl Fn(nix::sys::signal::Signal) + Send {
+fn third_press(ledger_path: PathBuf, run_id: String, state_dir: PathBuf) -> impl Fn(nix::sys::signal::Signal) + Send {
     move |signal| {
         process::kill_all_harnesses();
         eprintln!("error: {signal} a third time: exiting now, before teardown finished");
@@ -329,22 +284,14 @@ fn third_press(
             "  run {run_id} is in the ledger; finish its teardown with: benchwarden recover --state-dir {}",
             state_dir.display()
         );
-        let code = if signal == nix::sys::signal::Signal::SIGTERM {
-            143
-        } else {
-            130
-        };
+        let code = if signal == nix::sys::signal::Signal::SIGTERM { 143 } else { 130 };
         std::process::exit(code);
     }
 }
 
 fn write_report(path: &std::path::Path, report: &RunReport<'_>) -> Result<(), Error> {
-    let text = serde_json::to_string_pretty(report)
-        .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"));
-    if let Some(parent) = path
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-    {
+    let text = serde_json::to_string_pretty(report).unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"));
+    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|source| Error::Io {
             what: "create the report's directory",
             path: parent.to_path_buf(),
@@ -363,14 +310,7 @@ fn summary(reports: &[TaskReport]) -> String {
     let rows: Vec<Vec<String>> = reports
         .iter()
         .map(|report| {
-            let outcome = match report.outcome {
-                TaskOutcome::Passed => "passed",
-                TaskOutcome::Failed => "failed",
-                TaskOutcome::TimedOut => "timed out",
-                TaskOutcome::Interrupted => "interrupted",
-                TaskOutcome::SpawnFailed => "not started: spawn failed",
-                TaskOutcome::NotStarted => "not started",
-            };
+            let outcome = report.outcome.describe();
             let exit = match (&report.exit_code, &report.signal) {
                 (Some(code), _) => code.to_string(),
                 (None, Some(signal)) => signal.clone(),
@@ -388,12 +328,7 @@ fn summary(reports: &[TaskReport]) -> String {
             ]
         })
         .collect();
-    let mut text = report::table(
-        &[
-            "TASK", "RESULT", "EXIT", "TIME", "FOUND", "REMOVED", "LEAKED", "TEARDOWN",
-        ],
-        &rows,
-    );
+    let mut text = report::table(&["TASK", "RESULT", "EXIT", "TIME", "FOUND", "REMOVED", "LEAKED", "TEARDOWN"], &rows);
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for report in reports {
         let key = match report.outcome {
@@ -405,19 +340,10 @@ fn summary(reports: &[TaskReport]) -> String {
         };
         *counts.entry(key).or_default() += 1;
     }
-    let leaked: usize = reports
-        .iter()
-        .map(|report| report.resources_leaked.len())
-        .sum();
+    let leaked: usize = reports.iter().map(|report| report.resources_leaked.len()).sum();
     let removed: usize = reports.iter().map(|report| report.resources_removed).sum();
-    let counts: Vec<String> = counts
-        .iter()
-        .map(|(key, count)| format!("{count} {key}"))
-        .collect();
-    text.push_str(&format!(
-        "{}; {removed} resource(s) removed, {leaked} leaked\n",
-        counts.join(", ")
-    ));
+    let counts: Vec<String> = counts.iter().map(|(key, count)| format!("{count} {key}")).collect();
+    text.push_str(&format!("{}; {removed} resource(s) removed, {leaked} leaked\n", counts.join(", ")));
     for report in reports {
         if let Some(error) = &report.error {
             text.push_str(&format!("  {}: {error}\n", report.task));
@@ -453,25 +379,14 @@ mod tests {
             image: "i".into(),
             state: "running".into(),
             created: 0,
-            labels: labels
-                .iter()
-                .map(|(key, value)| (key.to_string(), value.to_string()))
-                .collect(),
+            labels: labels.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),
             compose_project: None,
         };
         let label = Selector::Label("bench.owner={run_id}.{task}".into());
         let labelled = container(&[("bench.owner", "20261129-2304-k3f9.two")]);
         assert!(selector_claims(&label, &labelled, None));
-        assert!(selector_claims(
-            &label,
-            &labelled,
-            Some("20261129-2304-k3f9")
-        ));
-        assert!(!selector_claims(
-            &label,
-            &labelled,
-            Some("20261129-2304-zzzz")
-        ));
+        assert!(selector_claims(&label, &labelled, Some("20261129-2304-k3f9")));
+        assert!(!selector_claims(&label, &labelled, Some("20261129-2304-zzzz")));
         let prefix = Selector::ComposeProjectPrefix("tb-{run_id}".into());
         let project = container(&[(COMPOSE_PROJECT_LABEL, "tb-r1-hello")]);
         assert!(selector_claims(&prefix, &project, None));

@@ -7,8 +7,8 @@ use std::fmt;
 use std::time::Duration;
 
 use bollard::query_parameters::{
-    ListContainersOptions, ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions,
-    RemoveVolumeOptions, StopContainerOptions,
+    ListContainersOptions, ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    StopContainerOptions,
 };
 use bollard::Docker;
 use serde::Serialize;
@@ -44,11 +44,7 @@ pub struct Container {
 
 impl Container {
     pub fn resource(&self) -> ResourceRef {
-        ResourceRef {
-            kind: Kind::Container,
-            id: self.id.clone(),
-            name: self.name.clone(),
-        }
+        ResourceRef { kind: Kind::Container, id: self.id.clone(), name: self.name.clone() }
     }
 
     /// Not running: exited, dead, or created and never started.
@@ -83,21 +79,13 @@ impl fmt::Display for DockerError {
 impl From<bollard::errors::Error> for DockerError {
     fn from(error: bollard::errors::Error) -> Self {
         match error {
-            bollard::errors::Error::DockerResponseServerError {
-                status_code,
-                message,
-            } => DockerError {
-                status: Some(status_code),
-                message,
-            },
-            bollard::errors::Error::RequestTimeoutError => DockerError {
-                status: None,
-                message: "request timed out".to_string(),
-            },
-            other => DockerError {
-                status: None,
-                message: error_chain(&other),
-            },
+            bollard::errors::Error::DockerResponseServerError { status_code, message } => {
+                DockerError { status: Some(status_code), message }
+            }
+            bollard::errors::Error::RequestTimeoutError => {
+                DockerError { status: None, message: "request timed out".to_string() }
+            }
+            other => DockerError { status: None, message: error_chain(&other) },
         }
     }
 }
@@ -121,10 +109,7 @@ impl Classify for DockerError {
 
 impl CallTimeout for DockerError {
     fn call_timed_out(after: Duration) -> Self {
-        DockerError {
-            status: None,
-            message: format!("no answer within {}", humantime::format_duration(after)),
-        }
+        DockerError { status: None, message: format!("no answer within {}", humantime::format_duration(after)) }
     }
 }
 
@@ -146,12 +131,8 @@ impl DockerBackend {
             .ok()
             .filter(|host| !host.is_empty())
             .unwrap_or_else(|| DEFAULT_SOCKET.to_string());
-        let unreachable = |reason: String| Error::DockerUnreachable {
-            address: address.clone(),
-            reason,
-        };
-        let client = Docker::connect_with_host(&address)
-            .map_err(|error| unreachable(error_chain(&error)))?;
+        let unreachable = |reason: String| Error::DockerUnreachable { address: address.clone(), reason };
+        let client = Docker::connect_with_host(&address).map_err(|error| unreachable(error_chain(&error)))?;
         let client = tokio::time::timeout(Duration::from_secs(10), client.negotiate_version())
             .await
             .map_err(|_| unreachable("no answer within 10s".to_string()))?
@@ -167,29 +148,18 @@ impl DockerBackend {
         &self.client
     }
 
-    pub async fn list_containers(
-        &self,
-        query: &ContainerQuery,
-    ) -> Result<Vec<Container>, DockerError> {
+    pub async fn list_containers(&self, query: &ContainerQuery) -> Result<Vec<Container>, DockerError> {
         let mut filters = HashMap::new();
         if !query.labels.is_empty() {
-            filters.insert(
-                "label".to_string(),
-                query.labels.iter().map(LabelSelector::to_filter).collect(),
-            );
+            filters.insert("label".to_string(), query.labels.iter().map(LabelSelector::to_filter).collect());
         }
-        let options = ListContainersOptions {
-            all: query.all,
-            filters: Some(filters),
-            ..Default::default()
-        };
+        let options = ListContainersOptions { all: query.all, filters: Some(filters), ..Default::default() };
         let summaries = self.client.list_containers(Some(options)).await?;
         Ok(summaries
             .into_iter()
             .filter_map(|summary| {
                 let id = summary.id?;
-                let labels: BTreeMap<String, String> =
-                    summary.labels.unwrap_or_default().into_iter().collect();
+                let labels: BTreeMap<String, String> = summary.labels.unwrap_or_default().into_iter().collect();
                 let name = summary
                     .names
                     .and_then(|names| names.into_iter().next())
@@ -200,10 +170,7 @@ impl DockerBackend {
                     id,
                     name,
                     image: summary.image.unwrap_or_default(),
-                    state: summary
-                        .state
-                        .map(|state| state.to_string())
-                        .unwrap_or_default(),
+                    state: summary.state.map(|state| state.to_string()).unwrap_or_default(),
                     created: summary.created.unwrap_or_default(),
                     labels,
                 })
@@ -211,48 +178,30 @@ impl DockerBackend {
             .collect())
     }
 
-    pub async fn list_networks(
-        &self,
-        labels: &[LabelSelector],
-    ) -> Result<Vec<LabelledResource>, DockerError> {
-        let options = ListNetworksOptions {
-            filters: Some(label_filters(labels)),
-        };
+    pub async fn list_networks(&self, labels: &[LabelSelector]) -> Result<Vec<LabelledResource>, DockerError> {
+        let options = ListNetworksOptions { filters: Some(label_filters(labels)) };
         let networks = self.client.list_networks(Some(options)).await?;
         Ok(networks
             .into_iter()
             .filter_map(|network| {
                 let id = network.id?;
                 Some(LabelledResource {
-                    resource: ResourceRef {
-                        kind: Kind::Network,
-                        name: network.name.unwrap_or_default(),
-                        id,
-                    },
+                    resource: ResourceRef { kind: Kind::Network, name: network.name.unwrap_or_default(), id },
                     labels: network.labels.unwrap_or_default().into_iter().collect(),
                 })
             })
             .collect())
     }
 
-    pub async fn list_volumes(
-        &self,
-        labels: &[LabelSelector],
-    ) -> Result<Vec<LabelledResource>, DockerError> {
-        let options = ListVolumesOptions {
-            filters: Some(label_filters(labels)),
-        };
+    pub async fn list_volumes(&self, labels: &[LabelSelector]) -> Result<Vec<LabelledResource>, DockerError> {
+        let options = ListVolumesOptions { filters: Some(label_filters(labels)) };
         let response = self.client.list_volumes(Some(options)).await?;
         Ok(response
             .volumes
             .unwrap_or_default()
             .into_iter()
             .map(|volume| LabelledResource {
-                resource: ResourceRef {
-                    kind: Kind::Volume,
-                    id: volume.name.clone(),
-                    name: volume.name,
-                },
+                resource: ResourceRef { kind: Kind::Volume, id: volume.name.clone(), name: volume.name },
                 labels: volume.labels.into_iter().collect(),
             })
             .collect())
@@ -261,16 +210,8 @@ impl DockerBackend {
     /// Whether the resource still exists. Used to verify teardown by listing.
     pub async fn exists(&self, resource: &ResourceRef) -> Result<bool, DockerError> {
         let result = match resource.kind {
-            Kind::Container => self
-                .client
-                .inspect_container(&resource.id, None)
-                .await
-                .map(drop),
-            Kind::Network => self
-                .client
-                .inspect_network(&resource.id, None)
-                .await
-                .map(drop),
+            Kind::Container => self.client.inspect_container(&resource.id, None).await.map(drop),
+            Kind::Network => self.client.inspect_network(&resource.id, None).await.map(drop),
             Kind::Volume => self.client.inspect_volume(&resource.id).await.map(drop),
         };
         match result.map_err(DockerError::from) {
@@ -281,10 +222,7 @@ impl DockerBackend {
     }
 
     pub fn remover(&self, stop_timeout: Option<Duration>) -> DockerRemover<'_> {
-        DockerRemover {
-            backend: self,
-            stop_timeout,
-        }
+        DockerRemover { backend: self, stop_timeout }
     }
 }
 
@@ -304,36 +242,18 @@ impl Remover for DockerRemover<'_> {
             Kind::Container => {
                 if let Some(timeout) = self.stop_timeout {
                     let seconds = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
-                    let options = StopContainerOptions {
-                        t: Some(seconds),
-                        signal: None,
-                    };
-                    match client
-                        .stop_container(&resource.id, Some(options))
-                        .await
-                        .map_err(DockerError::from)
-                    {
+                    let options = StopContainerOptions { t: Some(seconds), signal: None };
+                    match client.stop_container(&resource.id, Some(options)).await.map_err(DockerError::from) {
                         // 304: already stopped.
-                        Ok(())
-                        | Err(DockerError {
-                            status: Some(304), ..
-                        }) => {}
+                        Ok(()) | Err(DockerError { status: Some(304), .. }) => {}
                         Err(error) => return Err(error),
                     }
                 }
-                let options = RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    link: false,
-                };
+                let options = RemoveContainerOptions { force: true, v: true, link: false };
                 client.remove_container(&resource.id, Some(options)).await?;
             }
             Kind::Network => client.remove_network(&resource.id).await?,
-            Kind::Volume => {
-                client
-                    .remove_volume(&resource.id, Some(RemoveVolumeOptions { force: false }))
-                    .await?
-            }
+            Kind::Volume => client.remove_volume(&resource.id, Some(RemoveVolumeOptions { force: false })).await?,
         }
         Ok(())
     }
@@ -342,10 +262,7 @@ impl Remover for DockerRemover<'_> {
 fn label_filters(labels: &[LabelSelector]) -> HashMap<String, Vec<String>> {
     let mut filters = HashMap::new();
     if !labels.is_empty() {
-        filters.insert(
-            "label".to_string(),
-            labels.iter().map(LabelSelector::to_filter).collect(),
-        );
+        filters.insert("label".to_string(), labels.iter().map(LabelSelector::to_filter).collect());
     }
     filters
 }
@@ -371,10 +288,7 @@ mod tests {
     use super::*;
 
     fn status(code: u16) -> DockerError {
-        DockerError {
-            status: Some(code),
-            message: String::new(),
-        }
+        DockerError { status: Some(code), message: String::new() }
     }
 
     #[test]
@@ -390,9 +304,6 @@ mod tests {
             err: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
         });
         assert_eq!(reset.class(), ErrorClass::Retryable { wait: None });
-        assert_eq!(
-            DockerError::call_timed_out(Duration::from_secs(1)).class(),
-            ErrorClass::Retryable { wait: None }
-        );
+        assert_eq!(DockerError::call_timed_out(Duration::from_secs(1)).class(), ErrorClass::Retryable { wait: None });
     }
 }

@@ -106,14 +106,9 @@ impl LabelSelector {
             None => (text, None),
         };
         if key.is_empty() {
-            return Err(format!(
-                "invalid label selector {text:?}: expected K=V or K"
-            ));
+            return Err(format!("invalid label selector {text:?}: expected K=V or K"));
         }
-        Ok(LabelSelector {
-            key: key.to_string(),
-            value,
-        })
+        Ok(LabelSelector { key: key.to_string(), value })
     }
 
     /// The form the Docker API's `label` filter takes.
@@ -176,10 +171,7 @@ impl Serialize for RemovalReport {
 
 impl RemovalReport {
     pub fn count(&self, wanted: fn(&RemovalOutcome) -> bool) -> usize {
-        self.results
-            .iter()
-            .filter(|(_, outcome)| wanted(outcome))
-            .count()
+        self.results.iter().filter(|(_, outcome)| wanted(outcome)).count()
     }
 
     pub fn removed(&self) -> usize {
@@ -205,20 +197,15 @@ impl RemovalReport {
     /// A dry run's report: every resource marked as one that would go.
     pub fn planned(resources: Vec<ResourceRef>) -> Self {
         RemovalReport {
-            results: resources
-                .into_iter()
-                .map(|resource| (resource, RemovalOutcome::WouldRemove))
-                .collect(),
+            results: resources.into_iter().map(|resource| (resource, RemovalOutcome::WouldRemove)).collect(),
         }
     }
 
     pub fn failures(&self) -> impl Iterator<Item = (&ResourceRef, &str)> {
-        self.results
-            .iter()
-            .filter_map(|(resource, outcome)| match outcome {
-                RemovalOutcome::Failed { error, .. } => Some((resource, error.as_str())),
-                _ => None,
-            })
+        self.results.iter().filter_map(|(resource, outcome)| match outcome {
+            RemovalOutcome::Failed { error, .. } => Some((resource, error.as_str())),
+            _ => None,
+        })
     }
 
     pub fn extend(&mut self, other: RemovalReport) {
@@ -239,10 +226,7 @@ pub struct RemovalOptions {
 pub trait Remover: Sync {
     type Error: crate::retry::Classify + crate::retry::CallTimeout + fmt::Display + Send;
 
-    fn remove_once(
-        &self,
-        resource: &ResourceRef,
-    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+    fn remove_once(&self, resource: &ResourceRef) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// Removes `resources` with retry and bounded parallelism, ticking
@@ -255,58 +239,41 @@ pub async fn remove_all<R: Remover>(
     progress: &Progress,
 ) -> RemovalReport {
     let stop_starting = Arc::new(AtomicBool::new(false));
-    let mut indexed: Vec<(usize, ResourceRef, RemovalOutcome)> =
-        stream::iter(resources.into_iter().enumerate())
-            .map(|(index, resource)| {
-                let stop_starting = Arc::clone(&stop_starting);
-                async move {
-                    if stop_starting.load(Ordering::SeqCst) {
-                        progress.tick_one(&resource, "not attempted");
-                        return (index, resource, RemovalOutcome::NotAttempted);
-                    }
-                    let what = format!("remove {resource}");
-                    let outcome = match options
-                        .retry
-                        .run(&what, || remover.remove_once(&resource))
-                        .await
-                    {
-                        Ok((Success::Done(()), attempts)) => {
-                            tracing::info!("removed {resource}");
-                            RemovalOutcome::Removed { attempts }
-                        }
-                        Ok((Success::AlreadyDone, attempts)) => {
-                            tracing::info!("{resource} was already gone");
-                            RemovalOutcome::AlreadyGone { attempts }
-                        }
-                        Err(Failure {
-                            error, attempts, ..
-                        }) => {
-                            tracing::error!(
-                                "could not remove {resource} after {attempts} attempt(s): {error}"
-                            );
-                            if options.fail_fast {
-                                stop_starting.store(true, Ordering::SeqCst);
-                            }
-                            RemovalOutcome::Failed {
-                                attempts,
-                                error: error.to_string(),
-                            }
-                        }
-                    };
-                    progress.tick_one(&resource, "done");
-                    (index, resource, outcome)
+    let mut indexed: Vec<(usize, ResourceRef, RemovalOutcome)> = stream::iter(resources.into_iter().enumerate())
+        .map(|(index, resource)| {
+            let stop_starting = Arc::clone(&stop_starting);
+            async move {
+                if stop_starting.load(Ordering::SeqCst) {
+                    progress.tick_one(&resource, "not attempted");
+                    return (index, resource, RemovalOutcome::NotAttempted);
                 }
-            })
-            .buffer_unordered(options.parallel.max(1))
-            .collect()
-            .await;
+                let what = format!("remove {resource}");
+                let outcome = match options.retry.run(&what, || remover.remove_once(&resource)).await {
+                    Ok((Success::Done(()), attempts)) => {
+                        tracing::info!("removed {resource}");
+                        RemovalOutcome::Removed { attempts }
+                    }
+                    Ok((Success::AlreadyDone, attempts)) => {
+                        tracing::info!("{resource} was already gone");
+                        RemovalOutcome::AlreadyGone { attempts }
+                    }
+                    Err(Failure { error, attempts, .. }) => {
+                        tracing::error!("could not remove {resource} after {attempts} attempt(s): {error}");
+                        if options.fail_fast {
+                            stop_starting.store(true, Ordering::SeqCst);
+                        }
+                        RemovalOutcome::Failed { attempts, error: error.to_string() }
+                    }
+                };
+                progress.tick_one(&resource, "done");
+                (index, resource, outcome)
+            }
+        })
+        .buffer_unordered(options.parallel.max(1))
+        .collect()
+        .await;
     indexed.sort_by_key(|(index, _, _)| *index);
-    RemovalReport {
-        results: indexed
-            .into_iter()
-            .map(|(_, resource, outcome)| (resource, outcome))
-            .collect(),
-    }
+    RemovalReport { results: indexed.into_iter().map(|(_, resource, outcome)| (resource, outcome)).collect() }
 }
 
 #[cfg(test)]
@@ -329,9 +296,6 @@ mod tests {
     #[test]
     fn short_ids_are_twelve_hex_characters() {
         assert_eq!(short_id("0123456789abcdef0123"), "0123456789ab");
-        assert_eq!(
-            short_id("my-volume-with-a-long-name"),
-            "my-volume-with-a-long-name"
-        );
+        assert_eq!(short_id("my-volume-with-a-long-name"), "my-volume-with-a-long-name");
     }
 }

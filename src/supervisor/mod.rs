@@ -6,3 +6,4 @@ pub mod process;
 pub mod scheduler;
 pub mod signal;
 pub mod task;
+pub mod watch;

@@ -27,17 +27,11 @@ fn tokio_children() -> &'static Mutex<HashSet<u32>> {
 }
 
 pub fn register_tokio_child(pid: u32) {
-    tokio_children()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .insert(pid);
+    tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(pid);
 }
 
 pub fn unregister_tokio_child(pid: u32) {
-    tokio_children()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .remove(&pid);
+    tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&pid);
 }
 
 /// Makes this process a child subreaper, so that a harness's double-forked
@@ -50,10 +44,7 @@ pub fn become_subreaper() -> Result<(), Errno> {
 /// Waits on specific pids only, never `waitpid(-1)`.
 pub fn reap_adopted() {
     let me = std::process::id();
-    let owned = tokio_children()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone();
+    let owned = tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
     for stat in proc_stats() {
         if stat.parent == me && stat.state == 'Z' && !owned.contains(&stat.pid) {
             let _ = waitpid(Pid::from_raw(stat.pid as i32), Some(WaitPidFlag::WNOHANG));
@@ -65,12 +56,8 @@ pub fn reap_adopted() {
 /// shuts down.
 pub fn spawn_reaper() {
     tokio::spawn(async {
-        let Ok(mut child_signals) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
-        else {
-            tracing::warn!(
-                "cannot listen for SIGCHLD: adopted orphans are reaped only when their task ends"
-            );
+        let Ok(mut child_signals) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) else {
+            tracing::warn!("cannot listen for SIGCHLD: adopted orphans are reaped only when their task ends");
             return;
         };
         while child_signals.recv().await.is_some() {
@@ -98,12 +85,7 @@ fn proc_stats() -> Vec<ProcStat> {
             let state = fields.next()?.chars().next()?;
             let parent = fields.next()?.parse().ok()?;
             let group = fields.next()?.parse().ok()?;
-            Some(ProcStat {
-                pid,
-                parent,
-                group,
-                state,
-            })
+            Some(ProcStat { pid, parent, group, state })
         })
         .collect()
 }
@@ -149,12 +131,7 @@ pub fn signal_task(process_group: u32, run_id: &str, task_id: &str, signal: Sign
 
 /// Waits until no process of the task is left, reaping adopted ones, for at
 /// most `limit`. Returns whether they are all gone.
-pub async fn wait_task_gone(
-    process_group: u32,
-    run_id: &str,
-    task_id: &str,
-    limit: Duration,
-) -> bool {
+pub async fn wait_task_gone(process_group: u32, run_id: &str, task_id: &str, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         reap_adopted();
@@ -179,11 +156,38 @@ pub fn signal_from_name(name: &str) -> Signal {
 /// SIGKILL every harness process group we are still waiting for: the
 /// last resort of a third Ctrl-C.
 pub fn kill_all_harnesses() {
-    let groups = tokio_children()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone();
+    let groups = tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
     for group in groups {
         let _ = killpg(Pid::from_raw(group as i32), Signal::SIGKILL);
     }
+}
+
+/// Kills every process left of a run whose supervisor is gone (found by
+/// their inherited `BENCHWARDEN_RUN_ID`), so that nothing creates resources
+/// while `recover` tears them down. Returns how many were killed.
+pub async fn kill_orphaned_run(run_id: &str) -> usize {
+    let run_entry = format!("{ENV_RUN_ID}={run_id}");
+    let me = std::process::id();
+    let find = || -> Vec<u32> {
+        proc_stats()
+            .into_iter()
+            .filter(|stat| stat.pid != me && stat.state != 'Z')
+            .filter(|stat| {
+                std::fs::read(format!("/proc/{}/environ", stat.pid))
+                    .map(|environ| environ.split(|byte| *byte == 0).any(|entry| entry == run_entry.as_bytes()))
+                    .unwrap_or(false)
+            })
+            .map(|stat| stat.pid)
+            .collect()
+    };
+    let found = find();
+    for pid in &found {
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !find().is_empty() && tokio::time::Instant::now() < deadline {
+        reap_adopted();
+        tokio::time::sleep(EXIT_POLL).await;
+    }
+    found.len()
 }

@@ -9,11 +9,7 @@ use tokio::task::JoinSet;
 use super::task::{run_task, RunContext, TaskReport, TaskSpec};
 
 /// Runs every task and returns their reports in the benchmark's order.
-pub async fn run_all(
-    context: Arc<RunContext>,
-    specs: Vec<TaskSpec>,
-    jobs: usize,
-) -> Vec<TaskReport> {
+pub async fn run_all(context: Arc<RunContext>, specs: Vec<TaskSpec>, jobs: usize) -> Vec<TaskReport> {
     let semaphore = Arc::new(Semaphore::new(jobs.max(1)));
     let mut running = JoinSet::new();
     let mut reports: Vec<Option<TaskReport>> = vec![None; specs.len()];
@@ -49,10 +45,7 @@ pub async fn run_all(
         .zip(reports)
         .map(|(spec, report)| {
             report.unwrap_or_else(|| {
-                TaskReport::not_started(
-                    &spec.name,
-                    context.log_dir.join(format!("{}.log", spec.name)),
-                )
+                TaskReport::not_started(&spec.name, context.log_dir.join(format!("{}.log", spec.name)))
             })
         })
         .collect()

@@ -31,9 +31,7 @@ impl Shutdown {
 
 /// Listens for SIGINT, SIGTERM and SIGHUP. `on_third` runs on the third
 /// press and must not return (it exits the process).
-pub fn install(
-    on_third: impl Fn(Signal) + Send + 'static,
-) -> std::io::Result<watch::Receiver<Shutdown>> {
+pub fn install(on_third: impl Fn(Signal) + Send + 'static) -> std::io::Result<watch::Receiver<Shutdown>> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
@@ -57,7 +55,9 @@ pub fn install(
                     sender.send_replace(Shutdown::Graceful(first));
                 }
                 2 => {
-                    tracing::warn!("{received} again: killing every harness now; teardown goes on (again to exit at once)");
+                    tracing::warn!(
+                        "{received} again: killing every harness now; teardown goes on (again to exit at once)"
+                    );
                     sender.send_replace(Shutdown::Kill(first));
                 }
                 _ => on_third(first),

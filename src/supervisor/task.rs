@@ -53,6 +53,8 @@ pub struct RunContext {
     pub shutdown: watch::Receiver<Shutdown>,
     pub view: RunView,
     pub teardowns: TaskTracker,
+    /// Records claimed containers as they are created; `None` without Docker.
+    pub watcher: Option<super::watch::Watcher>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -66,6 +68,19 @@ pub enum TaskOutcome {
     SpawnFailed,
     /// Never started: the run was interrupted first.
     NotStarted,
+}
+
+impl TaskOutcome {
+    pub fn describe(self) -> &'static str {
+        match self {
+            TaskOutcome::Passed => "passed",
+            TaskOutcome::Failed => "failed",
+            TaskOutcome::TimedOut => "timed out",
+            TaskOutcome::Interrupted => "interrupted",
+            TaskOutcome::SpawnFailed => "not started: spawn failed",
+            TaskOutcome::NotStarted => "not started",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,19 +128,12 @@ pub async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskReport {
     let started = Instant::now();
     let log_path = context.log_dir.join(format!("{}.log", spec.name));
     let mut report = TaskReport::not_started(&spec.name, log_path.clone());
-    let line = context.view.task_started(&spec.name);
-
-    let claims = Claims {
-        run_id: context.run_id.clone(),
-        task_id: Some(spec.name.clone()),
-        selectors: spec.selectors.clone(),
-    };
+    let claims =
+        Claims { run_id: context.run_id.clone(), task_id: Some(spec.name.clone()), selectors: spec.selectors.clone() };
+    let live = context.watcher.as_ref().map(|watcher| watcher.register(&spec.name, claims.clone()));
+    let line = context.view.task_started(&spec.name, live);
     let encoded = spec.selectors.iter().map(Claims::encode_selector).collect();
-    if let Err(error) = context
-        .ledger
-        .record_claims(&context.run_id, &spec.name, encoded)
-        .await
-    {
+    if let Err(error) = context.ledger.record_claims(&context.run_id, &spec.name, encoded).await {
         tracing::error!("task {}: {error}", spec.name);
     }
 
@@ -161,9 +169,7 @@ pub async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskReport {
             "task {}: {:?} (exit {}) in {:.1}s; log: {}",
             spec.name,
             report.outcome,
-            report
-                .exit_code
-                .map_or("-".to_string(), |code| code.to_string()),
+            report.exit_code.map_or("-".to_string(), |code| code.to_string()),
             report.seconds,
             log_path.display()
         ),
@@ -177,31 +183,23 @@ pub async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskReport {
         let stop_timeout = context.stop_timeout;
         let handle = context.teardowns.spawn(async move {
             let deadline = removal.retry.deadline + Duration::from_secs(30);
-            tokio::time::timeout(
-                deadline,
-                teardown::teardown(&docker, &ledger, &claims, &removal, stop_timeout),
-            )
-            .await
+            tokio::time::timeout(deadline, teardown::teardown(&docker, &ledger, &claims, &removal, stop_timeout)).await
         });
         match handle.await {
             Ok(Ok(Ok(torn))) => record_teardown(&mut report, &torn),
             Ok(Ok(Err(error))) => report.teardown_error = Some(error.to_string()),
             Ok(Err(_)) => report.teardown_error = Some("teardown passed its deadline".to_string()),
-            Err(join_error) => {
-                report.teardown_error = Some(format!("teardown task failed: {join_error}"))
-            }
+            Err(join_error) => report.teardown_error = Some(format!("teardown task failed: {join_error}")),
         }
         if let Some(error) = &report.teardown_error {
-            tracing::error!(
-                "task {}: teardown: {error}; run `benchwarden recover` later",
-                spec.name
-            );
+            tracing::error!("task {}: teardown: {error}; run `benchwarden recover` later", spec.name);
         }
     }
+    if let Some(watcher) = &context.watcher {
+        watcher.unregister(&spec.name);
+    }
     let failed = !matches!(report.outcome, TaskOutcome::Passed);
-    context
-        .view
-        .task_finished(failed, report.outcome == TaskOutcome::TimedOut);
+    context.view.task_finished(failed, report.outcome == TaskOutcome::TimedOut);
     report
 }
 
@@ -239,25 +237,13 @@ async fn supervise(
     if context.echo_output {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
     } else {
-        let stderr_file = log_file
-            .try_clone()
-            .map_err(|error| format!("cannot share log file {}: {error}", log_path.display()))?;
-        command
-            .stdout(Stdio::from(
-                log_file.try_clone().map_err(|error| error.to_string())?,
-            ))
-            .stderr(stderr_file);
+        let stderr_file =
+            log_file.try_clone().map_err(|error| format!("cannot share log file {}: {error}", log_path.display()))?;
+        command.stdout(Stdio::from(log_file.try_clone().map_err(|error| error.to_string())?)).stderr(stderr_file);
     }
     let mut child = command.spawn().map_err(|error| {
-        let cwd = spec
-            .cwd
-            .as_ref()
-            .map(|cwd| format!(" in {}", cwd.display()))
-            .unwrap_or_default();
-        format!(
-            "cannot start harness `{}`{cwd}: {error}; check harness.command in the benchmark file",
-            spec.program
-        )
+        let cwd = spec.cwd.as_ref().map(|cwd| format!(" in {}", cwd.display())).unwrap_or_default();
+        format!("cannot start harness `{}`{cwd}: {error}; check harness.command in the benchmark file", spec.program)
     })?;
     let Some(pid) = child.id() else {
         return Err("the harness exited before its pid could be read".to_string());
@@ -324,12 +310,7 @@ async fn stop_all(context: &RunContext, spec: &TaskSpec, process_group: u32, fir
     let signalled = process::signal_task(process_group, run_id, task_id, first_signal);
     tracing::debug!("task {task_id}: sent {first_signal} to {signalled} process(es)");
     let mut shutdown = context.shutdown.clone();
-    let killed_now = async {
-        shutdown
-            .wait_for(|state| matches!(state, Shutdown::Kill(_)))
-            .await
-            .map(drop)
-    };
+    let killed_now = async { shutdown.wait_for(|state| matches!(state, Shutdown::Kill(_))).await.map(drop) };
     let gone = tokio::select! {
         gone = process::wait_task_gone(process_group, run_id, task_id, spec.grace) => gone,
         Ok(()) = killed_now => false,
