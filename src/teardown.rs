@@ -66,6 +66,23 @@ impl Claims {
     }
 }
 
+/// Rounds of list-and-remove before what is still there counts as leaked.
+const TEARDOWN_ROUNDS: usize = 3;
+
+fn ledger_outcomes(report: &RemovalReport) -> Vec<(ResourceRef, u32, Option<String>)> {
+    report
+        .results
+        .iter()
+        .filter_map(|(resource, outcome)| match outcome {
+            RemovalOutcome::Removed { attempts } | RemovalOutcome::AlreadyGone { attempts } => {
+                Some((resource.clone(), *attempts, None))
+            }
+            RemovalOutcome::Failed { attempts, error } => Some((resource.clone(), *attempts, Some(error.clone()))),
+            RemovalOutcome::NotAttempted | RemovalOutcome::WouldRemove => None,
+        })
+        .collect()
+}
+
 /// How a teardown ended.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TeardownReport {
@@ -165,33 +182,34 @@ pub async fn teardown(
     stop_timeout: Option<std::time::Duration>,
 ) -> Result<TeardownReport, Error> {
     let started = std::time::Instant::now();
-    let found = discover(backend, ledger, claims).await?;
     let task_for_rows = claims.task_id.clone().unwrap_or_else(|| "-".to_string());
-    ledger.record_resources(&claims.run_id, &task_for_rows, found.clone()).await?;
-
     let remover = backend.remover(stop_timeout);
     let hidden = Progress::hidden();
     let mut removal = RemovalReport::default();
-    for kind in [Kind::Container, Kind::Network, Kind::Volume] {
-        let batch: Vec<ResourceRef> = found.iter().filter(|resource| resource.kind == kind).cloned().collect();
-        if !batch.is_empty() {
-            removal.extend(remove_all(&remover, batch, options, &hidden).await);
+    let mut attempted: BTreeSet<ResourceRef> = BTreeSet::new();
+    // A create already in flight when the harness was killed can still land after
+    // the first listing, so list again until a round finds nothing new.
+    let mut found = discover(backend, ledger, claims).await?;
+    for _round in 0..TEARDOWN_ROUNDS {
+        let fresh: Vec<ResourceRef> = found.iter().filter(|resource| !attempted.contains(*resource)).cloned().collect();
+        if fresh.is_empty() {
+            break;
         }
-    }
-    let outcomes = removal
-        .results
-        .iter()
-        .filter_map(|(resource, outcome)| match outcome {
-            RemovalOutcome::Removed { attempts } | RemovalOutcome::AlreadyGone { attempts } => {
-                Some((resource.clone(), *attempts, None))
+        ledger.record_resources(&claims.run_id, &task_for_rows, fresh.clone()).await?;
+        let mut round = RemovalReport::default();
+        for kind in [Kind::Container, Kind::Network, Kind::Volume] {
+            let batch: Vec<ResourceRef> = fresh.iter().filter(|resource| resource.kind == kind).cloned().collect();
+            if !batch.is_empty() {
+                round.extend(remove_all(&remover, batch, options, &hidden).await);
             }
-            RemovalOutcome::Failed { attempts, error } => Some((resource.clone(), *attempts, Some(error.clone()))),
-            RemovalOutcome::NotAttempted | RemovalOutcome::WouldRemove => None,
-        })
-        .collect();
-    ledger.record_outcomes(outcomes).await?;
+        }
+        ledger.record_outcomes(ledger_outcomes(&round)).await?;
+        attempted.extend(fresh);
+        removal.extend(round);
+        found = discover(backend, ledger, claims).await?;
+    }
 
-    let leaked = discover(backend, ledger, claims).await?;
+    let leaked = found;
     for resource in &leaked {
         tracing::error!("leaked: {resource} is still there after teardown");
     }

@@ -51,6 +51,10 @@ pub async fn recover_orphans(
             continue;
         }
         tracing::info!("run {} (pid {}) is gone: tearing down what it owns", run.id, run.pid);
+        let killed = crate::supervisor::process::kill_orphaned_run(&run.id).await;
+        if killed > 0 {
+            tracing::info!("run {}: killed {killed} process(es) it left running", run.id);
+        }
         let torn = teardown::teardown(docker, ledger, &claims, removal, None).await?;
         if torn.leaked.is_empty() {
             ledger.end_run(&run.id, "recovered").await?;

@@ -121,8 +121,8 @@ pub fn task_processes(process_group: u32, run_id: &str, task_id: &str) -> Vec<u3
 /// Sends `signal` to the task's process group and to every process of the
 /// task found elsewhere.
 pub fn signal_task(process_group: u32, run_id: &str, task_id: &str, signal: Signal) -> usize {
-    let _ = killpg(Pid::from_raw(process_group as i32), signal);
     let processes = task_processes(process_group, run_id, task_id);
+    let _ = killpg(Pid::from_raw(process_group as i32), signal);
     for pid in &processes {
         let _ = kill(Pid::from_raw(*pid as i32), signal);
     }
@@ -180,14 +180,21 @@ pub async fn kill_orphaned_run(run_id: &str) -> usize {
             .map(|stat| stat.pid)
             .collect()
     };
-    let found = find();
-    for pid in &found {
-        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
-    }
+    // Kill until none is found: a process caught between fork and exec, or
+    // forked while we were killing its parent, shows up on a later look.
+    let mut killed = HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !find().is_empty() && tokio::time::Instant::now() < deadline {
+    loop {
         reap_adopted();
+        let found = find();
+        if found.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        for pid in found {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            killed.insert(pid);
+        }
         tokio::time::sleep(EXIT_POLL).await;
     }
-    found.len()
+    killed.len()
 }

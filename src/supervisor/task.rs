@@ -166,10 +166,14 @@ pub async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskReport {
             tracing::warn!("task {}: timed out after {:.1}s", spec.name, report.seconds)
         }
         _ => tracing::warn!(
-            "task {}: {:?} (exit {}) in {:.1}s; log: {}",
+            "task {}: {} (exit {}) after {:.1}s; log: {}",
             spec.name,
-            report.outcome,
-            report.exit_code.map_or("-".to_string(), |code| code.to_string()),
+            report.outcome.describe(),
+            report
+                .exit_code
+                .map(|code| code.to_string())
+                .or_else(|| report.signal.clone())
+                .unwrap_or_else(|| "-".into()),
             report.seconds,
             log_path.display()
         ),

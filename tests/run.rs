@@ -1,0 +1,400 @@
+//! `benchwarden run` against the real engine, with fixture harnesses that
+//! exit, fail, hang, ignore SIGTERM and double-fork, and with signals sent to
+//! the real binary. Every test ends by listing: nothing with its label is left.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{wait_cli, CliOutput, TestScope, SCOPE_LABEL};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A benchmark file and its harness script, written for one test. The
+/// harness runs `case "$1"` over the given task bodies; `start_container`
+/// starts a container claimed by the benchmark's selector and labelled with
+/// the test scope.
+struct Fixture {
+    benchmark: PathBuf,
+}
+
+fn fixture(scope: &TestScope, tasks: &[(&str, &str)], extra_yaml: &str) -> Fixture {
+    let dir = scope.state_dir().join("fixture");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut script = format!(
+        "#!/bin/sh\n\
+         start_container() {{\n  \
+           docker run -d --label {SCOPE_LABEL}={id} --label fixture.owner.{id}=\"$BENCHWARDEN_RUN_ID.$BENCHWARDEN_TASK_ID\" \
+           {image} sleep 3600 >/dev/null\n\
+         }}\n\
+         case \"$1\" in\n",
+        id = scope.id(),
+        image = common::test_image(),
+    );
+    for (name, body) in tasks {
+        script.push_str(&format!("  {name})\n{body}\n    ;;\n"));
+    }
+    script.push_str("esac\n");
+    std::fs::write(dir.join("harness.sh"), script).unwrap();
+    let names: Vec<&str> = tasks.iter().map(|(name, _)| *name).collect();
+    let yaml = format!(
+        "name: fixture\n\
+         harness:\n  command: [sh, harness.sh, \"{{task}}\"]\n  cwd: .\n\
+         tasks: [{}]\n\
+         docker:\n  selectors:\n    - label: \"fixture.owner.{id}={{run_id}}.{{task}}\"\n{extra_yaml}",
+        names.join(", "),
+        id = scope.id(),
+    );
+    let benchmark = dir.join("benchmark.yaml");
+    std::fs::write(&benchmark, yaml).unwrap();
+    Fixture { benchmark }
+}
+
+fn path(fixture: &Fixture) -> &str {
+    fixture.benchmark.to_str().unwrap()
+}
+
+#[track_caller]
+fn assert_nothing_left(left: &common::Leftovers, context: &CliOutput) {
+    assert!(left.is_empty(), "resources left: {left:?}\n{context}");
+}
+
+/// Processes whose environment says they belong to a run in this scope's state dir.
+fn fixture_processes(scope: &TestScope) -> Vec<u32> {
+    let marker = scope.state_dir().join("fixture").join("harness.sh");
+    let marker = marker.to_str().unwrap().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if !zombie
+            && (cmdline.contains(&marker) || (cmdline.contains("harness.sh") && cwd.starts_with(scope.state_dir())))
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// A running `benchwarden run` whose stderr is read line by line, so a
+/// test can wait for what it says (the echoed harness output with `-j 1`,
+/// and benchwarden's own log lines).
+struct Running {
+    child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: String,
+}
+
+impl Running {
+    async fn start(scope: &TestScope, args: &[&str]) -> Self {
+        let mut command = tokio::process::Command::from(scope.benchwarden());
+        command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = command.spawn().expect("start benchwarden");
+        let stderr = child.stderr.take().unwrap();
+        let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
+        // Reads to the end, so benchwarden never blocks on a full pipe.
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let _ = sender.send(line);
+            }
+        });
+        Running { child, lines, seen: String::new() }
+    }
+
+    /// Waits until a line of stderr contains `text`.
+    async fn wait_for(&mut self, text: &str) {
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push_str(&line);
+                self.seen.push('\n');
+                if line.contains(text) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(matches!(found, Ok(true)), "benchwarden never said {text:?}:\n{}", self.seen);
+    }
+
+    fn send(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id().unwrap() as i32), signal).unwrap();
+    }
+
+    async fn finish(self) -> CliOutput {
+        let mut output = wait_cli(self.child).await;
+        output.stderr = self.seen + &output.stderr;
+        output
+    }
+}
+
+/// Starts `benchwarden run` and waits until its harness says `ready`.
+async fn start_until_ready(scope: &TestScope, args: &[&str]) -> Running {
+    let mut running = Running::start(scope, args).await;
+    running.wait_for("ready").await;
+    running
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_ending_is_torn_down() {
+    let scope = TestScope::new("run-endings").await;
+    let fixture = fixture(
+        &scope,
+        &[
+            ("passes", "start_container; start_container; exit 0"),
+            ("fails", "start_container; echo broken >&2; exit 1"),
+            ("hangs", "start_container; while :; do sleep 1; done"),
+            ("stubborn", "trap '' TERM; start_container; while :; do sleep 1; done"),
+            (
+                "double-fork",
+                "( ( exec >/dev/null 2>&1 </dev/null; while :; do start_container; sleep 0.2; done ) & ) &\n\
+                 start_container; exit 0",
+            ),
+        ],
+        "",
+    );
+    let output = scope.cli(&["run", path(&fixture), "-j", "5", "--timeout", "12s", "--grace", "1s"]).await;
+    output.assert_code(1);
+    let summary = &output.stdout;
+    for (task, result) in [
+        ("passes", "passed"),
+        ("fails", "failed"),
+        ("hangs", "timed out"),
+        ("stubborn", "timed out"),
+        ("double-fork", "passed"),
+    ] {
+        let line = summary.lines().find(|line| line.starts_with(task)).unwrap_or_else(|| panic!("{output}"));
+        assert!(line.contains(result), "{task}: {line}\n{output}");
+    }
+    assert!(summary.contains("0 leaked"), "{output}");
+    assert_nothing_left(&scope.leftovers().await, &output);
+    assert_eq!(fixture_processes(&scope), Vec::<u32>::new(), "harness processes survived\n{output}");
+    // The report says the same as the summary.
+    let report_path = output.stderr.lines().find_map(|line| line.strip_prefix("report: ")).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report_path).unwrap()).unwrap();
+    assert_eq!(report["exit_code"], 1);
+    assert_eq!(report["tasks"].as_array().unwrap().len(), 5);
+    assert_eq!(report["tasks"][0]["resources_found"], 2, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_sigint_stops_tears_down_and_exits_130() {
+    let scope = TestScope::new("run-sigint").await;
+    let fixture =
+        fixture(&scope, &[("waits", "start_container; start_container; echo ready; while :; do sleep 1; done")], "");
+    let running = start_until_ready(&scope, &["run", path(&fixture), "-j", "1", "--grace", "5s"]).await;
+    assert_eq!(scope.leftovers().await.containers.len(), 2, "the harness made two containers");
+    running.send(Signal::SIGINT);
+    let output = running.finish().await;
+    output.assert_code(130);
+    assert!(output.stdout.contains("interrupted"), "{output}");
+    assert_nothing_left(&scope.leftovers().await, &output);
+    assert_eq!(fixture_processes(&scope), Vec::<u32>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_143() {
+    let scope = TestScope::new("run-sigterm").await;
+    let fixture = fixture(&scope, &[("waits", "start_container; echo ready; while :; do sleep 1; done")], "");
+    let running = start_until_ready(&scope, &["run", path(&fixture), "-j", "1"]).await;
+    running.send(Signal::SIGTERM);
+    let output = running.finish().await;
+    output.assert_code(143);
+    assert_nothing_left(&scope.leftovers().await, &output);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigint_kills_a_harness_that_ignores_the_first() {
+    let scope = TestScope::new("run-sigint2").await;
+    // The harness ignores SIGINT and SIGTERM: only SIGKILL ends it, and the grace is long.
+    let fixture = fixture(
+        &scope,
+        &[("stubborn", "trap '' INT TERM; start_container; echo ready; while :; do sleep 1; done")],
+        "",
+    );
+    let started = Instant::now();
+    let mut running = start_until_ready(&scope, &["run", path(&fixture), "-j", "1", "--grace", "300s"]).await;
+    running.send(Signal::SIGINT);
+    // Signals sent back to back may merge into one; a person's second press comes after the first took hold.
+    running.wait_for("SIGINT: starting no new tasks").await;
+    running.send(Signal::SIGINT);
+    let output = running.finish().await;
+    output.assert_code(130);
+    assert!(started.elapsed() < Duration::from_secs(120), "the second SIGINT did not cut the 300s grace short");
+    assert_nothing_left(&scope.leftovers().await, &output);
+    assert_eq!(fixture_processes(&scope), Vec::<u32>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_sigkill_of_benchwarden_recover_removes_everything() {
+    let scope = TestScope::new("run-kill9").await;
+    let fixture = fixture(
+        &scope,
+        &[("busy", "start_container; start_container; echo ready; while :; do start_container; sleep 0.3; done")],
+        "",
+    );
+    let mut running = start_until_ready(&scope, &["run", path(&fixture), "-j", "1"]).await;
+    running.send(Signal::SIGKILL);
+    running.child.wait().await.unwrap();
+    assert!(scope.leftovers().await.containers.len() >= 2);
+
+    let status = scope.cli(&["status"]).await;
+    status.assert_code(0);
+    assert!(status.stdout.contains("orphaned"), "{status}");
+
+    let dry = scope.cli(&["recover", "--dry-run"]).await;
+    dry.assert_code(0);
+    assert!(dry.stdout.contains("would be removed"), "{dry}");
+    assert!(!scope.leftovers().await.is_empty(), "a dry run removed something");
+
+    let recovered = scope.cli(&["recover"]).await;
+    recovered.assert_code(0);
+    assert_nothing_left(&scope.leftovers().await, &recovered);
+    assert_eq!(fixture_processes(&scope), Vec::<u32>::new(), "recover left the harness running");
+    let again = scope.cli(&["recover"]).await;
+    again.assert_code(0);
+    assert!(again.stdout.contains("no orphaned runs"), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pre_run_sweep_takes_old_claimed_leftovers_unless_skipped() {
+    let scope = TestScope::new("run-sweep").await;
+    let fixture = fixture(&scope, &[("noop", "exit 0")], "");
+    // A leftover of an earlier run that died without a ledger entry: claimed by the selector.
+    let owner_key = format!("fixture.owner.{}", scope.id());
+    let leftover = scope.running(&[(owner_key.as_str(), "20200101-0000-gone.noop")]).await;
+    let unclaimed = scope.running(&[("fixture.other", "x")]).await;
+
+    let skipped = scope.cli(&["run", path(&fixture), "--skip-cleanup", "--cleanup-age", "0s"]).await;
+    skipped.assert_code(0);
+    assert!(scope.leftovers().await.container_ids().contains(&leftover), "--skip-cleanup removed a leftover");
+
+    let young = scope.cli(&["run", path(&fixture), "--cleanup-days", "1"]).await;
+    young.assert_code(0);
+    assert!(scope.leftovers().await.container_ids().contains(&leftover), "--cleanup-days 1 removed a young leftover");
+
+    let swept = scope.cli(&["run", path(&fixture), "--cleanup-age", "0s"]).await;
+    swept.assert_code(0);
+    let left = scope.leftovers().await.container_ids();
+    assert!(!left.contains(&leftover), "the old leftover survived the sweep\n{swept}");
+    assert!(left.contains(&unclaimed), "the sweep removed a container nobody claimed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sweep_never_touches_a_live_runs_containers() {
+    let scope = TestScope::new("run-live").await;
+    let fixture =
+        fixture(&scope, &[("waits", "start_container; echo ready; while :; do sleep 1; done"), ("noop", "exit 0")], "");
+    let first = start_until_ready(&scope, &["run", path(&fixture), "--tasks", "waits", "-j", "1"]).await;
+    let before = scope.leftovers().await.container_ids();
+    assert_eq!(before.len(), 1);
+
+    let second = scope.cli(&["run", path(&fixture), "--tasks", "noop", "--cleanup-age", "0s"]).await;
+    second.assert_code(0);
+    assert_eq!(
+        scope.leftovers().await.container_ids(),
+        before,
+        "the second run's sweep touched the first run's container"
+    );
+
+    first.send(Signal::SIGINT);
+    let output = first.finish().await;
+    output.assert_code(130);
+    assert_nothing_left(&scope.leftovers().await, &output);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_yaml_is_exit_2_with_line_and_column() {
+    let scope = TestScope::new("run-yaml").await;
+    let file = scope.state_dir().join("bad.yaml");
+    std::fs::write(&file, "name: bad\nharness:\n  command: [true]\n  timout: 5s\n").unwrap();
+    let output = scope.cli(&["run", file.to_str().unwrap()]).await;
+    output.assert_code(2);
+    assert!(output.stderr.contains("line 4, column 3"), "{output}");
+    assert!(output.stderr.contains("timout"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_task_is_exit_2_listing_the_valid_names() {
+    let scope = TestScope::new("run-tasks").await;
+    let fixture = fixture(&scope, &[("alpha", "exit 0"), ("beta", "exit 0")], "");
+    let output = scope.cli(&["run", path(&fixture), "--tasks", "nope"]).await;
+    output.assert_code(2);
+    assert!(output.stderr.contains("\"nope\"") && output.stderr.contains("alpha, beta"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_harness_fails_its_task_and_the_others_run() {
+    let scope = TestScope::new("run-missing").await;
+    let dir = scope.state_dir().join("fixture-missing");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = format!(
+        "#!/bin/sh\ncase \"$1\" in\n  good) docker run -d --label {SCOPE_LABEL}={id} --label fixture.owner.{id}=\"$BENCHWARDEN_RUN_ID.$BENCHWARDEN_TASK_ID\" {image} sleep 3600 >/dev/null ;;\nesac\n",
+        id = scope.id(),
+        image = common::test_image()
+    );
+    std::fs::write(dir.join("good.sh"), script).unwrap();
+    std::fs::set_permissions(dir.join("good.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let yaml = format!(
+        "name: missing\nharness:\n  command: [\"./{{task}}.sh\", \"{{task}}\"]\n  cwd: .\ntasks: [good, absent]\n\
+         docker:\n  selectors:\n    - label: \"fixture.owner.{id}={{run_id}}.{{task}}\"\n",
+        id = scope.id()
+    );
+    let file = dir.join("benchmark.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let output = scope.cli(&["run", file.to_str().unwrap(), "-j", "2"]).await;
+    output.assert_code(1);
+    let good = output.stdout.lines().find(|line| line.starts_with("good")).unwrap();
+    assert!(good.contains("passed") && good.contains(" 1 "), "{output}");
+    assert!(output.stdout.contains("cannot start harness"), "{output}");
+    assert!(output.stdout.contains("absent.sh"), "{output}");
+    assert_nothing_left(&scope.leftovers().await, &output);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ad_hoc_command_is_one_task_named_main() {
+    let scope = TestScope::new("run-adhoc").await;
+    let ok = scope
+        .cli(&["run", "--", "sh", "-c", "test -n \"$BENCHWARDEN_RUN_ID\" && test \"$BENCHWARDEN_TASK_ID\" = main"])
+        .await;
+    ok.assert_code(0);
+    assert!(ok.stdout.lines().any(|line| line.starts_with("main") && line.contains("passed")), "{ok}");
+    let failing = scope.cli(&["run", "--", "sh", "-c", "exit 7"]).await;
+    failing.assert_code(1);
+    assert!(failing.stdout.contains(" 7 "), "{failing}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_smoke_benchmark_leaves_nothing() {
+    let scope = TestScope::new("run-smoke").await;
+    let output = scope.cli(&["run"]).await;
+    output.assert_code(1);
+    let run_id = output
+        .stderr
+        .lines()
+        .find_map(|line| line.split(" INFO run ").nth(1)?.split(':').next())
+        .unwrap_or_else(|| panic!("no run id in the log\n{output}"))
+        .trim()
+        .to_string();
+    for (task, result) in
+        [("two-containers", "passed"), ("fails", "failed"), ("hangs", "timed out"), ("double-fork", "passed")]
+    {
+        let line = output.stdout.lines().find(|line| line.starts_with(task)).unwrap_or_else(|| panic!("{output}"));
+        assert!(line.contains(result), "{line}\n{output}");
+    }
+    let left = common::leftovers(scope.docker(), &["bench.smoke.task".to_string()]).await.unwrap();
+    let ours: Vec<_> = left
+        .containers
+        .iter()
+        .filter(|container| container.labels.get("bench.smoke.owner").is_some_and(|owner| owner.starts_with(&run_id)))
+        .collect();
+    assert!(ours.is_empty(), "smoke containers left: {ours:?}\n{output}");
+}
