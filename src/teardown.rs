@@ -133,13 +133,21 @@ pub async fn discover(backend: &DockerBackend, ledger: &Ledger, claims: &Claims)
     if !prefixes.is_empty() {
         container_queries.push(vec![LabelSelector { key: COMPOSE_PROJECT_LABEL.to_string(), value: None }]);
     }
-    for labels in container_queries {
+    // Every listing at once: each is a round trip to the daemon, and teardown
+    // sits on the path between a task's end and the next task's start.
+    let container_lists = futures_util::future::try_join_all(container_queries.into_iter().map(|labels| async {
         let prefix_query =
             labels.first().is_some_and(|label| label.key == COMPOSE_PROJECT_LABEL && label.value.is_none());
-        let containers = backend
-            .list_containers(&ContainerQuery { labels, all: true })
-            .await
-            .map_err(docker_error("list containers"))?;
+        let containers = backend.list_containers(&ContainerQuery { labels, all: true }).await?;
+        Ok::<_, DockerError>((prefix_query, containers))
+    }));
+    let (container_lists, networks, volumes, unreleased) = tokio::join!(
+        container_lists,
+        backend.list_networks(&[]),
+        backend.list_volumes(&[]),
+        ledger.unreleased(&claims.run_id, claims.task_id.as_deref())
+    );
+    for (prefix_query, containers) in container_lists.map_err(docker_error("list containers"))? {
         found.extend(
             containers
                 .iter()
@@ -147,9 +155,8 @@ pub async fn discover(backend: &DockerBackend, ledger: &Ledger, claims: &Claims)
                 .map(Container::resource),
         );
     }
-
-    let networks = backend.list_networks(&[]).await.map_err(docker_error("list networks"))?;
-    let volumes = backend.list_volumes(&[]).await.map_err(docker_error("list volumes"))?;
+    let networks = networks.map_err(docker_error("list networks"))?;
+    let volumes = volumes.map_err(docker_error("list volumes"))?;
     for item in networks.iter().chain(&volumes) {
         let owned = owner_labels.iter().all(|selector| selector.matches(&item.labels))
             || label_selectors.iter().any(|selector| selector.matches(&item.labels))
@@ -159,7 +166,10 @@ pub async fn discover(backend: &DockerBackend, ledger: &Ledger, claims: &Claims)
         }
     }
 
-    for record in ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await? {
+    for record in unreleased? {
+        if found.contains(&record.resource) {
+            continue;
+        }
         if backend.exists(&record.resource).await.map_err(docker_error("inspect"))? {
             found.insert(record.resource);
         } else {

@@ -38,8 +38,16 @@ struct RunReport<'a> {
 }
 
 pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<ExitStatus, Error> {
+    // The daemon's answer is the slow part of starting; open the ledger meanwhile.
+    let connecting = settings.benchmark.docker.enabled.then(|| tokio::spawn(DockerBackend::connect()));
     let ledger = Ledger::open(&global.state_dir)?;
-    let docker = if settings.benchmark.docker.enabled { Some(DockerBackend::connect().await?) } else { None };
+    let docker = match connecting {
+        Some(connecting) => Some(connecting.await.map_err(|error| Error::DockerUnreachable {
+            address: "the Docker daemon".to_string(),
+            reason: error.to_string(),
+        })??),
+        None => None,
+    };
     let host = owner::host_name();
     let run_id = new_run_id();
     let started_at = sweep::now_unix();
