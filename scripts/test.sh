@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need that a fresh
+# machine with Docker lacks, then runs every test against the real engine.
+#
+#   scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+as_root() {
+    if ((EUID == 0)); then "$@"; else sudo "$@"; fi
+}
+
+# The tests build their image from a static busybox, since nothing can be
+# pulled; a dynamic one (package busybox) cannot run alone in an image.
+if [[ ! -x /bin/busybox ]] || ldd /bin/busybox >/dev/null 2>&1; then
+    echo "installing busybox-static (the tests' image is made of it)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static
+fi
+
+if ! docker info >/dev/null 2>&1; then
+    echo "error: the Docker engine at ${DOCKER_HOST:-unix:///var/run/docker.sock} does not answer;" \
+        "the tests need it (they never skip)" >&2
+    exit 2
+fi
+
+exec cargo test --all-targets "$@"
