@@ -25,17 +25,9 @@ fn set(ids: &[&String]) -> BTreeSet<String> {
 /// `--json` result: (removed, already gone, failed, would remove).
 #[track_caller]
 fn counts(json: &Value, section: &str) -> (u64, u64, u64, u64) {
-    let count = |field: &str| {
-        json[section][field]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no {section}.{field} count in {json:#}"))
-    };
-    (
-        count("removed"),
-        count("already_gone"),
-        count("failed"),
-        count("would_remove"),
-    )
+    let count =
+        |field: &str| json[section][field].as_u64().unwrap_or_else(|| panic!("no {section}.{field} count in {json:#}"));
+    (count("removed"), count("already_gone"), count("failed"), count("would_remove"))
 }
 
 /// The outcome (`removed`, `already_gone`, ...) of each container in the
@@ -63,21 +55,12 @@ async fn labelled_running_containers_are_removed_and_nothing_else() {
     let survivor = bystander.running(&[]).await;
     assert_eq!(scope.leftovers().await.containers.len(), 2);
 
-    let out = scope
-        .cli(&["cleanup", "docker", "--label", &scope.label_arg()])
-        .await;
+    let out = scope.cli(&["cleanup", "docker", "--label", &scope.label_arg()]).await;
 
     out.assert_code(0);
-    assert!(
-        out.stdout
-            .contains("containers: 2 removed, 0 already gone, 0 failed"),
-        "{out}"
-    );
+    assert!(out.stdout.contains("containers: 2 removed, 0 already gone, 0 failed"), "{out}");
     assert!(scope.leftovers().await.is_empty());
-    assert_eq!(
-        bystander.leftovers().await.container_ids(),
-        set(&[&survivor])
-    );
+    assert_eq!(bystander.leftovers().await.container_ids(), set(&[&survivor]));
 }
 
 #[tokio::test]
@@ -87,16 +70,7 @@ async fn exited_leaves_running_containers_alone() {
     let exited = scope.exited(&[]).await;
     let never_started = scope.container(ContainerSpec::created()).await;
 
-    let out = scope
-        .cli(&[
-            "cleanup",
-            "docker",
-            "--exited",
-            "--label",
-            &scope.label_arg(),
-            "--json",
-        ])
-        .await;
+    let out = scope.cli(&["cleanup", "docker", "--exited", "--label", &scope.label_arg(), "--json"]).await;
 
     out.assert_code(0);
     let json = out.json();
@@ -114,34 +88,13 @@ async fn older_than_keeps_young_containers() {
     let young = scope.running(&[]).await;
     let stopped = scope.exited(&[]).await;
 
-    let out = scope
-        .cli(&[
-            "cleanup",
-            "docker",
-            "--older-than",
-            "1h",
-            "--label",
-            &scope.label_arg(),
-        ])
-        .await;
+    let out = scope.cli(&["cleanup", "docker", "--older-than", "1h", "--label", &scope.label_arg()]).await;
     out.assert_code(0);
     assert!(out.stdout.contains("containers: none matched"), "{out}");
-    assert_eq!(
-        scope.leftovers().await.container_ids(),
-        set(&[&young, &stopped])
-    );
+    assert_eq!(scope.leftovers().await.container_ids(), set(&[&young, &stopped]));
 
     // Any age at all: both go, whatever their state.
-    let out = scope
-        .cli(&[
-            "cleanup",
-            "docker",
-            "--older-than",
-            "0s",
-            "--label",
-            &scope.label_arg(),
-        ])
-        .await;
+    let out = scope.cli(&["cleanup", "docker", "--older-than", "0s", "--label", &scope.label_arg()]).await;
     out.assert_code(0);
     assert!(scope.leftovers().await.containers.is_empty(), "{out}");
 }
@@ -178,11 +131,7 @@ async fn label_filters_combine_with_and() {
 async fn a_container_removed_by_someone_else_is_already_gone_not_failed() {
     let scope = TestScope::new("gone-lib").await;
     let id = scope.running(&[]).await;
-    let listed = ResourceRef {
-        kind: Kind::Container,
-        id: id.clone(),
-        name: "removed-behind-our-back".to_string(),
-    };
+    let listed = ResourceRef { kind: Kind::Container, id: id.clone(), name: "removed-behind-our-back".to_string() };
     docker_cli(&["rm", "-f", &id]);
 
     let backend = DockerBackend::connect().await.expect("connect to docker");
@@ -197,18 +146,9 @@ async fn a_container_removed_by_someone_else_is_already_gone_not_failed() {
             ..RetryPolicy::default()
         },
     };
-    let report = remove_all(
-        &backend.remover(None),
-        vec![listed.clone()],
-        &options,
-        &Progress::hidden(),
-    )
-    .await;
+    let report = remove_all(&backend.remover(None), vec![listed.clone()], &options, &Progress::hidden()).await;
 
-    assert_eq!(
-        report.results,
-        vec![(listed, RemovalOutcome::AlreadyGone { attempts: 1 })]
-    );
+    assert_eq!(report.results, vec![(listed, RemovalOutcome::AlreadyGone { attempts: 1 })]);
     assert_eq!((report.already_gone(), report.failed()), (1, 0));
 }
 
@@ -229,11 +169,7 @@ async fn a_container_removed_mid_cleanup_is_already_gone_in_the_cli_json() {
         ("event".to_string(), vec!["kill".to_string()]),
         ("label".to_string(), vec![scope.label_arg()]),
     ]);
-    let mut kills = docker.events(Some(EventsOptions {
-        since: Some(since),
-        until: None,
-        filters: Some(filters),
-    }));
+    let mut kills = docker.events(Some(EventsOptions { since: Some(since), until: None, filters: Some(filters) }));
 
     let child = scope.cli_spawn(&[
         "cleanup",
@@ -257,20 +193,11 @@ async fn a_container_removed_mid_cleanup_is_already_gone_in_the_cli_json() {
     let other = if stopping == first {
         &second
     } else {
-        assert_eq!(
-            stopping, second,
-            "a kill event for a container we did not make"
-        );
+        assert_eq!(stopping, second, "a kill event for a container we did not make");
         &first
     };
     docker
-        .remove_container(
-            other,
-            Some(RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
+        .remove_container(other, Some(RemoveContainerOptions { force: true, ..Default::default() }))
         .await
         .expect("remove the second container behind benchwarden's back");
     let out = wait_cli(child).await;
@@ -288,41 +215,19 @@ async fn a_container_removed_mid_cleanup_is_already_gone_in_the_cli_json() {
 async fn dry_run_removes_nothing() {
     let scope = TestScope::new("dry-run").await;
     let network = scope.network(&[]).await;
-    let a = scope
-        .container(ContainerSpec::sleeping().network(&network))
-        .await;
+    let a = scope.container(ContainerSpec::sleeping().network(&network)).await;
     let b = scope.exited(&[]).await;
 
-    let out = scope
-        .cli(&[
-            "cleanup",
-            "docker",
-            "--label",
-            &scope.label_arg(),
-            "--dry-run",
-            "--json",
-        ])
-        .await;
+    let out = scope.cli(&["cleanup", "docker", "--label", &scope.label_arg(), "--dry-run", "--json"]).await;
     out.assert_code(0);
     let json = out.json();
     assert_eq!(json["dry_run"], Value::Bool(true));
     assert_eq!(counts(&json, "containers"), (0, 0, 0, 2));
     assert_eq!(counts(&json, "networks"), (0, 0, 0, 1));
 
-    let text = scope
-        .cli(&[
-            "cleanup",
-            "docker",
-            "--label",
-            &scope.label_arg(),
-            "--dry-run",
-        ])
-        .await;
+    let text = scope.cli(&["cleanup", "docker", "--label", &scope.label_arg(), "--dry-run"]).await;
     text.assert_code(0);
-    assert!(
-        text.stdout.contains("containers: 2 would be removed"),
-        "{text}"
-    );
+    assert!(text.stdout.contains("containers: 2 would be removed"), "{text}");
 
     let left = scope.leftovers().await;
     assert_eq!(left.container_ids(), set(&[&a, &b]));
@@ -345,9 +250,7 @@ async fn a_compose_projects_network_goes_with_its_last_container() {
             .network(&network)
     };
     let web = scope.container(service("web")).await;
-    let db = scope
-        .container(service("db").volume(&volume, "/data"))
-        .await;
+    let db = scope.container(service("db").volume(&volume, "/data")).await;
 
     let out = scope
         .cli(&[
@@ -371,9 +274,7 @@ async fn a_compose_projects_network_goes_with_its_last_container() {
 
     // The last container: selected by the scope label, which the network
     // lacks, so only its project can take the network along.
-    let out = scope
-        .cli(&["cleanup", "docker", "--label", &scope.label_arg(), "--json"])
-        .await;
+    let out = scope.cli(&["cleanup", "docker", "--label", &scope.label_arg(), "--json"]).await;
     out.assert_code(0);
     let json = out.json();
     assert_eq!(counts(&json, "containers"), (1, 0, 0, 0));
@@ -400,16 +301,7 @@ async fn volumes_flag_removes_the_projects_named_volume() {
         .await;
     assert_eq!(scope.leftovers().await.volumes.len(), 1);
 
-    let out = scope
-        .cli(&[
-            "cleanup",
-            "docker",
-            "--label",
-            &scope.label_arg(),
-            "--volumes",
-            "--json",
-        ])
-        .await;
+    let out = scope.cli(&["cleanup", "docker", "--label", &scope.label_arg(), "--volumes", "--json"]).await;
 
     out.assert_code(0);
     let json = out.json();
@@ -432,10 +324,7 @@ async fn an_unreachable_daemon_is_exit_2_with_the_address() {
     let out = run_cli(command).await;
 
     out.assert_code(2);
-    assert!(
-        out.stderr.contains("unix:///nonexistent"),
-        "the message does not name the address\n{out}"
-    );
+    assert!(out.stderr.contains("unix:///nonexistent"), "the message does not name the address\n{out}");
     assert!(out.stderr.contains("DOCKER_HOST"), "{out}");
     assert!(!out.stderr.contains("panicked"), "{out}");
     assert!(out.stdout.is_empty(), "{out}");
@@ -462,9 +351,7 @@ async fn json_output_is_one_object_with_counts() {
     let b = scope.running(&[]).await;
     let c = scope.exited(&[]).await;
 
-    let out = scope
-        .cli(&["cleanup", "docker", "--label", &scope.label_arg(), "--json"])
-        .await;
+    let out = scope.cli(&["cleanup", "docker", "--label", &scope.label_arg(), "--json"]).await;
 
     out.assert_code(0);
     let json = out.json();
@@ -486,9 +373,7 @@ async fn list_shows_the_labelled_containers() {
     let running = scope.running(&[]).await;
     let exited = scope.exited(&[]).await;
 
-    let out = scope
-        .cli(&["list", "--docker", "--label", &scope.label_arg(), "--json"])
-        .await;
+    let out = scope.cli(&["list", "--docker", "--label", &scope.label_arg(), "--json"]).await;
     out.assert_code(0);
     let ids: BTreeSet<String> = out
         .json()
@@ -499,15 +384,10 @@ async fn list_shows_the_labelled_containers() {
         .collect();
     assert_eq!(ids, set(&[&running]), "without --all, only running ones");
 
-    let out = scope
-        .cli(&["list", "--docker", "--all", "--label", &scope.label_arg()])
-        .await;
+    let out = scope.cli(&["list", "--docker", "--all", "--label", &scope.label_arg()]).await;
     out.assert_code(0);
     assert!(out.stdout.starts_with("ID"), "{out}");
     assert!(out.stdout.contains(&running[..12]), "{out}");
     assert!(out.stdout.contains(&exited[..12]), "{out}");
-    assert!(
-        !out.stdout.contains(&running[..13]),
-        "ids are 12 characters\n{out}"
-    );
+    assert!(!out.stdout.contains(&running[..13]), "ids are 12 characters\n{out}");
 }

@@ -28,27 +28,14 @@ async fn a_scope_removes_what_it_left_when_dropped() {
     let scope = TestScope::new("drop").await;
     let network = scope.network(&[]).await;
     let volume = scope.volume(&[]).await;
-    scope
-        .container(
-            ContainerSpec::sleeping()
-                .network(&network)
-                .volume(&volume, "/data"),
-        )
-        .await;
+    scope.container(ContainerSpec::sleeping().network(&network).volume(&volume, "/data")).await;
     scope.exited(&[]).await;
     scope.project_network("default").await;
     scope.project_volume("data").await;
     let selectors = vec![scope.label_arg(), scope.project_label_arg()];
     let docker = connect().await;
     let before = leftovers(&docker, &selectors).await.unwrap();
-    assert_eq!(
-        (
-            before.containers.len(),
-            before.networks.len(),
-            before.volumes.len()
-        ),
-        (2, 2, 2)
-    );
+    assert_eq!((before.containers.len(), before.networks.len(), before.volumes.len()), (2, 2, 2));
 
     drop(scope);
 
@@ -63,7 +50,5 @@ fn static_and_dynamic_binaries_are_told_apart() {
     // Test binaries link against the system libc.
     let this = std::fs::read(std::env::current_exe().unwrap()).unwrap();
     assert!(elf_is_dynamic(&this));
-    assert!(!elf_is_dynamic(
-        b"#!/bin/sh\necho not an ELF file at all, just a script\n"
-    ));
+    assert!(!elf_is_dynamic(b"#!/bin/sh\necho not an ELF file at all, just a script\n"));
 }

@@ -29,9 +29,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions,
-    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions,
-    WaitContainerOptions,
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions, ListVolumesOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -121,8 +120,7 @@ async fn ensure_test_image() {
         return;
     }
     let lock_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("benchwarden-test-image.lock");
-    let lock_file = File::create(&lock_path)
-        .unwrap_or_else(|error| panic!("create {}: {error}", lock_path.display()));
+    let lock_file = File::create(&lock_path).unwrap_or_else(|error| panic!("create {}: {error}", lock_path.display()));
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .unwrap_or_else(|(_, errno)| panic!("lock {}: {errno}", lock_path.display()));
     // Another process may have imported it while we waited for the lock.
@@ -139,29 +137,16 @@ async fn ensure_test_image() {
         changes: vec!["CMD [\"/bin/sh\"]".to_string()],
         ..Default::default()
     };
-    let mut progress = docker.create_image(
-        Some(options),
-        Some(bollard::body_full(root_fs.into())),
-        None,
-    );
+    let mut progress = docker.create_image(Some(options), Some(bollard::body_full(root_fs.into())), None);
     while let Some(message) = progress.next().await {
         if let Err(error) = message {
-            panic!(
-                "import {TEST_IMAGE} from {} through the Engine API: {}",
-                busybox.display(),
-                error_chain(&error)
-            );
+            panic!("import {TEST_IMAGE} from {} through the Engine API: {}", busybox.display(), error_chain(&error));
         }
     }
     docker
         .inspect_image(TEST_IMAGE)
         .await
-        .unwrap_or_else(|error| {
-            panic!(
-                "{TEST_IMAGE} is missing right after its import: {}",
-                error_chain(&error)
-            )
-        });
+        .unwrap_or_else(|error| panic!("{TEST_IMAGE} is missing right after its import: {}", error_chain(&error)));
 }
 
 pub fn busybox_path() -> PathBuf {
@@ -196,9 +181,7 @@ pub fn rootfs_tar(busybox: &Path) -> Vec<u8> {
         header.set_mode(mode);
         header.set_size(0);
         header.set_mtime(0);
-        builder
-            .append_data(&mut header, path, std::io::empty())
-            .expect("append a directory to the image tar");
+        builder.append_data(&mut header, path, std::io::empty()).expect("append a directory to the image tar");
     };
     for path in ["bin", "etc", "root", "usr", "usr/bin", "var"] {
         directory(&mut builder, path, 0o755);
@@ -210,9 +193,7 @@ pub fn rootfs_tar(busybox: &Path) -> Vec<u8> {
     header.set_mode(0o755);
     header.set_size(binary.len() as u64);
     header.set_mtime(0);
-    builder
-        .append_data(&mut header, "bin/busybox", binary.as_slice())
-        .expect("append busybox to the image tar");
+    builder.append_data(&mut header, "bin/busybox", binary.as_slice()).expect("append busybox to the image tar");
 
     for applet in busybox_applets(busybox) {
         let mut header = tar::Header::new_gnu();
@@ -245,9 +226,9 @@ pub fn busybox_applets(busybox: &Path) -> Vec<String> {
         .collect();
     if applets.is_empty() {
         for name in [
-            "sh", "sleep", "echo", "true", "false", "cat", "ls", "env", "kill", "ps", "rm",
-            "mkdir", "touch", "test", "[", "wc", "grep", "sed", "head", "tail", "trap", "printf",
-            "date", "id", "hostname", "uname", "wget", "nc",
+            "sh", "sleep", "echo", "true", "false", "cat", "ls", "env", "kill", "ps", "rm", "mkdir", "touch", "test",
+            "[", "wc", "grep", "sed", "head", "tail", "trap", "printf", "date", "id", "hostname", "uname", "wget",
+            "nc",
         ] {
             applets.insert(name.to_string());
         }
@@ -333,19 +314,13 @@ pub struct CliOutput {
 impl CliOutput {
     /// The exit code; panics (showing the output) when killed by a signal.
     pub fn code(&self) -> i32 {
-        self.status
-            .code()
-            .unwrap_or_else(|| panic!("benchwarden was killed by a signal\n{self}"))
+        self.status.code().unwrap_or_else(|| panic!("benchwarden was killed by a signal\n{self}"))
     }
 
     /// Panics, showing stdout and stderr, unless the exit code is `expected`.
     #[track_caller]
     pub fn assert_code(&self, expected: i32) -> &Self {
-        assert_eq!(
-            self.status.code(),
-            Some(expected),
-            "unexpected exit status\n{self}"
-        );
+        assert_eq!(self.status.code(), Some(expected), "unexpected exit status\n{self}");
         self
     }
 
@@ -359,11 +334,7 @@ impl CliOutput {
 
 impl std::fmt::Display for CliOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
+        write!(f, "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.status, self.stdout, self.stderr)
     }
 }
 
@@ -400,15 +371,9 @@ pub async fn wait_cli(child: tokio::process::Child) -> CliOutput {
 /// Runs the docker CLI (for doing things "behind benchwarden's back");
 /// panics with its output when it fails.
 pub fn docker_cli(args: &[&str]) -> String {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap_or_else(|error| panic!("run docker {args:?}: {error}"));
-    assert!(
-        output.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output =
+        Command::new("docker").args(args).output().unwrap_or_else(|error| panic!("run docker {args:?}: {error}"));
+    assert!(output.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -438,18 +403,12 @@ impl ContainerSpec {
 
     /// Runs `true` and has exited by the time `container` returns.
     pub fn exited() -> Self {
-        ContainerSpec {
-            wait_exit: true,
-            ..ContainerSpec::command(&["true"])
-        }
+        ContainerSpec { wait_exit: true, ..ContainerSpec::command(&["true"]) }
     }
 
     /// Created and never started (state `created`).
     pub fn created() -> Self {
-        ContainerSpec {
-            start: false,
-            ..ContainerSpec::sleeping()
-        }
+        ContainerSpec { start: false, ..ContainerSpec::sleeping() }
     }
 
     /// Starts `cmd` and returns at once.
@@ -533,20 +492,9 @@ impl TestScope {
     /// makes sure the test image exists.
     pub async fn new(name: &str) -> Self {
         static SEQUENCE: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| elapsed.subsec_nanos())
-            .unwrap_or(0);
-        let name: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.subsec_nanos()).unwrap_or(0);
+        let name: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
         let id = format!(
             "{name}-{}-{}-{:05x}",
             std::process::id(),
@@ -559,12 +507,7 @@ impl TestScope {
             .prefix("state-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .expect("create a state directory for benchwarden");
-        TestScope {
-            id,
-            docker,
-            state_dir,
-            counter: AtomicUsize::new(0),
-        }
+        TestScope { id, docker, state_dir, counter: AtomicUsize::new(0) }
     }
 
     pub fn id(&self) -> &str {
@@ -616,10 +559,7 @@ impl TestScope {
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptions {
-            name: Some(self.unique_name("c")),
-            ..Default::default()
-        };
+        let options = CreateContainerOptions { name: Some(self.unique_name("c")), ..Default::default() };
         let id = self
             .docker
             .create_container(Some(options), body)
@@ -633,9 +573,7 @@ impl TestScope {
                 .unwrap_or_else(|error| panic!("start container {id}: {}", error_chain(&error)));
         }
         if spec.start && spec.wait_exit {
-            let mut wait = self
-                .docker
-                .wait_container(&id, None::<WaitContainerOptions>);
+            let mut wait = self.docker.wait_container(&id, None::<WaitContainerOptions>);
             // An exit code other than 0 comes back as an error; either way it has stopped.
             let _ = wait.next().await;
         }
@@ -644,8 +582,7 @@ impl TestScope {
 
     /// A running container with this scope's label and `labels`.
     pub async fn running(&self, labels: &[(&str, &str)]) -> String {
-        self.container(ContainerSpec::sleeping().labels(labels))
-            .await
+        self.container(ContainerSpec::sleeping().labels(labels)).await
     }
 
     /// An exited container with this scope's label and `labels`.
@@ -665,10 +602,7 @@ impl TestScope {
     pub async fn project_network(&self, network: &str) -> String {
         let labels = HashMap::from([
             (COMPOSE_PROJECT.to_string(), self.project()),
-            (
-                "com.docker.compose.network".to_string(),
-                network.to_string(),
-            ),
+            ("com.docker.compose.network".to_string(), network.to_string()),
         ]);
         self.create_network(labels).await
     }
@@ -707,11 +641,7 @@ impl TestScope {
     async fn create_volume(&self, labels: HashMap<String, String>) -> String {
         let name = self.unique_name("vol");
         self.docker
-            .create_volume(VolumeCreateRequest {
-                name: Some(name.clone()),
-                labels: Some(labels),
-                ..Default::default()
-            })
+            .create_volume(VolumeCreateRequest { name: Some(name.clone()), labels: Some(labels), ..Default::default() })
             .await
             .unwrap_or_else(|error| panic!("create volume {name}: {}", error_chain(&error)));
         name
@@ -744,11 +674,7 @@ impl TestScope {
     /// Starts `benchwarden ARGS` with piped output; collect it with [`wait_cli`].
     pub fn cli_spawn(&self, args: &[&str]) -> tokio::process::Child {
         let mut command = tokio::process::Command::from(self.benchwarden());
-        command
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         command.spawn().expect("start benchwarden")
     }
 }
@@ -776,10 +702,7 @@ impl Drop for TestScope {
 }
 
 fn pairs(labels: &[(&str, &str)]) -> HashMap<String, String> {
-    labels
-        .iter()
-        .map(|(key, value)| (key.to_string(), value.to_string()))
-        .collect()
+    labels.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect()
 }
 
 fn label_filter(selector: &str) -> HashMap<String, Vec<String>> {
@@ -812,35 +735,20 @@ pub async fn leftovers(docker: &Docker, selectors: &[String]) -> Result<Leftover
                     .and_then(|names| names.into_iter().next())
                     .map(|name| name.trim_start_matches('/').to_string())
                     .unwrap_or_default(),
-                state: summary
-                    .state
-                    .map(|state| state.to_string())
-                    .unwrap_or_default(),
+                state: summary.state.map(|state| state.to_string()).unwrap_or_default(),
                 labels: summary.labels.unwrap_or_default().into_iter().collect(),
             });
         }
         let networks = docker
-            .list_networks(Some(ListNetworksOptions {
-                filters: Some(label_filter(selector)),
-            }))
+            .list_networks(Some(ListNetworksOptions { filters: Some(label_filter(selector)) }))
             .await
             .map_err(|error| error_chain(&error))?;
-        found
-            .networks
-            .extend(networks.into_iter().filter_map(|network| network.name));
+        found.networks.extend(networks.into_iter().filter_map(|network| network.name));
         let volumes = docker
-            .list_volumes(Some(ListVolumesOptions {
-                filters: Some(label_filter(selector)),
-            }))
+            .list_volumes(Some(ListVolumesOptions { filters: Some(label_filter(selector)) }))
             .await
             .map_err(|error| error_chain(&error))?;
-        found.volumes.extend(
-            volumes
-                .volumes
-                .unwrap_or_default()
-                .into_iter()
-                .map(|volume| volume.name),
-        );
+        found.volumes.extend(volumes.volumes.unwrap_or_default().into_iter().map(|volume| volume.name));
     }
     Ok(found)
 }
@@ -854,27 +762,13 @@ pub async fn remove_labelled(docker: &Docker, selectors: &[String]) -> Vec<Strin
     };
     let mut errors = Vec::new();
     let gone = |error: &bollard::errors::Error| {
-        matches!(
-            error,
-            bollard::errors::Error::DockerResponseServerError {
-                status_code: 404,
-                ..
-            }
-        )
+        matches!(error, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
     };
     for container in &found.containers {
-        let options = RemoveContainerOptions {
-            force: true,
-            v: true,
-            link: false,
-        };
+        let options = RemoveContainerOptions { force: true, v: true, link: false };
         if let Err(error) = docker.remove_container(&container.id, Some(options)).await {
             if !gone(&error) {
-                errors.push(format!(
-                    "container {}: {}",
-                    container.name,
-                    error_chain(&error)
-                ));
+                errors.push(format!("container {}: {}", container.name, error_chain(&error)));
             }
         }
     }
