@@ -92,6 +92,14 @@ impl RetryPolicy {
         }
     }
 
+    /// Lets one call take `duration` (a graceful stop's timeout) plus a margin.
+    pub fn allowing_calls_of(mut self, duration: Option<Duration>) -> Self {
+        if let Some(duration) = duration {
+            self.call_timeout = self.call_timeout.max(duration + Duration::from_secs(30));
+        }
+        self
+    }
+
     /// Runs `operation` until it succeeds, reaches a `Done` or `Fatal` error,
     /// runs out of retries, or would pass the deadline. `what` names the
     /// operation and its target for the log lines ("remove container 3f2a…").

@@ -129,8 +129,13 @@ impl Running {
         kill(Pid::from_raw(self.child.id().unwrap() as i32), signal).unwrap();
     }
 
-    async fn finish(self) -> CliOutput {
+    async fn finish(mut self) -> CliOutput {
         let mut output = wait_cli(self.child).await;
+        // The reader ends at end of file, closing the channel.
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+        }
         output.stderr = self.seen + &output.stderr;
         output
     }
@@ -397,4 +402,32 @@ async fn the_embedded_smoke_benchmark_leaves_nothing() {
         .filter(|container| container.labels.get("bench.smoke.owner").is_some_and(|owner| owner.starts_with(&run_id)))
         .collect();
     assert!(ours.is_empty(), "smoke containers left: {ours:?}\n{output}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_third_sigint_exits_at_once_and_recover_finishes_the_job() {
+    let scope = TestScope::new("run-sigint3").await;
+    // A graceful stop of 120 s makes teardown slow: the container's PID 1 (sleep) ignores SIGTERM.
+    let fixture = fixture(
+        &scope,
+        &[("slow", "trap '' INT TERM; start_container; echo ready; while :; do sleep 1; done")],
+        "  stop_timeout: 120s\n",
+    );
+    let started = Instant::now();
+    let mut running = start_until_ready(&scope, &["run", path(&fixture), "-j", "1", "--grace", "300s"]).await;
+    running.send(Signal::SIGINT);
+    running.wait_for("SIGINT: starting no new tasks").await;
+    running.send(Signal::SIGINT);
+    running.wait_for("killing every harness now").await;
+    running.wait_for("task slow: tearing down").await;
+    running.send(Signal::SIGINT);
+    let output = running.finish().await;
+    output.assert_code(130);
+    assert!(started.elapsed() < Duration::from_secs(100), "the third SIGINT did not exit at once");
+    assert!(output.stderr.contains("benchwarden recover --state-dir"), "{output}");
+    assert!(!scope.leftovers().await.is_empty(), "teardown was expected to be cut short");
+
+    let recovered = scope.cli(&["recover", "--json"]).await;
+    recovered.assert_code(0);
+    assert_nothing_left(&scope.leftovers().await, &recovered);
 }

@@ -76,7 +76,7 @@ pub async fn cleanup_docker(global: &GlobalSettings, settings: &DockerCleanupSet
         removal: RemovalOptions {
             parallel: settings.parallel,
             fail_fast: settings.fail_fast,
-            retry: global.retry.clone(),
+            retry: global.retry.clone().allowing_calls_of(settings.stop_timeout),
         },
     };
     let this_host = owner::host_name();

@@ -85,7 +85,8 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
     let shutdown = signal::install(third_press(ledger.path().to_path_buf(), run_id.clone(), global.state_dir.clone()))
         .map_err(|source| Error::Io { what: "listen for signals in", path: "benchwarden".into(), source })?;
 
-    let removal = RemovalOptions { parallel: 16, fail_fast: false, retry: settings.retry.clone() };
+    let retry = settings.retry.clone().allowing_calls_of(settings.benchmark.docker.stop_timeout);
+    let removal = RemovalOptions { parallel: 16, fail_fast: false, retry };
     let pre_run = match (&docker, settings.skip_cleanup) {
         (Some(docker), false) => Some(pre_run_cleanup(docker, &ledger, settings, global, &removal, &run_id).await?),
         _ => None,
@@ -377,6 +378,25 @@ mod tests {
         assert_eq!(&id[8..9], "-");
         assert_eq!(&id[13..14], "-");
         assert_ne!(new_run_id(), new_run_id());
+    }
+
+    #[test]
+    fn leaks_outrank_interrupts_which_outrank_failures() {
+        let report = |outcome, leaked: &[&str]| {
+            let mut report = TaskReport::not_started("t", PathBuf::from("t.log"));
+            report.outcome = outcome;
+            report.resources_leaked = leaked.iter().map(ToString::to_string).collect();
+            report
+        };
+        let passed = report(TaskOutcome::Passed, &[]);
+        let failed = report(TaskOutcome::TimedOut, &[]);
+        let leaked = report(TaskOutcome::Passed, &["container c"]);
+        use nix::sys::signal::Signal::{SIGINT, SIGTERM};
+        assert_eq!(exit_status(&[passed.clone()], None), ExitStatus::Success);
+        assert_eq!(exit_status(&[passed.clone(), failed.clone()], None), ExitStatus::Failure);
+        assert_eq!(exit_status(&[failed.clone()], Some(SIGINT)), ExitStatus::Interrupted);
+        assert_eq!(exit_status(&[passed.clone()], Some(SIGTERM)), ExitStatus::Terminated);
+        assert_eq!(exit_status(&[failed, leaked], Some(SIGINT)), ExitStatus::Leaked);
     }
 
     #[test]

@@ -180,6 +180,7 @@ pub async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskReport {
     }
 
     line.set_message("tearing down");
+    tracing::info!("task {}: tearing down", spec.name);
     if let Some(docker) = context.docker.clone() {
         // Its own tracked task: a cancelled caller cannot cut a teardown short.
         let ledger = context.ledger.clone();
