@@ -392,10 +392,10 @@ mod tests {
         let failed = report(TaskOutcome::TimedOut, &[]);
         let leaked = report(TaskOutcome::Passed, &["container c"]);
         use nix::sys::signal::Signal::{SIGINT, SIGTERM};
-        assert_eq!(exit_status(&[passed.clone()], None), ExitStatus::Success);
+        assert_eq!(exit_status(std::slice::from_ref(&passed), None), ExitStatus::Success);
         assert_eq!(exit_status(&[passed.clone(), failed.clone()], None), ExitStatus::Failure);
-        assert_eq!(exit_status(&[failed.clone()], Some(SIGINT)), ExitStatus::Interrupted);
-        assert_eq!(exit_status(&[passed.clone()], Some(SIGTERM)), ExitStatus::Terminated);
+        assert_eq!(exit_status(std::slice::from_ref(&failed), Some(SIGINT)), ExitStatus::Interrupted);
+        assert_eq!(exit_status(std::slice::from_ref(&passed), Some(SIGTERM)), ExitStatus::Terminated);
         assert_eq!(exit_status(&[failed, leaked], Some(SIGINT)), ExitStatus::Leaked);
     }
 
