@@ -211,8 +211,10 @@ impl Ledger {
             let transaction = connection.transaction()?;
             for resource in resources {
                 transaction.execute(
-                    "INSERT OR IGNORE INTO resources (backend, kind, id, name, run_id, task_id, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO resources (backend, kind, id, name, run_id, task_id, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (backend, kind, id) DO UPDATE SET name = excluded.name
+                     WHERE resources.name = '' AND excluded.name != ''",
                     params![
                         resource.kind.backend(),
                         resource.kind.as_str(),

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod errors;
+pub mod intercept;
 pub mod ledger;
 pub mod owner;
 pub mod report;

@@ -13,12 +13,13 @@ use crate::backend::docker::{Container, DockerBackend, COMPOSE_PROJECT_LABEL};
 use crate::backend::{LabelSelector, RemovalOptions, LABEL_RUN};
 use crate::config::{matches_template, Selector};
 use crate::errors::{Error, ExitStatus};
+use crate::intercept::docker_proxy::Upstream;
 use crate::ledger::{Ledger, RunRecord};
 use crate::owner;
 use crate::report::{self, RunView};
 use crate::settings::{GlobalSettings, RunSettings};
 use crate::supervisor::signal;
-use crate::supervisor::task::{RunContext, TaskOutcome, TaskReport};
+use crate::supervisor::task::{ProxySettings, RunContext, TaskOutcome, TaskReport};
 use crate::supervisor::watch::Watcher;
 use crate::supervisor::{process, scheduler};
 use crate::sweep::{self, ContainerSelection, DockerSweep, SweepResult, Verdict};
@@ -94,6 +95,18 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
 
     let specs = settings.task_specs(&run_id);
     let watcher = docker.as_ref().map(|docker| Watcher::spawn(docker.clone(), ledger.clone(), started_at));
+    let docker_proxy = docker.as_ref().and_then(|docker| match Upstream::from_address(docker.address()) {
+        Some(upstream) => {
+            Some(ProxySettings { upstream, socket_root: global.state_dir.join("sockets"), host: host.clone() })
+        }
+        None => {
+            tracing::warn!(
+                "{}: the per-task Docker proxy speaks only unix and plain tcp; tracking falls back to labels and selectors",
+                docker.address()
+            );
+            None
+        }
+    });
     let context = Arc::new(RunContext {
         run_id: run_id.clone(),
         ledger: ledger.clone(),
@@ -106,6 +119,7 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
         view: RunView::new(&global.output, specs.len()),
         teardowns: TaskTracker::new(),
         watcher,
+        docker_proxy,
     });
     let reports = scheduler::run_all(Arc::clone(&context), specs, settings.jobs).await;
     context.teardowns.close();

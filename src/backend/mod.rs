@@ -60,11 +60,38 @@ impl fmt::Display for Kind {
 }
 
 /// One resource to remove: enough to name it in messages and to find it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// Identity is the kind and id; the name is for people (and may be unknown).
+#[derive(Debug, Clone, Serialize)]
 pub struct ResourceRef {
     pub kind: Kind,
     pub id: String,
     pub name: String,
+}
+
+impl PartialEq for ResourceRef {
+    fn eq(&self, other: &Self) -> bool {
+        (self.kind, &self.id) == (other.kind, &other.id)
+    }
+}
+
+impl Eq for ResourceRef {}
+
+impl std::hash::Hash for ResourceRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.kind, &self.id).hash(state);
+    }
+}
+
+impl PartialOrd for ResourceRef {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ResourceRef {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.kind, &self.id).cmp(&(other.kind, &other.id))
+    }
 }
 
 impl ResourceRef {

@@ -19,7 +19,9 @@ use super::signal::Shutdown;
 use crate::backend::docker::DockerBackend;
 use crate::backend::RemovalOptions;
 use crate::config::Selector;
+use crate::intercept::docker_proxy::{DockerProxy, ProxyOwner, Upstream};
 use crate::ledger::Ledger;
+use crate::owner;
 use crate::report::{echo_harness_output, RunView};
 use crate::teardown::{self, Claims, TeardownReport};
 
@@ -55,6 +57,16 @@ pub struct RunContext {
     pub teardowns: TaskTracker,
     /// Records claimed containers as they are created; `None` without Docker.
     pub watcher: Option<super::watch::Watcher>,
+    /// Where each task's Docker proxy listens and forwards; `None` without Docker.
+    pub docker_proxy: Option<ProxySettings>,
+}
+
+/// How tasks' Docker proxies are set up.
+pub struct ProxySettings {
+    pub upstream: Upstream,
+    /// Each task gets a private directory with its socket under this.
+    pub socket_root: PathBuf,
+    pub host: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -239,6 +251,24 @@ async fn supervise(
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
+    // The task's Docker clients go through its own proxy, which labels and records every create.
+    let proxy = match &context.docker_proxy {
+        Some(settings) => {
+            let owner = ProxyOwner {
+                run_id: context.run_id.clone(),
+                task_id: spec.name.clone(),
+                labels: owner::owner_labels(&context.run_id, &spec.name, &settings.host, std::process::id()),
+                ledger: context.ledger.clone(),
+            };
+            let proxy =
+                DockerProxy::start(&settings.socket_root, settings.upstream.clone(), owner).await.map_err(|error| {
+                    format!("cannot start the Docker proxy in {}: {error}", settings.socket_root.display())
+                })?;
+            command.env("DOCKER_HOST", proxy.docker_host()).env_remove("DOCKER_CONTEXT");
+            Some(proxy)
+        }
+        None => None,
+    };
     if context.echo_output {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
     } else {
@@ -299,6 +329,9 @@ async fn supervise(
         _ => child.wait().await.ok(),
     };
     process::unregister_tokio_child(pid);
+    if let Some(proxy) = proxy {
+        proxy.stop();
+    }
     for copy in copies {
         let _ = copy.await;
     }

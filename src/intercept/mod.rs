@@ -1,0 +1,7 @@
+//! Per-task interceptors: local endpoints that a task's clients talk to
+//! instead of the real service, so that every resource the task creates is
+//! labelled with its owner and recorded in the ledger before the harness
+//! learns its id.
+
+pub mod docker_proxy;
+pub mod http;
