@@ -201,6 +201,11 @@ pub struct RecoverArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Also find orphaned runs from owner labels on this host's containers, networks and
+    /// volumes (for when the ledger file is lost): a run whose benchwarden pid is gone
+    #[arg(long)]
+    pub from_labels: bool,
+
     /// Print the result as one JSON object on stdout
     #[arg(long)]
     pub json: bool,

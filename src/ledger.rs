@@ -156,6 +156,20 @@ impl Ledger {
         .map(drop)
     }
 
+    /// Records a run known only from labels (its ledger was lost), so that
+    /// its resources can be recorded and its recovery marked.
+    pub async fn adopt_run(&self, run_id: &str, pid: Option<u32>, host: &str) -> Result<(), Error> {
+        let (run_id, host) = (run_id.to_string(), host.to_string());
+        self.with(move |connection| {
+            connection.execute(
+                "INSERT OR IGNORE INTO runs (id, pid, start_time, host, benchmark, started_at) VALUES (?1, ?2, NULL, ?3, ?4, ?5)",
+                params![run_id, pid.unwrap_or(0), host, "(known from labels)", now_unix()],
+            )
+        })
+        .await
+        .map(drop)
+    }
+
     pub async fn end_run(&self, run_id: &str, outcome: &str) -> Result<(), Error> {
         let (run_id, outcome) = (run_id.to_string(), outcome.to_string());
         self.with(move |connection| {

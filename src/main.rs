@@ -37,7 +37,7 @@ fn run(cli: Cli) -> Result<ExitStatus, Error> {
                 app::cleanup_docker(&global, &DockerCleanupSettings::resolve(&args)?).await
             }
             Command::Run(args) => app::run(&global, &RunSettings::resolve(&args, &global)?).await,
-            Command::Recover(args) => app::recover(&global, args.dry_run, args.json).await,
+            Command::Recover(args) => app::recover(&global, args.dry_run, args.from_labels, args.json).await,
             Command::Status(args) => app::status(&global, args.json).await,
         }
     })

@@ -5,7 +5,7 @@
 mod recover;
 mod run;
 
-pub use recover::{recover, recover_orphans, status};
+pub use recover::{recover, recover_orphans, status, OrphanSource};
 pub use run::run;
 
 use std::io::Write;

@@ -4,11 +4,11 @@
 use serde::Serialize;
 
 use super::{print_json, print_stdout};
-use crate::backend::docker::DockerBackend;
-use crate::backend::{RemovalOptions, ResourceRef};
+use crate::backend::docker::{ContainerQuery, DockerBackend, DockerError};
+use crate::backend::{LabelSelector, RemovalOptions, ResourceRef, LABEL_HOST};
 use crate::errors::{Error, ExitStatus};
 use crate::ledger::{Ledger, RunRecord};
-use crate::owner;
+use crate::owner::{self, LabelledOwner};
 use crate::report::{format_age, table};
 use crate::settings::GlobalSettings;
 use crate::sweep::now_unix;
@@ -24,43 +24,110 @@ pub struct RecoveredRun {
     pub dry_run: bool,
 }
 
+/// Where orphaned runs are looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanSource {
+    /// Runs in the ledger.
+    Ledger,
+    /// Also runs known only from owner labels on this host's resources
+    /// (the ledger file was lost).
+    LedgerAndLabels,
+}
+
+/// An orphaned run to recover, from either source.
+struct Orphan {
+    run_id: String,
+    pid: Option<u32>,
+    in_ledger: bool,
+}
+
+/// Runs on this host whose process is gone and that never finished.
+async fn find_orphans(docker: &DockerBackend, ledger: &Ledger, source: OrphanSource) -> Result<Vec<Orphan>, Error> {
+    let this_host = owner::host_name();
+    let runs = ledger.runs().await?;
+    let mut orphans: Vec<Orphan> = runs
+        .iter()
+        .filter(|run| run.is_orphaned(&this_host))
+        .map(|run| Orphan { run_id: run.id.clone(), pid: Some(run.pid), in_ledger: true })
+        .collect();
+    if source == OrphanSource::LedgerAndLabels {
+        let host_label = [LabelSelector { key: LABEL_HOST.to_string(), value: Some(this_host.clone()) }];
+        let docker_error = |operation: &str, error: DockerError| Error::Docker {
+            operation: operation.to_string(),
+            reason: error.to_string(),
+        };
+        let containers = docker
+            .list_containers(&ContainerQuery { labels: host_label.to_vec(), all: true })
+            .await
+            .map_err(|error| docker_error("list containers", error))?;
+        let networks = docker.list_networks(&host_label).await.map_err(|error| docker_error("list networks", error))?;
+        let volumes = docker.list_volumes(&host_label).await.map_err(|error| docker_error("list volumes", error))?;
+        let labelled = containers
+            .iter()
+            .map(|container| &container.labels)
+            .chain(networks.iter().map(|item| &item.labels))
+            .chain(volumes.iter().map(|item| &item.labels));
+        for labels in labelled {
+            let Some(owner) = LabelledOwner::from_labels(labels) else { continue };
+            if orphans.iter().any(|orphan| orphan.run_id == owner.run_id) {
+                continue;
+            }
+            // The ledger, when it knows the run, is the better judge of liveness.
+            let alive = match runs.iter().find(|run| run.id == owner.run_id) {
+                Some(run) => run.ended_at.is_none() && run.is_alive(&this_host),
+                None => owner.may_be_alive(&this_host),
+            };
+            if !alive {
+                orphans.push(Orphan { run_id: owner.run_id.clone(), pid: owner.pid, in_ledger: false });
+            }
+        }
+    }
+    Ok(orphans)
+}
+
 /// Tears down everything every orphaned run owns (ledger rows, owner
-/// labels, recorded selectors) and marks those runs recovered.
+/// labels, recorded selectors), kills what it left running, and marks
+/// those runs recovered.
 pub async fn recover_orphans(
     docker: &DockerBackend,
     ledger: &Ledger,
     removal: &RemovalOptions,
     dry_run: bool,
+    source: OrphanSource,
 ) -> Result<Vec<RecoveredRun>, Error> {
-    let this_host = owner::host_name();
     let mut recovered = Vec::new();
-    for run in ledger.runs().await?.into_iter().filter(|run| run.is_orphaned(&this_host)) {
+    for run in find_orphans(docker, ledger, source).await? {
         let selectors = ledger
-            .claims(&run.id)
+            .claims(&run.run_id)
             .await?
             .iter()
             .filter_map(|(_, selector)| Claims::decode_selector(selector))
             .collect();
-        let claims = Claims { run_id: run.id.clone(), task_id: None, selectors };
+        let claims = Claims { run_id: run.run_id.clone(), task_id: None, selectors };
         if dry_run {
             let found = teardown::discover(docker, ledger, &claims).await?;
             for resource in &found {
-                tracing::info!("run {}: would remove {resource}", run.id);
+                tracing::info!("run {}: would remove {resource}", run.run_id);
             }
-            recovered.push(RecoveredRun { run_id: run.id, removed: 0, leaked: Vec::new(), found, dry_run });
+            recovered.push(RecoveredRun { run_id: run.run_id, removed: 0, leaked: Vec::new(), found, dry_run });
             continue;
         }
-        tracing::info!("run {} (pid {}) is gone: tearing down what it owns", run.id, run.pid);
-        let killed = crate::supervisor::process::kill_orphaned_run(&run.id).await;
+        let pid = run.pid.map_or_else(|| "unknown".to_string(), |pid| pid.to_string());
+        let known = if run.in_ledger { "" } else { " (known from labels only)" };
+        tracing::info!("run {}{known} (pid {pid}) is gone: tearing down what it owns", run.run_id);
+        if !run.in_ledger {
+            ledger.adopt_run(&run.run_id, run.pid, &owner::host_name()).await?;
+        }
+        let killed = crate::supervisor::process::kill_orphaned_run(&run.run_id).await;
         if killed > 0 {
-            tracing::info!("run {}: killed {killed} process(es) it left running", run.id);
+            tracing::info!("run {}: killed {killed} process(es) it left running", run.run_id);
         }
         let torn = teardown::teardown(docker, ledger, &claims, removal, None).await?;
         if torn.leaked.is_empty() {
-            ledger.end_run(&run.id, "recovered").await?;
+            ledger.end_run(&run.run_id, "recovered").await?;
         }
         recovered.push(RecoveredRun {
-            run_id: run.id,
+            run_id: run.run_id,
             found: torn.removal.results.iter().map(|(resource, _)| resource.clone()).collect(),
             removed: torn.removal.removed() + torn.removal.already_gone(),
             leaked: torn.leaked,
@@ -70,11 +137,17 @@ pub async fn recover_orphans(
     Ok(recovered)
 }
 
-pub async fn recover(global: &GlobalSettings, dry_run: bool, json: bool) -> Result<ExitStatus, Error> {
+pub async fn recover(
+    global: &GlobalSettings,
+    dry_run: bool,
+    from_labels: bool,
+    json: bool,
+) -> Result<ExitStatus, Error> {
     let ledger = Ledger::open(&global.state_dir)?;
     let docker = DockerBackend::connect().await?;
     let removal = RemovalOptions { parallel: 16, fail_fast: false, retry: global.retry.clone() };
-    let recovered = recover_orphans(&docker, &ledger, &removal, dry_run).await?;
+    let source = if from_labels { OrphanSource::LedgerAndLabels } else { OrphanSource::Ledger };
+    let recovered = recover_orphans(&docker, &ledger, &removal, dry_run, source).await?;
     let leaked: usize = recovered.iter().map(|run| run.leaked.len()).sum();
     if json {
         print_json(&recovered)?;

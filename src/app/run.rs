@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio_util::task::TaskTracker;
 
-use super::{live_owner, print_stdout, recover_orphans};
+use super::{live_owner, print_stdout, recover_orphans, OrphanSource};
 use crate::backend::docker::{Container, DockerBackend, COMPOSE_PROJECT_LABEL};
 use crate::backend::{LabelSelector, RemovalOptions, LABEL_RUN};
 use crate::config::{matches_template, Selector};
@@ -207,7 +207,9 @@ async fn pre_run_cleanup(
     removal: &RemovalOptions,
     own_run: &str,
 ) -> Result<SweepResult, Error> {
-    let recovered = recover_orphans(docker, ledger, removal, false).await?;
+    // Runs known from labels alone wait for `recover --from-labels` or the age sweep below:
+    // nothing the ledger does not know of goes without being asked.
+    let recovered = recover_orphans(docker, ledger, removal, false, OrphanSource::Ledger).await?;
     if !recovered.is_empty() {
         tracing::info!("recovered {} orphaned run(s) before starting", recovered.len());
     }
