@@ -28,9 +28,8 @@ pub struct Benchmark {
     pub cleanup: Cleanup,
     #[serde(default)]
     pub docker: DockerSection,
-    /// Reserved for the Daytona backend; accepted and ignored by this version.
     #[serde(default)]
-    pub daytona: Option<serde_yaml::Value>,
+    pub daytona: Option<DaytonaSection>,
     /// Reserved for resource limits; accepted and ignored by this version.
     #[serde(default)]
     pub limits: Option<serde_yaml::Value>,
@@ -100,6 +99,24 @@ impl Default for DockerSection {
     fn default() -> Self {
         DockerSection { enabled: true, stop_timeout: None, selectors: Vec::new() }
     }
+}
+
+/// Daytona sandboxes: credentials come from the environment (the variable
+/// named here, never the key itself), the rest may be set here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaytonaSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The API base, with `/api` (default: `DAYTONA_API_URL`, else the public API).
+    pub api_url: Option<String>,
+    /// The environment variable holding the API key (default `DAYTONA_API_KEY`).
+    pub api_key_env: Option<String>,
+    pub target: Option<String>,
+    /// Set on every sandbox a task creates without one, so the provider stops it if we are gone.
+    pub auto_stop_minutes: Option<u32>,
+    /// Likewise for deletion after stopping (0: delete at once when stopped).
+    pub auto_delete_minutes: Option<i64>,
 }
 
 /// Says which resources a task owns when the harness does not label them.

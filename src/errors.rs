@@ -49,6 +49,9 @@ pub enum Error {
     #[error("docker {operation} failed: {reason}")]
     Docker { operation: String, reason: String },
 
+    #[error("daytona {operation} failed: {reason}")]
+    Daytona { operation: String, reason: String },
+
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
 
@@ -67,7 +70,9 @@ impl Error {
     pub fn exit_status(&self) -> ExitStatus {
         match self {
             Error::Usage(_) | Error::DockerUnreachable { .. } | Error::Config { .. } => ExitStatus::Usage,
-            Error::Docker { .. } | Error::Ledger { .. } | Error::Io { .. } => ExitStatus::Failure,
+            Error::Docker { .. } | Error::Daytona { .. } | Error::Ledger { .. } | Error::Io { .. } => {
+                ExitStatus::Failure
+            }
         }
     }
 }

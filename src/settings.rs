@@ -194,10 +194,8 @@ impl RunSettings {
                 (benchmark, "embedded smoke benchmark".to_string(), base_dir, Vec::new())
             }
         };
-        if benchmark.daytona.is_some() || benchmark.limits.is_some() {
-            tracing::warn!(
-                "{source}: the `daytona` and `limits` sections are not supported by this version and are ignored"
-            );
+        if benchmark.limits.is_some() {
+            tracing::warn!("{source}: the `limits` section is not supported by this version and is ignored");
         }
 
         let all_tasks = if benchmark.tasks.is_empty() { vec!["main".to_string()] } else { benchmark.tasks.clone() };

@@ -1,12 +1,14 @@
 //! Teardown of exactly what one owner (a task, or a whole run) owns: found
 //! through the ledger, benchwarden's owner labels and the benchmark's
 //! selectors; recorded before removal; removed with retry (containers, then
-//! networks, then volumes); then listed again to prove nothing is left.
+//! networks, then volumes, then Daytona sandboxes, seen through to 404); then
+//! listed again to prove nothing is left.
 
 use std::collections::BTreeSet;
 
 use serde::Serialize;
 
+use crate::backend::daytona::{remove_sandboxes, DaytonaBackend};
 use crate::backend::docker::{Container, ContainerQuery, DockerBackend, DockerError, COMPOSE_PROJECT_LABEL};
 use crate::backend::{remove_all, Kind, LabelSelector, RemovalOptions, RemovalOutcome, RemovalReport, ResourceRef};
 use crate::backend::{LABEL_RUN, LABEL_TASK};
@@ -78,7 +80,7 @@ fn ledger_outcomes(report: &RemovalReport) -> Vec<(ResourceRef, u32, Option<Stri
                 Some((resource.clone(), *attempts, None))
             }
             RemovalOutcome::Failed { attempts, error } => Some((resource.clone(), *attempts, Some(error.clone()))),
-            RemovalOutcome::NotAttempted | RemovalOutcome::WouldRemove => None,
+            RemovalOutcome::NotAttempted | RemovalOutcome::WouldRemove | RemovalOutcome::Pending { .. } => None,
         })
         .collect()
 }
@@ -89,6 +91,8 @@ pub struct TeardownReport {
     pub removal: RemovalReport,
     /// Still there after teardown, found by listing again.
     pub leaked: Vec<ResourceRef>,
+    /// Deletion accepted, not finished by the deadline (sandboxes); kept in the ledger.
+    pub pending: Vec<ResourceRef>,
     pub seconds: f64,
 }
 
@@ -102,8 +106,55 @@ fn docker_error(operation: &str) -> impl Fn(DockerError) -> Error + '_ {
     move |error| Error::Docker { operation: operation.to_string(), reason: error.to_string() }
 }
 
-/// Everything the claims point at now, containers first.
-pub async fn discover(backend: &DockerBackend, ledger: &Ledger, claims: &Claims) -> Result<Vec<ResourceRef>, Error> {
+/// The backends a teardown may use; a missing one is not asked.
+#[derive(Clone, Copy, Default)]
+pub struct Backends<'a> {
+    pub docker: Option<&'a DockerBackend>,
+    pub daytona: Option<&'a DaytonaBackend>,
+}
+
+/// Everything the claims point at now, containers first, sandboxes last.
+pub async fn discover(backends: Backends<'_>, ledger: &Ledger, claims: &Claims) -> Result<Vec<ResourceRef>, Error> {
+    let mut found: BTreeSet<ResourceRef> = BTreeSet::new();
+    if let Some(docker) = backends.docker {
+        found.extend(discover_docker(docker, ledger, claims).await?);
+    }
+    if let Some(daytona) = backends.daytona {
+        found.extend(discover_sandboxes(daytona, ledger, claims).await?);
+    }
+    // BTreeSet order is by kind: containers, networks, volumes, sandboxes.
+    Ok(found.into_iter().collect())
+}
+
+/// Sandboxes with the owner labels, and the ledger's sandbox rows that still exist.
+async fn discover_sandboxes(
+    daytona: &DaytonaBackend,
+    ledger: &Ledger,
+    claims: &Claims,
+) -> Result<Vec<ResourceRef>, Error> {
+    let daytona_error = |error: crate::backend::daytona::DaytonaError| Error::Daytona {
+        operation: "list sandboxes".to_string(),
+        reason: error.to_string(),
+    };
+    let labels = claims.owner_labels().into_iter().filter_map(|label| Some((label.key, label.value?))).collect();
+    let mut found: BTreeSet<ResourceRef> =
+        daytona.list(&labels).await.map_err(daytona_error)?.iter().map(|sandbox| sandbox.resource()).collect();
+    for record in ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await? {
+        if record.resource.kind != Kind::Sandbox || found.contains(&record.resource) {
+            continue;
+        }
+        match daytona.get(&record.resource.id).await.map_err(daytona_error)? {
+            Some(_) => {
+                found.insert(record.resource);
+            }
+            None => ledger.record_outcomes(vec![(record.resource, 0, None)]).await?,
+        }
+    }
+    Ok(found.into_iter().collect())
+}
+
+/// Containers, networks and volumes the claims point at.
+async fn discover_docker(backend: &DockerBackend, ledger: &Ledger, claims: &Claims) -> Result<Vec<ResourceRef>, Error> {
     let mut found: BTreeSet<ResourceRef> = BTreeSet::new();
     let owner_labels = claims.owner_labels();
     let label_selectors: Vec<LabelSelector> = claims
@@ -167,7 +218,7 @@ pub async fn discover(backend: &DockerBackend, ledger: &Ledger, claims: &Claims)
     }
 
     for record in unreleased? {
-        if found.contains(&record.resource) {
+        if record.resource.kind == Kind::Sandbox || found.contains(&record.resource) {
             continue;
         }
         if backend.exists(&record.resource).await.map_err(docker_error("inspect"))? {
@@ -185,7 +236,7 @@ pub async fn discover(backend: &DockerBackend, ledger: &Ledger, claims: &Claims)
 /// resource found is written to the ledger first, so a crash mid-teardown
 /// leaves a record for `recover`.
 pub async fn teardown(
-    backend: &DockerBackend,
+    backends: Backends<'_>,
     ledger: &Ledger,
     claims: &Claims,
     options: &RemovalOptions,
@@ -193,13 +244,12 @@ pub async fn teardown(
 ) -> Result<TeardownReport, Error> {
     let started = std::time::Instant::now();
     let task_for_rows = claims.task_id.clone().unwrap_or_else(|| "-".to_string());
-    let remover = backend.remover(stop_timeout);
     let hidden = Progress::hidden();
     let mut removal = RemovalReport::default();
     let mut attempted: BTreeSet<ResourceRef> = BTreeSet::new();
     // A create already in flight when the harness was killed can still land after
     // the first listing, so list again until a round finds nothing new.
-    let mut found = discover(backend, ledger, claims).await?;
+    let mut found = discover(backends, ledger, claims).await?;
     for _round in 0..TEARDOWN_ROUNDS {
         let fresh: Vec<ResourceRef> = found.iter().filter(|resource| !attempted.contains(*resource)).cloned().collect();
         if fresh.is_empty() {
@@ -207,21 +257,38 @@ pub async fn teardown(
         }
         ledger.record_resources(&claims.run_id, &task_for_rows, fresh.clone()).await?;
         let mut round = RemovalReport::default();
-        for kind in [Kind::Container, Kind::Network, Kind::Volume] {
+        for kind in [Kind::Container, Kind::Network, Kind::Volume, Kind::Sandbox] {
             let batch: Vec<ResourceRef> = fresh.iter().filter(|resource| resource.kind == kind).cloned().collect();
-            if !batch.is_empty() {
-                round.extend(remove_all(&remover, batch, options, &hidden).await);
+            if batch.is_empty() {
+                continue;
+            }
+            match (kind, backends.docker, backends.daytona) {
+                (Kind::Sandbox, _, Some(daytona)) => {
+                    round.extend(remove_sandboxes(daytona, batch, options, &hidden, options.retry.deadline).await)
+                }
+                (Kind::Sandbox, _, None) => {}
+                (_, Some(docker), _) => {
+                    round.extend(remove_all(&docker.remover(stop_timeout), batch, options, &hidden).await)
+                }
+                (_, None, _) => {}
             }
         }
         ledger.record_outcomes(ledger_outcomes(&round)).await?;
         attempted.extend(fresh);
         removal.extend(round);
-        found = discover(backend, ledger, claims).await?;
+        found = discover(backends, ledger, claims).await?;
     }
 
-    let leaked = found;
+    // Sandboxes whose deletion was accepted but has not finished are pending, not leaked.
+    let pending: Vec<ResourceRef> = removal
+        .results
+        .iter()
+        .filter(|(_, outcome)| matches!(outcome, RemovalOutcome::Pending { .. }))
+        .map(|(resource, _)| resource.clone())
+        .collect();
+    let leaked: Vec<ResourceRef> = found.into_iter().filter(|resource| !pending.contains(resource)).collect();
     for resource in &leaked {
         tracing::error!("leaked: {resource} is still there after teardown");
     }
-    Ok(TeardownReport { removal, leaked, seconds: started.elapsed().as_secs_f64() })
+    Ok(TeardownReport { removal, leaked, pending, seconds: started.elapsed().as_secs_f64() })
 }

@@ -4,6 +4,9 @@
 use serde::Serialize;
 
 use super::{print_json, print_stdout};
+use std::collections::BTreeMap;
+
+use crate::backend::daytona::{DaytonaBackend, DaytonaConfig};
 use crate::backend::docker::{ContainerQuery, DockerBackend, DockerError};
 use crate::backend::{LabelSelector, RemovalOptions, ResourceRef, LABEL_HOST};
 use crate::errors::{Error, ExitStatus};
@@ -12,7 +15,7 @@ use crate::owner::{self, LabelledOwner};
 use crate::report::{format_age, table};
 use crate::settings::GlobalSettings;
 use crate::sweep::now_unix;
-use crate::teardown::{self, Claims};
+use crate::teardown::{self, Backends, Claims};
 
 /// What recovery did for one orphaned run.
 #[derive(Debug, Clone, Serialize)]
@@ -42,7 +45,7 @@ struct Orphan {
 }
 
 /// Runs on this host whose process is gone and that never finished.
-async fn find_orphans(docker: &DockerBackend, ledger: &Ledger, source: OrphanSource) -> Result<Vec<Orphan>, Error> {
+async fn find_orphans(backends: Backends<'_>, ledger: &Ledger, source: OrphanSource) -> Result<Vec<Orphan>, Error> {
     let this_host = owner::host_name();
     let runs = ledger.runs().await?;
     let mut orphans: Vec<Orphan> = runs
@@ -51,23 +54,33 @@ async fn find_orphans(docker: &DockerBackend, ledger: &Ledger, source: OrphanSou
         .map(|run| Orphan { run_id: run.id.clone(), pid: Some(run.pid), in_ledger: true })
         .collect();
     if source == OrphanSource::LedgerAndLabels {
-        let host_label = [LabelSelector { key: LABEL_HOST.to_string(), value: Some(this_host.clone()) }];
-        let docker_error = |operation: &str, error: DockerError| Error::Docker {
-            operation: operation.to_string(),
-            reason: error.to_string(),
-        };
-        let containers = docker
-            .list_containers(&ContainerQuery { labels: host_label.to_vec(), all: true })
-            .await
-            .map_err(|error| docker_error("list containers", error))?;
-        let networks = docker.list_networks(&host_label).await.map_err(|error| docker_error("list networks", error))?;
-        let volumes = docker.list_volumes(&host_label).await.map_err(|error| docker_error("list volumes", error))?;
-        let labelled = containers
-            .iter()
-            .map(|container| &container.labels)
-            .chain(networks.iter().map(|item| &item.labels))
-            .chain(volumes.iter().map(|item| &item.labels));
-        for labels in labelled {
+        let mut labelled: Vec<BTreeMap<String, String>> = Vec::new();
+        if let Some(docker) = backends.docker {
+            let host_label = [LabelSelector { key: LABEL_HOST.to_string(), value: Some(this_host.clone()) }];
+            let docker_error = |operation: &str, error: DockerError| Error::Docker {
+                operation: operation.to_string(),
+                reason: error.to_string(),
+            };
+            let containers = docker
+                .list_containers(&ContainerQuery { labels: host_label.to_vec(), all: true })
+                .await
+                .map_err(|error| docker_error("list containers", error))?;
+            let networks =
+                docker.list_networks(&host_label).await.map_err(|error| docker_error("list networks", error))?;
+            let volumes =
+                docker.list_volumes(&host_label).await.map_err(|error| docker_error("list volumes", error))?;
+            labelled.extend(containers.into_iter().map(|container| container.labels));
+            labelled.extend(networks.into_iter().chain(volumes).map(|item| item.labels));
+        }
+        if let Some(daytona) = backends.daytona {
+            let host_label = BTreeMap::from([(LABEL_HOST.to_string(), this_host.clone())]);
+            let sandboxes = daytona.list(&host_label).await.map_err(|error| Error::Daytona {
+                operation: "list sandboxes".to_string(),
+                reason: error.to_string(),
+            })?;
+            labelled.extend(sandboxes.into_iter().map(|sandbox| sandbox.labels));
+        }
+        for labels in &labelled {
             let Some(owner) = LabelledOwner::from_labels(labels) else { continue };
             if orphans.iter().any(|orphan| orphan.run_id == owner.run_id) {
                 continue;
@@ -89,14 +102,14 @@ async fn find_orphans(docker: &DockerBackend, ledger: &Ledger, source: OrphanSou
 /// labels, recorded selectors), kills what it left running, and marks
 /// those runs recovered.
 pub async fn recover_orphans(
-    docker: &DockerBackend,
+    backends: Backends<'_>,
     ledger: &Ledger,
     removal: &RemovalOptions,
     dry_run: bool,
     source: OrphanSource,
 ) -> Result<Vec<RecoveredRun>, Error> {
     let mut recovered = Vec::new();
-    for run in find_orphans(docker, ledger, source).await? {
+    for run in find_orphans(backends, ledger, source).await? {
         let selectors = ledger
             .claims(&run.run_id)
             .await?
@@ -105,7 +118,7 @@ pub async fn recover_orphans(
             .collect();
         let claims = Claims { run_id: run.run_id.clone(), task_id: None, selectors };
         if dry_run {
-            let found = teardown::discover(docker, ledger, &claims).await?;
+            let found = teardown::discover(backends, ledger, &claims).await?;
             for resource in &found {
                 tracing::info!("run {}: would remove {resource}", run.run_id);
             }
@@ -122,7 +135,7 @@ pub async fn recover_orphans(
         if killed > 0 {
             tracing::info!("run {}: killed {killed} process(es) it left running", run.run_id);
         }
-        let torn = teardown::teardown(docker, ledger, &claims, removal, None).await?;
+        let torn = teardown::teardown(backends, ledger, &claims, removal, None).await?;
         if torn.leaked.is_empty() {
             ledger.end_run(&run.run_id, "recovered").await?;
         }
@@ -137,6 +150,26 @@ pub async fn recover_orphans(
     Ok(recovered)
 }
 
+/// The Daytona backend when credentials are in the environment. Without
+/// them, sandboxes recorded in the ledger cannot be recovered: say so.
+async fn daytona_if_configured(ledger: &Ledger) -> Result<Option<DaytonaBackend>, Error> {
+    match DaytonaConfig::from_env(&Default::default()) {
+        Ok(config) => Ok(Some(DaytonaBackend::new(config)?)),
+        Err(why) => {
+            let sandboxes = ledger
+                .all_unreleased()
+                .await?
+                .iter()
+                .filter(|record| record.resource.kind == crate::backend::Kind::Sandbox)
+                .count();
+            if sandboxes > 0 {
+                tracing::warn!("{sandboxes} Daytona sandbox(es) recorded in the ledger are left alone: {why}");
+            }
+            Ok(None)
+        }
+    }
+}
+
 pub async fn recover(
     global: &GlobalSettings,
     dry_run: bool,
@@ -145,9 +178,11 @@ pub async fn recover(
 ) -> Result<ExitStatus, Error> {
     let ledger = Ledger::open(&global.state_dir)?;
     let docker = DockerBackend::connect().await?;
+    let daytona = daytona_if_configured(&ledger).await?;
+    let backends = Backends { docker: Some(&docker), daytona: daytona.as_ref() };
     let removal = RemovalOptions { parallel: 16, fail_fast: false, retry: global.retry.clone() };
     let source = if from_labels { OrphanSource::LedgerAndLabels } else { OrphanSource::Ledger };
-    let recovered = recover_orphans(&docker, &ledger, &removal, dry_run, source).await?;
+    let recovered = recover_orphans(backends, &ledger, &removal, dry_run, source).await?;
     let leaked: usize = recovered.iter().map(|run| run.leaked.len()).sum();
     if json {
         print_json(&recovered)?;

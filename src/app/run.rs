@@ -9,6 +9,7 @@ use serde::Serialize;
 use tokio_util::task::TaskTracker;
 
 use super::{live_owner, print_stdout, recover_orphans, OrphanSource};
+use crate::backend::daytona::{DaytonaBackend, DaytonaConfig, DaytonaOverrides};
 use crate::backend::docker::{Container, DockerBackend, COMPOSE_PROJECT_LABEL};
 use crate::backend::{LabelSelector, RemovalOptions, LABEL_RUN};
 use crate::config::{matches_template, Selector};
@@ -23,6 +24,7 @@ use crate::supervisor::task::{ProxySettings, RunContext, TaskOutcome, TaskReport
 use crate::supervisor::watch::Watcher;
 use crate::supervisor::{process, scheduler};
 use crate::sweep::{self, ContainerSelection, DockerSweep, SweepResult, Verdict};
+use crate::teardown::Backends;
 
 /// The JSON report of a run.
 #[derive(Debug, Serialize)]
@@ -47,6 +49,18 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
             address: "the Docker daemon".to_string(),
             reason: error.to_string(),
         })??),
+        None => None,
+    };
+    // Daytona enabled without credentials stops here, before any task starts.
+    let daytona = match settings.benchmark.daytona.as_ref().filter(|section| section.enabled) {
+        Some(section) => {
+            let overrides = DaytonaOverrides {
+                api_url: section.api_url.clone(),
+                api_key_env: section.api_key_env.clone(),
+                target: section.target.clone(),
+            };
+            Some(Arc::new(DaytonaBackend::new(DaytonaConfig::from_env(&overrides)?)?))
+        }
         None => None,
     };
     let host = owner::host_name();
@@ -88,9 +102,10 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
 
     let retry = settings.retry.clone().allowing_calls_of(settings.benchmark.docker.stop_timeout);
     let removal = RemovalOptions { parallel: 16, fail_fast: false, retry };
-    let pre_run = match (&docker, settings.skip_cleanup) {
-        (Some(docker), false) => Some(pre_run_cleanup(docker, &ledger, settings, global, &removal, &run_id).await?),
-        _ => None,
+    let backends = Backends { docker: docker.as_ref(), daytona: daytona.as_deref() };
+    let pre_run = match settings.skip_cleanup {
+        false => Some(pre_run_cleanup(backends, &ledger, settings, global, &removal, &run_id).await?),
+        true => None,
     };
 
     let specs = settings.task_specs(&run_id);
@@ -111,6 +126,7 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
         run_id: run_id.clone(),
         ledger: ledger.clone(),
         docker,
+        daytona,
         removal,
         stop_timeout: settings.benchmark.docker.stop_timeout,
         log_dir: log_dir.clone(),
@@ -200,7 +216,7 @@ fn new_run_id() -> String {
 /// leftovers older than the cleanup age (or in a listed state), never
 /// touching a live run's containers.
 async fn pre_run_cleanup(
-    docker: &DockerBackend,
+    backends: Backends<'_>,
     ledger: &Ledger,
     settings: &RunSettings,
     global: &GlobalSettings,
@@ -209,10 +225,13 @@ async fn pre_run_cleanup(
 ) -> Result<SweepResult, Error> {
     // Runs known from labels alone wait for `recover --from-labels` or the age sweep below:
     // nothing the ledger does not know of goes without being asked.
-    let recovered = recover_orphans(docker, ledger, removal, false, OrphanSource::Ledger).await?;
+    let recovered = recover_orphans(backends, ledger, removal, false, OrphanSource::Ledger).await?;
     if !recovered.is_empty() {
         tracing::info!("recovered {} orphaned run(s) before starting", recovered.len());
     }
+    let Some(docker) = backends.docker else {
+        return Ok(SweepResult::default());
+    };
     let runs = ledger.runs().await?;
     let this_host = owner::host_name();
     let live_runs: Vec<&str> = runs

@@ -213,6 +213,7 @@ impl DockerBackend {
             Kind::Container => self.client.inspect_container(&resource.id, None).await.map(drop),
             Kind::Network => self.client.inspect_network(&resource.id, None).await.map(drop),
             Kind::Volume => self.client.inspect_volume(&resource.id).await.map(drop),
+            Kind::Sandbox => return Err(not_docker(resource)),
         };
         match result.map_err(DockerError::from) {
             Ok(()) => Ok(true),
@@ -254,9 +255,15 @@ impl Remover for DockerRemover<'_> {
             }
             Kind::Network => client.remove_network(&resource.id).await?,
             Kind::Volume => client.remove_volume(&resource.id, Some(RemoveVolumeOptions { force: false })).await?,
+            Kind::Sandbox => return Err(not_docker(resource)),
         }
         Ok(())
     }
+}
+
+/// A resource of another backend handed to this one: a bug, reported as a fatal error.
+fn not_docker(resource: &ResourceRef) -> DockerError {
+    DockerError { status: Some(400), message: format!("{resource} is not a Docker resource") }
 }
 
 fn label_filters(labels: &[LabelSelector]) -> HashMap<String, Vec<String>> {

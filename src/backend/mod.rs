@@ -2,6 +2,7 @@
 //! what they share: resource identities, owner labels, and the bounded,
 //! retried, parallel removal used by cleanup, teardown and recovery alike.
 
+pub mod daytona;
 pub mod docker;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ pub enum Kind {
     Container,
     Network,
     Volume,
+    Sandbox,
 }
 
 impl Kind {
@@ -35,6 +37,7 @@ impl Kind {
             Kind::Container => "container",
             Kind::Network => "network",
             Kind::Volume => "volume",
+            Kind::Sandbox => "sandbox",
         }
     }
 
@@ -43,13 +46,17 @@ impl Kind {
             "container" => Some(Kind::Container),
             "network" => Some(Kind::Network),
             "volume" => Some(Kind::Volume),
+            "sandbox" => Some(Kind::Sandbox),
             _ => None,
         }
     }
 
     /// Backend that owns this kind, as stored in the ledger.
     pub fn backend(self) -> &'static str {
-        "docker"
+        match self {
+            Kind::Container | Kind::Network | Kind::Volume => "docker",
+            Kind::Sandbox => "daytona",
+        }
     }
 }
 
@@ -173,6 +180,11 @@ pub enum RemovalOutcome {
     NotAttempted,
     /// A dry run: this would have been removed.
     WouldRemove,
+    /// Deletion accepted but not finished by the deadline (a Daytona sandbox
+    /// still `destroying`); kept in the ledger for `recover`.
+    Pending {
+        attempts: u32,
+    },
 }
 
 /// What a batch of removals did, resource by resource, in input order.
@@ -215,6 +227,10 @@ impl RemovalReport {
 
     pub fn not_attempted(&self) -> usize {
         self.count(|outcome| matches!(outcome, RemovalOutcome::NotAttempted))
+    }
+
+    pub fn pending(&self) -> usize {
+        self.count(|outcome| matches!(outcome, RemovalOutcome::Pending { .. }))
     }
 
     pub fn would_remove(&self) -> usize {

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::process::{self, ENV_RUN_ID, ENV_TASK_ID};
 use super::signal::Shutdown;
+use crate::backend::daytona::DaytonaBackend;
 use crate::backend::docker::DockerBackend;
 use crate::backend::RemovalOptions;
 use crate::config::Selector;
@@ -23,7 +24,7 @@ use crate::intercept::docker_proxy::{DockerProxy, ProxyOwner, Upstream};
 use crate::ledger::Ledger;
 use crate::owner;
 use crate::report::{echo_harness_output, RunView};
-use crate::teardown::{self, Claims, TeardownReport};
+use crate::teardown::{self, Backends, Claims, TeardownReport};
 
 /// After SIGKILL, how long to wait for the task's processes to vanish.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -47,6 +48,7 @@ pub struct RunContext {
     pub run_id: String,
     pub ledger: Ledger,
     pub docker: Option<DockerBackend>,
+    pub daytona: Option<Arc<DaytonaBackend>>,
     pub removal: RemovalOptions,
     pub stop_timeout: Option<Duration>,
     pub log_dir: PathBuf,
@@ -193,14 +195,16 @@ pub async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskReport {
 
     line.set_message("tearing down");
     tracing::info!("task {}: tearing down", spec.name);
-    if let Some(docker) = context.docker.clone() {
+    if context.docker.is_some() || context.daytona.is_some() {
         // Its own tracked task: a cancelled caller cannot cut a teardown short.
+        let (docker, daytona) = (context.docker.clone(), context.daytona.clone());
         let ledger = context.ledger.clone();
         let removal = context.removal.clone();
         let stop_timeout = context.stop_timeout;
         let handle = context.teardowns.spawn(async move {
-            let deadline = removal.retry.deadline + Duration::from_secs(30);
-            tokio::time::timeout(deadline, teardown::teardown(&docker, &ledger, &claims, &removal, stop_timeout)).await
+            let deadline = removal.retry.deadline * 2 + Duration::from_secs(30);
+            let backends = Backends { docker: docker.as_ref(), daytona: daytona.as_deref() };
+            tokio::time::timeout(deadline, teardown::teardown(backends, &ledger, &claims, &removal, stop_timeout)).await
         });
         match handle.await {
             Ok(Ok(Ok(torn))) => record_teardown(&mut report, &torn),
