@@ -62,7 +62,7 @@ pub enum ColorChoice {
 pub enum Command {
     /// Run a benchmark: one harness process per task, with teardown of what each task created
     Run(RunArgs),
-    /// List Docker containers, with benchwarden's owner labels
+    /// List Docker containers or Daytona sandboxes, with benchwarden's owner labels
     List(ListArgs),
     /// Remove leftovers by policy (state, age, labels)
     #[command(subcommand)]
@@ -123,9 +123,13 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// List Docker containers (the default, and so far the only backend)
-    #[arg(long)]
+    /// List Docker containers (the default)
+    #[arg(long, conflicts_with = "daytona")]
     pub docker: bool,
+
+    /// List Daytona sandboxes instead (credentials from DAYTONA_API_KEY)
+    #[arg(long)]
+    pub daytona: bool,
 
     /// Only containers with this label (K=V, or K for any value); repeat to require several
     #[arg(long = "label", value_name = "K=V")]
@@ -144,6 +148,48 @@ pub struct ListArgs {
 pub enum CleanupCommand {
     /// Remove Docker containers chosen by state, age and labels
     Docker(CleanupDockerArgs),
+    /// Delete Daytona sandboxes chosen by state, age, labels and owner (a dry run unless --no-dry-run)
+    Daytona(CleanupDaytonaArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Credentials come from DAYTONA_API_KEY (or DAYTONA_JWT_TOKEN with \
+    DAYTONA_ORGANIZATION_ID); the API from DAYTONA_API_URL (default https://app.daytona.io/api).\n\n\
+    By default only sandboxes labelled by benchwarden runs on this host are candidates; --label \
+    selects by label instead, --any-owner widens to the whole organisation. Sandboxes of a live run \
+    are never touched. Filters combine with AND.\n\n\
+    Examples:\n  \
+    benchwarden cleanup daytona --stopped --older-than 1d            # preview\n  \
+    benchwarden cleanup daytona --stopped --older-than 1d --no-dry-run\n  \
+    benchwarden cleanup daytona --any-owner --older-than 2d --no-dry-run   # what the old scripts did")]
+pub struct CleanupDaytonaArgs {
+    /// Only sandboxes that are stopped, errored or failed to build
+    #[arg(long)]
+    pub stopped: bool,
+
+    /// Only sandboxes created more than DUR ago
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+
+    /// Only sandboxes with this label (K=V, or K for any value); repeat to require several
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+
+    /// Consider every sandbox of the organisation, not only those of benchwarden runs on this host
+    #[arg(long)]
+    pub any_owner: bool,
+
+    /// Really delete; without it this only shows what would go
+    #[arg(long)]
+    pub no_dry_run: bool,
+
+    /// Start no new deletion after the first one that fails for good
+    #[arg(long)]
+    pub fail_fast: bool,
+
+    /// Print the result as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use benchwarden::cli::{CleanupCommand, Cli, Command};
 use benchwarden::errors::{Error, ExitStatus};
-use benchwarden::settings::{DockerCleanupSettings, GlobalSettings, ListSettings, RunSettings};
+use benchwarden::settings::{DaytonaCleanupSettings, DockerCleanupSettings, GlobalSettings, ListSettings, RunSettings};
 use benchwarden::{app, report};
 use clap::Parser;
 
@@ -32,7 +32,11 @@ fn run(cli: Cli) -> Result<ExitStatus, Error> {
     })?;
     runtime.block_on(async {
         match cli.command {
+            Command::List(args) if args.daytona => app::list_daytona(&ListSettings::resolve(&args)?).await,
             Command::List(args) => app::list(&global, &ListSettings::resolve(&args)?).await,
+            Command::Cleanup(CleanupCommand::Daytona(args)) => {
+                app::cleanup_daytona(&global, &DaytonaCleanupSettings::resolve(&args)?).await
+            }
             Command::Cleanup(CleanupCommand::Docker(args)) => {
                 app::cleanup_docker(&global, &DockerCleanupSettings::resolve(&args)?).await
             }

@@ -94,6 +94,33 @@ impl ListSettings {
     }
 }
 
+/// `cleanup daytona`.
+#[derive(Debug, Clone)]
+pub struct DaytonaCleanupSettings {
+    pub stopped: bool,
+    pub older_than: Option<Duration>,
+    pub labels: Vec<LabelSelector>,
+    pub any_owner: bool,
+    /// A dry run unless `--no-dry-run`: the organisation may be shared.
+    pub dry_run: bool,
+    pub fail_fast: bool,
+    pub json: bool,
+}
+
+impl DaytonaCleanupSettings {
+    pub fn resolve(args: &cli::CleanupDaytonaArgs) -> Result<Self, Error> {
+        Ok(DaytonaCleanupSettings {
+            stopped: args.stopped,
+            older_than: args.older_than,
+            labels: parse_labels(&args.labels)?,
+            any_owner: args.any_owner,
+            dry_run: !args.no_dry_run,
+            fail_fast: args.fail_fast,
+            json: args.json,
+        })
+    }
+}
+
 /// `cleanup docker`.
 #[derive(Debug, Clone)]
 pub struct DockerCleanupSettings {

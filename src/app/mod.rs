@@ -2,9 +2,11 @@
 //! work through the backends, prints its result, and returns the exit status.
 //! `list` and `cleanup` live here; `run`, `recover` and `status` beside it.
 
+mod daytona;
 mod recover;
 mod run;
 
+pub use daytona::{cleanup_daytona, list_daytona};
 pub use recover::{recover, recover_orphans, status, OrphanSource};
 pub use run::run;
 
@@ -112,7 +114,16 @@ async fn open_ledger_runs(global: &GlobalSettings) -> Vec<RunRecord> {
 /// Why a container must be left alone, if a live run owns it: judged by the
 /// ledger when it knows the run, else by the owner labels.
 pub fn live_owner(container: &Container, runs: &[RunRecord], this_host: &str) -> Option<String> {
-    let owner = LabelledOwner::from_labels(&container.labels)?;
+    live_owner_of(&container.labels, runs, this_host)
+}
+
+/// Why a resource with these labels must be left alone, if a live run owns it.
+pub fn live_owner_of(
+    labels: &std::collections::BTreeMap<String, String>,
+    runs: &[RunRecord],
+    this_host: &str,
+) -> Option<String> {
+    let owner = LabelledOwner::from_labels(labels)?;
     let alive = match runs.iter().find(|run| run.id == owner.run_id) {
         Some(run) => run.ended_at.is_none() && run.is_alive(this_host),
         None => owner.may_be_alive(this_host),
@@ -122,14 +133,27 @@ pub fn live_owner(container: &Container, runs: &[RunRecord], this_host: &str) ->
 
 /// The closing lines of a sweep: counts, then each failure with its reason.
 pub fn sweep_summary(result: &SweepResult) -> String {
+    removal_summary(
+        &[("containers", &result.containers), ("networks", &result.networks), ("volumes", &result.volumes)],
+        result.dry_run,
+        result.protected.len(),
+    )
+}
+
+/// Counts per kind (the first kind says when nothing matched), what was
+/// left alone, then each failure with its reason.
+pub fn removal_summary(reports: &[(&str, &RemovalReport)], dry_run: bool, protected: usize) -> String {
     let mut text = String::new();
-    let mut line = |label: &str, report: &RemovalReport| {
+    for (index, (label, report)) in reports.iter().enumerate() {
         if report.results.is_empty() {
-            return;
+            if index == 0 {
+                text.push_str(&format!("{label}: none matched\n"));
+            }
+            continue;
         }
-        if result.dry_run {
-            text.push_str(&format!("{label}: {} would be removed\n", report.would_remove()));
-            return;
+        if dry_run {
+            text.push_str(&format!("{label}: {} would be removed (dry run)\n", report.would_remove()));
+            continue;
         }
         text.push_str(&format!(
             "{label}: {} removed, {} already gone, {} failed",
@@ -137,24 +161,27 @@ pub fn sweep_summary(result: &SweepResult) -> String {
             report.already_gone(),
             report.failed()
         ));
+        if report.pending() > 0 {
+            text.push_str(&format!(", {} still being deleted (pending)", report.pending()));
+        }
         if report.not_attempted() > 0 {
             text.push_str(&format!(", {} not attempted (--fail-fast)", report.not_attempted()));
         }
         text.push('\n');
-    };
-    line("containers", &result.containers);
-    line("networks", &result.networks);
-    line("volumes", &result.volumes);
-    if result.containers.results.is_empty() {
-        text.push_str("containers: none matched\n");
     }
-    if !result.protected.is_empty() {
-        text.push_str(&format!("{} left alone because a live run owns them\n", result.protected.len()));
+    if protected > 0 {
+        text.push_str(&format!("{protected} left alone because a live run owns them\n"));
     }
-    for report in [&result.containers, &result.networks, &result.volumes] {
+    for (_, report) in reports {
         for (resource, outcome) in &report.results {
-            if let RemovalOutcome::Failed { error, attempts } = outcome {
-                text.push_str(&format!("  failed: {resource}: {error} (after {attempts} attempt(s))\n"));
+            match outcome {
+                RemovalOutcome::Failed { error, attempts } => {
+                    text.push_str(&format!("  failed: {resource}: {error} (after {attempts} attempt(s))\n"))
+                }
+                RemovalOutcome::Pending { .. } => text.push_str(&format!(
+                    "  pending: {resource} is still being deleted; `benchwarden recover` or a later cleanup checks again\n"
+                )),
+                _ => {}
             }
         }
     }

@@ -421,7 +421,6 @@ impl super::Remover for DaytonaRemover<'_> {
     }
 }
 
-
 /// Deletes sandboxes with retry and bounded parallelism, then polls each
 /// until it answers 404, for at most `verify_for`. One still there after
 /// that is `Pending` (deletion is asynchronous: `destroying` can last).
