@@ -14,13 +14,14 @@ use crate::backend::docker::{Container, DockerBackend, COMPOSE_PROJECT_LABEL};
 use crate::backend::{LabelSelector, RemovalOptions, LABEL_RUN};
 use crate::config::{matches_template, Selector};
 use crate::errors::{Error, ExitStatus};
-use crate::intercept::docker_proxy::Upstream;
+use crate::intercept::daytona_proxy::ApiTarget;
+use crate::intercept::docker_proxy::upstream_from_docker_host;
 use crate::ledger::{Ledger, RunRecord};
 use crate::owner;
 use crate::report::{self, RunView};
 use crate::settings::{GlobalSettings, RunSettings};
 use crate::supervisor::signal;
-use crate::supervisor::task::{ProxySettings, RunContext, TaskOutcome, TaskReport};
+use crate::supervisor::task::{DaytonaProxySettings, ProxySettings, RunContext, TaskOutcome, TaskReport};
 use crate::supervisor::watch::Watcher;
 use crate::supervisor::{process, scheduler};
 use crate::sweep::{self, ContainerSelection, DockerSweep, SweepResult, Verdict};
@@ -108,9 +109,18 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
         true => None,
     };
 
+    let daytona_proxy = match (&daytona, settings.benchmark.daytona.as_ref()) {
+        (Some(backend), Some(section)) => Some(DaytonaProxySettings {
+            target: ApiTarget::parse(backend.api_url()).map_err(Error::Usage)?,
+            host: host.clone(),
+            auto_stop_minutes: section.auto_stop_minutes,
+            auto_delete_minutes: section.auto_delete_minutes,
+        }),
+        _ => None,
+    };
     let specs = settings.task_specs(&run_id);
     let watcher = docker.as_ref().map(|docker| Watcher::spawn(docker.clone(), ledger.clone(), started_at));
-    let docker_proxy = docker.as_ref().and_then(|docker| match Upstream::from_address(docker.address()) {
+    let docker_proxy = docker.as_ref().and_then(|docker| match upstream_from_docker_host(docker.address()) {
         Some(upstream) => {
             Some(ProxySettings { upstream, socket_root: global.state_dir.join("sockets"), host: host.clone() })
         }
@@ -136,6 +146,7 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
         teardowns: TaskTracker::new(),
         watcher,
         docker_proxy,
+        daytona_proxy,
     });
     let reports = scheduler::run_all(Arc::clone(&context), specs, settings.jobs).await;
     context.teardowns.close();

@@ -110,11 +110,24 @@ impl Head {
 
     /// The head again with framing headers replaced by `Content-Length: length`.
     pub fn with_content_length(&self, length: usize) -> Vec<u8> {
+        self.rewritten(None, None, Some(length))
+    }
+
+    /// The request head again with, where given, another target, another
+    /// `Host`, and framing replaced by a `Content-Length`. Other header lines
+    /// are kept as they were sent.
+    pub fn rewritten(&self, target: Option<&str>, host: Option<&str>, content_length: Option<usize>) -> Vec<u8> {
         let text = String::from_utf8_lossy(&self.raw);
         let mut lines = text.split("\r\n");
         let mut out = String::new();
         if let Some(first) = lines.next() {
-            out.push_str(first);
+            match (target, first.split_once(' ')) {
+                (Some(target), Some((method, rest))) => {
+                    let version = rest.rsplit_once(' ').map(|(_, version)| version).unwrap_or("HTTP/1.1");
+                    out.push_str(&format!("{method} {target} {version}"));
+                }
+                _ => out.push_str(first),
+            }
             out.push_str("\r\n");
         }
         for line in lines {
@@ -122,13 +135,20 @@ impl Head {
                 continue;
             }
             let name = line.split(':').next().unwrap_or("").trim();
-            if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding") {
+            let framing = name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding");
+            if (framing && content_length.is_some()) || (host.is_some() && name.eq_ignore_ascii_case("host")) {
                 continue;
             }
             out.push_str(line);
             out.push_str("\r\n");
         }
-        out.push_str(&format!("Content-Length: {length}\r\n\r\n"));
+        if let Some(host) = host {
+            out.push_str(&format!("Host: {host}\r\n"));
+        }
+        if let Some(length) = content_length {
+            out.push_str(&format!("Content-Length: {length}\r\n"));
+        }
+        out.push_str("\r\n");
         out.into_bytes()
     }
 }

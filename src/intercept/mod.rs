@@ -3,5 +3,7 @@
 //! labelled with its owner and recorded in the ledger before the harness
 //! learns its id.
 
+pub mod daytona_proxy;
 pub mod docker_proxy;
 pub mod http;
+pub mod proxy;

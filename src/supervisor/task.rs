@@ -20,7 +20,9 @@ use crate::backend::daytona::DaytonaBackend;
 use crate::backend::docker::DockerBackend;
 use crate::backend::RemovalOptions;
 use crate::config::Selector;
-use crate::intercept::docker_proxy::{DockerProxy, ProxyOwner, Upstream};
+use crate::intercept::daytona_proxy::{ApiTarget, DaytonaPolicy, DaytonaProxy};
+use crate::intercept::docker_proxy::{DockerPolicy, DockerProxy, Upstream};
+use crate::intercept::proxy::Recorder;
 use crate::ledger::Ledger;
 use crate::owner;
 use crate::report::{echo_harness_output, RunView};
@@ -61,6 +63,16 @@ pub struct RunContext {
     pub watcher: Option<super::watch::Watcher>,
     /// Where each task's Docker proxy listens and forwards; `None` without Docker.
     pub docker_proxy: Option<ProxySettings>,
+    /// Where each task's Daytona proxy forwards; `None` without Daytona.
+    pub daytona_proxy: Option<DaytonaProxySettings>,
+}
+
+/// How tasks' Daytona proxies are set up.
+pub struct DaytonaProxySettings {
+    pub target: ApiTarget,
+    pub host: String,
+    pub auto_stop_minutes: Option<u32>,
+    pub auto_delete_minutes: Option<i64>,
 }
 
 /// How tasks' Docker proxies are set up.
@@ -258,17 +270,35 @@ async fn supervise(
     // The task's Docker clients go through its own proxy, which labels and records every create.
     let proxy = match &context.docker_proxy {
         Some(settings) => {
-            let owner = ProxyOwner {
-                run_id: context.run_id.clone(),
-                task_id: spec.name.clone(),
+            let policy = DockerPolicy {
                 labels: owner::owner_labels(&context.run_id, &spec.name, &settings.host, std::process::id()),
-                ledger: context.ledger.clone(),
             };
             let proxy =
-                DockerProxy::start(&settings.socket_root, settings.upstream.clone(), owner).await.map_err(|error| {
-                    format!("cannot start the Docker proxy in {}: {error}", settings.socket_root.display())
-                })?;
+                DockerProxy::start(&settings.socket_root, settings.upstream.clone(), policy, recorder(context, spec))
+                    .await
+                    .map_err(|error| {
+                        format!("cannot start the Docker proxy in {}: {error}", settings.socket_root.display())
+                    })?;
             command.env("DOCKER_HOST", proxy.docker_host()).env_remove("DOCKER_CONTEXT");
+            Some(proxy)
+        }
+        None => None,
+    };
+    // Likewise its Daytona SDK, through a local HTTP proxy.
+    let daytona_proxy = match &context.daytona_proxy {
+        Some(settings) => {
+            let mut labels = owner::owner_labels(&context.run_id, &spec.name, &settings.host, std::process::id());
+            labels.remove(crate::backend::LABEL_PID);
+            let policy = DaytonaPolicy {
+                target: settings.target.clone(),
+                labels,
+                auto_stop_minutes: settings.auto_stop_minutes,
+                auto_delete_minutes: settings.auto_delete_minutes,
+            };
+            let proxy = DaytonaProxy::start(policy, recorder(context, spec))
+                .await
+                .map_err(|error| format!("cannot start the Daytona proxy: {error}"))?;
+            command.env("DAYTONA_API_URL", proxy.api_url()).env_remove("DAYTONA_SERVER_URL");
             Some(proxy)
         }
         None => None,
@@ -336,10 +366,17 @@ async fn supervise(
     if let Some(proxy) = proxy {
         proxy.stop();
     }
+    if let Some(proxy) = daytona_proxy {
+        proxy.stop();
+    }
     for copy in copies {
         let _ = copy.await;
     }
     Ok((ending, status))
+}
+
+fn recorder(context: &RunContext, spec: &TaskSpec) -> Recorder {
+    Recorder { run_id: context.run_id.clone(), task_id: spec.name.clone(), ledger: context.ledger.clone() }
 }
 
 /// Signal, grace (cut short by a second Ctrl-C), SIGKILL, and wait until no

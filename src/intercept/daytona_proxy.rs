@@ -1,0 +1,234 @@
+//! The per-task Daytona API proxy: an HTTP server on 127.0.0.1 with a random
+//! port; the harness's `DAYTONA_API_URL` points at it (with `/api`). It
+//! forwards to the real API, the harness's own auth headers untouched. On
+//! `POST /api/sandbox` it adds the owner labels (and, when the benchmark
+//! file asks, `autoStopInterval`/`autoDeleteInterval`, so the provider
+//! collects the sandbox even if every machine of ours dies) and records the
+//! returned id in the ledger before the answer goes back. Everything else,
+//! the SDK's Socket.IO websocket included, passes through byte for byte: the
+//! official SDK rejects a re-serialised `2.0` where it expects `2`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use super::http::Head;
+use super::proxy::{serve, Policy, Recorder, Upstream};
+use crate::backend::Kind;
+
+/// Where the real API is, split for forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTarget {
+    pub upstream: Upstream,
+    /// The `Host` header the API expects.
+    pub host: String,
+    /// The API's path prefix, e.g. `/api`.
+    pub base_path: String,
+}
+
+impl ApiTarget {
+    /// From an API base URL such as `https://app.daytona.io/api`.
+    pub fn parse(api_url: &str) -> Result<Self, String> {
+        let (scheme, rest) = api_url.split_once("://").ok_or_else(|| format!("{api_url}: not an http(s) URL"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(index) => (&rest[..index], &rest[index..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("{api_url}: expected scheme://host[:port]/path"));
+        }
+        let host_only = authority.rsplit_once(':').map_or(authority, |(host, _)| host).trim_matches(['[', ']']);
+        let upstream = match scheme {
+            "https" => Upstream::Tls {
+                address: if authority.contains(':') { authority.to_string() } else { format!("{authority}:443") },
+                server_name: host_only.to_string(),
+            },
+            "http" => {
+                Upstream::Tcp(if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") })
+            }
+            other => return Err(format!("{api_url}: unsupported scheme {other}")),
+        };
+        Ok(ApiTarget { upstream, host: authority.to_string(), base_path: path.trim_end_matches('/').to_string() })
+    }
+}
+
+/// The Daytona side of the proxy.
+pub struct DaytonaPolicy {
+    pub target: ApiTarget,
+    pub labels: BTreeMap<String, String>,
+    pub auto_stop_minutes: Option<u32>,
+    pub auto_delete_minutes: Option<i64>,
+}
+
+/// The path our clients use; the upstream's own prefix replaces it.
+const LOCAL_PREFIX: &str = "/api";
+
+impl DaytonaPolicy {
+    fn upstream_target(&self, target: &str) -> String {
+        let rest = target.strip_prefix(LOCAL_PREFIX).unwrap_or(target);
+        format!("{}{rest}", self.target.base_path)
+    }
+}
+
+impl Policy for DaytonaPolicy {
+    fn create_kind(&self, head: &Head) -> Option<Kind> {
+        let path = head.target.split('?').next().unwrap_or("");
+        (head.method.eq_ignore_ascii_case("POST") && matches!(path, "/api/sandbox" | "/api/sandbox/"))
+            .then_some(Kind::Sandbox)
+    }
+
+    fn rewrite_create_body(&self, _kind: Kind, body: &[u8]) -> Result<Vec<u8>, String> {
+        let text = if body.is_empty() { b"{}".as_slice() } else { body };
+        let mut value: Value =
+            serde_json::from_slice(text).map_err(|error| format!("create body is not JSON: {error}"))?;
+        let object = value.as_object_mut().ok_or("create body is not a JSON object")?;
+        let slot = object.entry("labels").or_insert_with(|| Value::Object(Default::default()));
+        if slot.is_null() {
+            *slot = Value::Object(Default::default());
+        }
+        let labels = slot.as_object_mut().ok_or("labels is not a JSON object")?;
+        for (key, value) in &self.labels {
+            labels.insert(key.clone(), Value::String(value.clone()));
+        }
+        // The harness's own choice stands; ours only fills a gap.
+        if let Some(minutes) = self.auto_stop_minutes {
+            object.entry("autoStopInterval").or_insert(Value::from(minutes));
+        }
+        if let Some(minutes) = self.auto_delete_minutes {
+            object.entry("autoDeleteInterval").or_insert(Value::from(minutes));
+        }
+        serde_json::to_vec(&value).map_err(|error| error.to_string())
+    }
+
+    fn created(&self, _kind: Kind, _target: &str, _request_body: &[u8], answer: &[u8]) -> Option<(String, String)> {
+        let value: Value = serde_json::from_slice(answer).ok()?;
+        let id = value.get("id")?.as_str()?.to_string();
+        let name = value.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        Some((id, name))
+    }
+
+    fn upstream_head(&self, head: &Head, content_length: Option<usize>) -> Vec<u8> {
+        head.rewritten(Some(&self.upstream_target(&head.target)), Some(&self.target.host), content_length)
+    }
+}
+
+/// A running proxy for one task.
+pub struct DaytonaProxy {
+    api_url: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl DaytonaProxy {
+    pub async fn start(policy: DaytonaPolicy, recorder: Recorder) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let api_url = format!("http://{}{LOCAL_PREFIX}", listener.local_addr()?);
+        let upstream = policy.target.upstream.clone();
+        let (policy, recorder) = (Arc::new(policy), Arc::new(recorder));
+        let server = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((client, _)) => {
+                            let _ = client.set_nodelay(true);
+                            let (read, write) = client.into_split();
+                            connections.spawn(serve(
+                                Box::new(read),
+                                Box::new(write),
+                                upstream.clone(),
+                                Arc::clone(&policy),
+                                Arc::clone(&recorder),
+                            ));
+                        }
+                        Err(error) => tracing::warn!("daytona proxy: accept failed: {error}"),
+                    },
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        Ok(DaytonaProxy { api_url, server })
+    }
+
+    /// The value for the harness's `DAYTONA_API_URL`.
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    pub fn stop(self) {
+        self.server.abort();
+    }
+}
+
+impl Drop for DaytonaProxy {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> DaytonaPolicy {
+        DaytonaPolicy {
+            target: ApiTarget::parse("https://app.daytona.io/api").unwrap(),
+            labels: BTreeMap::from([("benchwarden.run".to_string(), "r1".to_string())]),
+            auto_stop_minutes: Some(30),
+            auto_delete_minutes: Some(0),
+        }
+    }
+
+    #[test]
+    fn api_urls_split_into_upstream_host_and_prefix() {
+        let target = ApiTarget::parse("https://app.daytona.io/api").unwrap();
+        assert_eq!(
+            target.upstream,
+            Upstream::Tls { address: "app.daytona.io:443".into(), server_name: "app.daytona.io".into() }
+        );
+        assert_eq!(target.host, "app.daytona.io");
+        assert_eq!(target.base_path, "/api");
+        let local = ApiTarget::parse("http://127.0.0.1:3000/api/").unwrap();
+        assert_eq!(local.upstream, Upstream::Tcp("127.0.0.1:3000".into()));
+        assert_eq!(local.base_path, "/api");
+        assert!(ApiTarget::parse("app.daytona.io").is_err());
+    }
+
+    #[test]
+    fn creates_get_labels_and_collection_defaults_without_overriding_the_harness() {
+        let policy = policy();
+        let body =
+            policy.rewrite_create_body(Kind::Sandbox, br#"{"labels":{"mine":"1"},"autoStopInterval":5}"#).unwrap();
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["labels"]["mine"], "1");
+        assert_eq!(value["labels"]["benchwarden.run"], "r1");
+        assert_eq!(value["autoStopInterval"], 5);
+        assert_eq!(value["autoDeleteInterval"], 0);
+        assert!(policy.rewrite_create_body(Kind::Sandbox, b"{oops").is_err());
+    }
+
+    #[test]
+    fn heads_are_rewritten_for_the_upstream() {
+        let policy = policy();
+        let head = Head {
+            raw:
+                b"GET /api/sandbox/abc?verbose=true HTTP/1.1\r\nHost: 127.0.0.1:4000\r\nAuthorization: Bearer k\r\n\r\n"
+                    .to_vec(),
+            method: "GET".into(),
+            target: "/api/sandbox/abc?verbose=true".into(),
+            status: 0,
+            headers: Vec::new(),
+        };
+        let text = String::from_utf8(policy.upstream_head(&head, None)).unwrap();
+        assert_eq!(
+            text,
+            "GET /api/sandbox/abc?verbose=true HTTP/1.1\r\nAuthorization: Bearer k\r\nHost: app.daytona.io\r\n\r\n"
+        );
+        assert_eq!(
+            policy.create_kind(&Head { method: "POST".into(), target: "/api/sandbox".into(), ..head }),
+            Some(Kind::Sandbox)
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! The proxy engine both interceptors share: accept a client connection,
+//! read each request head, let the policy rewrite create calls (label the
+//! body, record the answer's id in the ledger before passing the answer
+//! back), and pass everything else through byte for byte: keep-alive,
+//! chunked and streaming bodies both ways, and hijacked or upgraded
+//! connections spliced raw.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::http::{error_response, Buffered, Framing, Head, HttpError};
+use crate::backend::{Kind, ResourceRef};
+use crate::ledger::Ledger;
+
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Where requests go.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    Unix(PathBuf),
+    /// `host:port`, plain TCP.
+    Tcp(String),
+    /// `host:port` over TLS, verified against the platform's roots for `server_name`.
+    Tls {
+        address: String,
+        server_name: String,
+    },
+}
+
+impl PartialEq for Upstream {
+    fn eq(&self, other: &Self) -> bool {
+        format!("{self:?}") == format!("{other:?}")
+    }
+}
+
+impl Eq for Upstream {}
+
+impl Upstream {
+    pub async fn connect(&self) -> std::io::Result<(BoxRead, BoxWrite)> {
+        match self {
+            Upstream::Unix(path) => {
+                let (read, write) = UnixStream::connect(path).await?.into_split();
+                Ok((Box::new(read), Box::new(write)))
+            }
+            Upstream::Tcp(address) => {
+                let stream = TcpStream::connect(address).await?;
+                stream.set_nodelay(true)?;
+                let (read, write) = stream.into_split();
+                Ok((Box::new(read), Box::new(write)))
+            }
+            Upstream::Tls { address, server_name } => {
+                use rustls_platform_verifier::ConfigVerifierExt;
+                let stream = TcpStream::connect(address).await?;
+                stream.set_nodelay(true)?;
+                let config = rustls::ClientConfig::with_platform_verifier().map_err(std::io::Error::other)?;
+                let name =
+                    rustls::pki_types::ServerName::try_from(server_name.clone()).map_err(std::io::Error::other)?;
+                let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, stream).await?;
+                let (read, write) = tokio::io::split(tls);
+                Ok((Box::new(read), Box::new(write)))
+            }
+        }
+    }
+}
+
+/// What differs between the Docker and the Daytona proxy.
+pub trait Policy: Send + Sync + 'static {
+    /// The kind a request creates, if it is a create call to intercept.
+    fn create_kind(&self, head: &Head) -> Option<Kind>;
+    /// The create body with owner labels (and defaults) added; `Err` for a body we refuse.
+    fn rewrite_create_body(&self, kind: Kind, body: &[u8]) -> Result<Vec<u8>, String>;
+    /// The id and name a successful create answered with.
+    fn created(&self, kind: Kind, request_target: &str, request_body: &[u8], answer: &[u8])
+        -> Option<(String, String)>;
+    /// The request head as the upstream must see it (path prefix, Host);
+    /// with `content_length`, framing replaced by that length.
+    fn upstream_head(&self, head: &Head, content_length: Option<usize>) -> Vec<u8> {
+        match content_length {
+            Some(length) => head.with_content_length(length),
+            None => head.raw.clone(),
+        }
+    }
+    /// Endpoints that hijack the connection with a plain 200 (Docker's attach and exec).
+    fn may_hijack(&self, _head: &Head) -> bool {
+        false
+    }
+}
+
+/// Who owns what the proxied clients create, and where that is recorded.
+pub struct Recorder {
+    pub run_id: String,
+    pub task_id: String,
+    pub ledger: Ledger,
+}
+
+impl Recorder {
+    async fn record(&self, resource: ResourceRef) {
+        let kind = resource.kind;
+        // Committed before the client learns the id: a crash from here on leaves a record.
+        if let Err(error) = self.ledger.record_resources(&self.run_id, &self.task_id, vec![resource]).await {
+            tracing::error!("task {}: cannot record a new {kind} in the ledger: {error}", self.task_id);
+        }
+    }
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Serves one client connection until either side closes it.
+pub async fn serve<P: Policy>(
+    client_read: BoxRead,
+    mut client_out: BoxWrite,
+    upstream: Upstream,
+    policy: Arc<P>,
+    recorder: Arc<Recorder>,
+) {
+    let mut client_in = Buffered::new(client_read);
+    let (upstream_read, mut upstream_out) = match upstream.connect().await {
+        Ok(halves) => halves,
+        Err(error) => {
+            let message = format!("cannot reach the upstream service: {error}");
+            let _ = client_out.write_all(&error_response(502, "Bad Gateway", &message)).await;
+            return;
+        }
+    };
+    let mut upstream_in = Buffered::new(upstream_read);
+    loop {
+        let head = match client_in.read_head(true).await {
+            Ok(head) => head,
+            Err(HttpError::Closed) | Err(HttpError::Io(_)) => return,
+            Err(HttpError::HeadTooLarge) => {
+                let _ = client_out
+                    .write_all(&error_response(431, "Request Header Fields Too Large", "request head too large"))
+                    .await;
+                return;
+            }
+            Err(error) => {
+                let _ = client_out.write_all(&error_response(400, "Bad Request", &error.to_string())).await;
+                return;
+            }
+        };
+        let mut streams = Streams {
+            client_in: &mut client_in,
+            client_out: &mut client_out,
+            upstream_in: &mut upstream_in,
+            upstream_out: &mut upstream_out,
+        };
+        let step = match policy.create_kind(&head) {
+            Some(kind) => streams.forward_create(kind, head, policy.as_ref(), &recorder).await,
+            None => streams.forward(head, policy.as_ref()).await,
+        };
+        match step {
+            Ok(Next::KeepAlive) => continue,
+            Ok(Next::Close) => return,
+            Err(error) => {
+                tracing::debug!("proxy: connection ended: {error}");
+                return;
+            }
+        }
+    }
+}
+
+struct Streams<'a> {
+    client_in: &'a mut Buffered<BoxRead>,
+    client_out: &'a mut BoxWrite,
+    upstream_in: &'a mut Buffered<BoxRead>,
+    upstream_out: &'a mut BoxWrite,
+}
+
+fn next_after(framing: Framing, request: &Head, response: &Head) -> Next {
+    if framing == Framing::UntilClose || request.wants_close() || response.wants_close() {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+impl Streams<'_> {
+    /// A create call: the body is read whole and rewritten; the answer is
+    /// read whole, its id recorded, then passed back unchanged.
+    async fn forward_create<P: Policy>(
+        &mut self,
+        kind: Kind,
+        head: Head,
+        policy: &P,
+        recorder: &Recorder,
+    ) -> Result<Next, HttpError> {
+        let framing = match head.request_framing() {
+            Ok(framing) => framing,
+            Err(error) => {
+                self.client_out.write_all(&error_response(400, "Bad Request", &error.to_string())).await?;
+                return Ok(Next::Close);
+            }
+        };
+        let body = self.client_in.copy_body(framing, &mut tokio::io::sink(), true).await?.unwrap_or_default();
+        let rewritten = match policy.rewrite_create_body(kind, &body) {
+            Ok(rewritten) => rewritten,
+            Err(message) => {
+                self.client_out.write_all(&error_response(400, "Bad Request", &message)).await?;
+                return Ok(Next::Close);
+            }
+        };
+        self.upstream_out.write_all(&policy.upstream_head(&head, Some(rewritten.len()))).await?;
+        self.upstream_out.write_all(&rewritten).await?;
+        self.upstream_out.flush().await?;
+
+        let response = self.upstream_in.read_head(false).await?;
+        let framing = response.response_framing(&head.method)?;
+        let mut raw_body = Vec::new();
+        let answer = self.upstream_in.copy_body(framing, &mut raw_body, true).await?.unwrap_or_default();
+        if (200..300).contains(&response.status) {
+            match policy.created(kind, &head.target, &body, &answer) {
+                Some((id, name)) => recorder.record(ResourceRef { kind, id, name }).await,
+                None => tracing::warn!("task {}: a {kind} create answered without an id", recorder.task_id),
+            }
+        }
+        self.client_out.write_all(&response.raw).await?;
+        self.client_out.write_all(&raw_body).await?;
+        self.client_out.flush().await?;
+        Ok(next_after(framing, &head, &response))
+    }
+
+    /// Any other call: head and body forwarded as they come, the answer
+    /// streamed back, a hijack or upgrade spliced.
+    async fn forward<P: Policy>(&mut self, head: Head, policy: &P) -> Result<Next, HttpError> {
+        let framing = head.request_framing()?;
+        self.upstream_out.write_all(&policy.upstream_head(&head, None)).await?;
+        self.upstream_out.flush().await?;
+        // The server may answer before it has read the whole body (a build that fails early).
+        let (sent, response) = tokio::join!(
+            self.client_in.copy_body(framing, &mut *self.upstream_out, false),
+            self.upstream_in.read_head(false)
+        );
+        sent?;
+        let response = response?;
+        self.client_out.write_all(&response.raw).await?;
+        self.client_out.flush().await?;
+
+        let hijacked = response.status == 101
+            || (response.status == 200 && !head.is_upgrade() && policy.may_hijack(&head) && is_raw_stream(&response));
+        if hijacked {
+            self.splice().await;
+            return Ok(Next::Close);
+        }
+
+        let framing = response.response_framing(&head.method)?;
+        // Stream the answer (logs -f, events, long polls) while watching the client:
+        // if it goes away, the upstream side is closed too.
+        let copy = self.upstream_in.copy_body(framing, &mut *self.client_out, false);
+        tokio::pin!(copy);
+        loop {
+            tokio::select! {
+                copied = &mut copy => {
+                    copied?;
+                    break;
+                }
+                filled = self.client_in.fill() => match filled {
+                    Ok(0) | Err(_) => return Ok(Next::Close),
+                    // A pipelined next request: kept in the buffer for the next round.
+                    Ok(_) => {}
+                },
+            }
+        }
+        Ok(next_after(framing, &head, &response))
+    }
+
+    /// Copies raw bytes both ways until both sides are done, starting with
+    /// what was already buffered on each side.
+    async fn splice(&mut self) {
+        let pending_to_client: Vec<u8> = self.upstream_in.buffer.drain(..).collect();
+        let pending_to_upstream: Vec<u8> = self.client_in.buffer.drain(..).collect();
+        if self.client_out.write_all(&pending_to_client).await.is_err()
+            || self.upstream_out.write_all(&pending_to_upstream).await.is_err()
+        {
+            return;
+        }
+        let to_upstream = async {
+            let _ = tokio::io::copy(&mut self.client_in.inner, &mut *self.upstream_out).await;
+            let _ = self.upstream_out.shutdown().await;
+        };
+        let to_client = async {
+            let _ = tokio::io::copy(&mut self.upstream_in.inner, &mut *self.client_out).await;
+            let _ = self.client_out.shutdown().await;
+        };
+        tokio::join!(to_upstream, to_client);
+    }
+}
+
+fn is_raw_stream(head: &Head) -> bool {
+    head.header("content-type").is_some_and(|value| {
+        let value = String::from_utf8_lossy(value);
+        value.starts_with("application/vnd.docker.raw-stream")
+            || value.starts_with("application/vnd.docker.multiplexed-stream")
+    })
+}
