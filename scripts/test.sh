@@ -24,4 +24,23 @@ if ! docker info >/dev/null 2>&1; then
     exit 2
 fi
 
+# The Python clients of the tests live in one virtualenv, target/py-venv: the
+# docker-py test (tests/docker_proxy.rs) and the official Daytona SDK
+# (`daytona`, tests/daytona_contract.rs and the Daytona proxy tests); quick
+# when both are already there.
+venv=target/py-venv
+if ! "$venv/bin/python" -c 'import docker, daytona' >/dev/null 2>&1; then
+    if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        echo "installing python3-venv (for the tests' virtualenv)"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv
+    fi
+    if [[ ! -x $venv/bin/pip ]]; then
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+    fi
+    echo "installing docker-py and the Daytona SDK into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check daytona docker
+fi
+
 exec cargo test --all-targets "$@"
