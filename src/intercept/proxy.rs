@@ -233,12 +233,25 @@ impl Streams<'_> {
         self.upstream_out.write_all(&policy.upstream_head(&head, None)).await?;
         self.upstream_out.flush().await?;
         // The server may answer before it has read the whole body (a build that fails early).
-        let (sent, response) = tokio::join!(
-            self.client_in.copy_body(framing, &mut *self.upstream_out, false),
-            self.upstream_in.read_head(false)
-        );
-        sent?;
-        let response = response?;
+        // A client that goes away mid-body ends the exchange at once, which closes the upstream
+        // side too: waiting for the answer would wait for ever on a server that still expects
+        // the rest of the body (a cut-short `POST /build` held both connections until task end).
+        let response = {
+            let send = self.client_in.copy_body(framing, &mut *self.upstream_out, false);
+            let receive = self.upstream_in.read_head(false);
+            tokio::pin!(send, receive);
+            tokio::select! {
+                sent = &mut send => {
+                    sent?;
+                    receive.await?
+                }
+                response = &mut receive => {
+                    let response = response?;
+                    send.await?;
+                    response
+                }
+            }
+        };
         self.client_out.write_all(&response.raw).await?;
         self.client_out.flush().await?;
 
