@@ -13,10 +13,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use super::http::Head;
-use super::proxy::{serve, Policy, Recorder, Upstream};
+use super::proxy::{spawn_server, BoxRead, BoxWrite, Policy, Recorder, Upstream};
 use crate::backend::Kind;
 
 /// Where the real API is, split for forwarding.
@@ -126,29 +125,17 @@ impl DaytonaProxy {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let api_url = format!("http://{}{LOCAL_PREFIX}", listener.local_addr()?);
         let upstream = policy.target.upstream.clone();
-        let (policy, recorder) = (Arc::new(policy), Arc::new(recorder));
-        let server = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((client, _)) => {
-                            let _ = client.set_nodelay(true);
-                            let (read, write) = client.into_split();
-                            connections.spawn(serve(
-                                Box::new(read),
-                                Box::new(write),
-                                upstream.clone(),
-                                Arc::clone(&policy),
-                                Arc::clone(&recorder),
-                            ));
-                        }
-                        Err(error) => tracing::warn!("daytona proxy: accept failed: {error}"),
-                    },
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
+        let listener = Arc::new(listener);
+        let accept = move || {
+            let listener = Arc::clone(&listener);
+            async move {
+                let (client, _) = listener.accept().await?;
+                client.set_nodelay(true)?;
+                let (read, write) = client.into_split();
+                Ok((Box::new(read) as BoxRead, Box::new(write) as BoxWrite))
             }
-        });
+        };
+        let server = spawn_server(accept, upstream, policy, recorder);
         Ok(DaytonaProxy { api_url, server })
     }
 

@@ -14,11 +14,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::net::UnixListener;
-use tokio::task::JoinSet;
 
 use super::http::Head;
 pub use super::proxy::Upstream;
-use super::proxy::{serve, Policy, Recorder};
+use super::proxy::{spawn_server, BoxRead, BoxWrite, Policy, Recorder};
 use crate::backend::Kind;
 
 /// From a `DOCKER_HOST`-style address; `None` for what the proxy cannot
@@ -88,29 +87,16 @@ impl DockerProxy {
         let socket = directory.join("docker.sock");
         let listener = UnixListener::bind(&socket)?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
-        let (policy, recorder) = (Arc::new(policy), Arc::new(recorder));
-        let server = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((client, _)) => {
-                            let (read, write) = client.into_split();
-                            connections.spawn(serve(
-                                Box::new(read),
-                                Box::new(write),
-                                upstream.clone(),
-                                Arc::clone(&policy),
-                                Arc::clone(&recorder),
-                            ));
-                        }
-                        Err(error) => tracing::warn!("docker proxy: accept failed: {error}"),
-                    },
-                    // Reap finished connections so the set does not grow with a long task.
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
+        let listener = Arc::new(listener);
+        let accept = move || {
+            let listener = Arc::clone(&listener);
+            async move {
+                let (client, _) = listener.accept().await?;
+                let (read, write) = client.into_split();
+                Ok((Box::new(read) as BoxRead, Box::new(write) as BoxWrite))
             }
-        });
+        };
+        let server = spawn_server(accept, upstream, policy, recorder);
         Ok(DockerProxy { socket, directory, server })
     }
 

@@ -107,6 +107,37 @@ impl Recorder {
     }
 }
 
+/// Accepts connections with `accept` and serves each on its own task until
+/// the returned handle is aborted, which also ends every connection.
+pub fn spawn_server<P, A, Fut>(
+    mut accept: A,
+    upstream: Upstream,
+    policy: P,
+    recorder: Recorder,
+) -> tokio::task::JoinHandle<()>
+where
+    P: Policy,
+    A: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<(BoxRead, BoxWrite)>> + Send,
+{
+    let (policy, recorder) = (Arc::new(policy), Arc::new(recorder));
+    tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = accept() => match accepted {
+                    Ok((read, write)) => {
+                        connections.spawn(serve(read, write, upstream.clone(), Arc::clone(&policy), Arc::clone(&recorder)));
+                    }
+                    Err(error) => tracing::warn!("proxy: accept failed: {error}"),
+                },
+                // Reap finished connections so the set does not grow with a long task.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    })
+}
+
 enum Next {
     KeepAlive,
     Close,
