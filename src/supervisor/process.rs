@@ -66,29 +66,7 @@ pub fn spawn_reaper() {
     });
 }
 
-struct ProcStat {
-    pid: u32,
-    parent: u32,
-    group: u32,
-    state: char,
-}
-
-fn proc_stats() -> Vec<ProcStat> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-            let state = fields.next()?.chars().next()?;
-            let parent = fields.next()?.parse().ok()?;
-            let group = fields.next()?.parse().ok()?;
-            Some(ProcStat { pid, parent, group, state })
-        })
-        .collect()
-}
+use crate::owner::all_processes as proc_stats;
 
 /// Live (not zombie) processes of one task: members of its process group,
 /// and any process whose environment names the task, wherever it went.
