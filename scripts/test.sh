@@ -24,6 +24,13 @@ if ! docker info >/dev/null 2>&1; then
     exit 2
 fi
 
+# The compose test (tests/docker_proxy.rs) needs a compose tool.
+if ! docker compose version >/dev/null 2>&1 && ! docker-compose version >/dev/null 2>&1; then
+    echo "installing docker-compose (the compose test needs a compose tool)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose
+fi
+
 # The Python clients of the tests live in one virtualenv, target/py-venv: the
 # docker-py test (tests/docker_proxy.rs) and the official Daytona SDK
 # (`daytona`, tests/daytona_contract.rs and the Daytona proxy tests); quick
