@@ -201,60 +201,164 @@ impl CallTimeout for DaytonaError {
     }
 }
 
-/// What the rate-limit headers last said about one throttler.
-#[derive(Debug, Clone, Copy)]
-struct Budget {
-    remaining: i64,
-    reset_at: Instant,
+/// One throttler as the rate-limit headers describe it, and our calls
+/// against it.
+#[derive(Debug, Default)]
+struct Throttle {
+    /// Calls we may still start, and when the server's window ends (an upper
+    /// bound: the headers give whole seconds, rounded up). `None` while
+    /// unknown: before the first answer, and once a window has ended.
+    budget: Option<(i64, Instant)>,
+    /// Calls started so far: an answer's `Remaining` has counted the calls
+    /// started before it (the server takes them in order), not those after.
+    started: u64,
+    /// Calls started and not answered yet.
+    in_flight: u64,
+    /// Counts ended windows: an answer to a call started in an earlier one
+    /// says nothing about the current window.
+    epoch: u64,
+    /// While the budget is unknown, one call goes out to learn it; the
+    /// others wait for its answer instead of bursting into a 429.
+    probing: bool,
+    /// The answers carry no headers for this throttler: nothing to pace by.
+    unlimited: bool,
 }
 
 /// Paces calls from the `X-RateLimit-Remaining-*`/`X-RateLimit-Reset-*`
-/// headers: when a throttler's budget is spent, callers wait for its reset
-/// instead of collecting 429s.
+/// headers so that 429s are the exception: calls started after the one
+/// answered count against the budget its answer reports, a spent budget waits for the window's end,
+/// and a new window is probed by one call before the others follow.
 #[derive(Default)]
 struct Pacer {
-    budgets: Mutex<BTreeMap<String, Budget>>,
+    throttles: Mutex<BTreeMap<String, Throttle>>,
+    changed: tokio::sync::Notify,
+}
+
+/// One call's place in a throttler's budget; gives it back when dropped.
+struct Permit<'a> {
+    pacer: &'a Pacer,
+    throttler: String,
+    epoch: u64,
+    /// The throttle's `started` count with this call.
+    number: u64,
+    probe: bool,
+    answered: bool,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut throttles = self.pacer.lock();
+        if let Some(throttle) = throttles.get_mut(&self.throttler) {
+            throttle.in_flight = throttle.in_flight.saturating_sub(1);
+            // A probe that got no answer (a connection error) learned nothing: let another try.
+            if self.probe && !self.answered && throttle.epoch == self.epoch {
+                throttle.probing = false;
+            }
+        }
+        drop(throttles);
+        self.pacer.changed.notify_waiters();
+    }
 }
 
 impl Pacer {
-    /// Waits until `throttler` has budget, then spends one unit of it.
-    async fn acquire(&self, throttler: &str) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Throttle>> {
+        self.throttles.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until `throttler` has budget for one more call.
+    async fn acquire(&self, throttler: &str) -> Permit<'_> {
         loop {
+            // Registered before the state is read, so no wake-up is missed.
+            let changed = self.changed.notified();
             let wait = {
-                let mut budgets = self.budgets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                match budgets.get_mut(throttler) {
-                    Some(budget) if budget.remaining <= 0 && budget.reset_at > Instant::now() => Some(budget.reset_at),
-                    Some(budget) => {
-                        budget.remaining -= 1;
-                        None
+                let mut throttles = self.lock();
+                let throttle = throttles.entry(throttler.to_string()).or_default();
+                let now = Instant::now();
+                if throttle.budget.is_some_and(|(_, reset_at)| now >= reset_at) {
+                    throttle.budget = None;
+                    throttle.epoch += 1;
+                    throttle.probing = false;
+                }
+                let probe = match throttle.budget.as_mut() {
+                    _ if throttle.unlimited => Some(false),
+                    Some((remaining, _)) if *remaining > 0 => {
+                        *remaining -= 1;
+                        Some(false)
+                    }
+                    Some(_) => None,
+                    None if !throttle.probing => {
+                        throttle.probing = true;
+                        Some(true)
                     }
                     None => None,
+                };
+                match probe {
+                    Some(probe) => {
+                        throttle.started += 1;
+                        throttle.in_flight += 1;
+                        return Permit {
+                            pacer: self,
+                            throttler: throttler.to_string(),
+                            epoch: throttle.epoch,
+                            number: throttle.started,
+                            probe,
+                            answered: false,
+                        };
+                    }
+                    // Until the window ends, or until an answer changes what we know.
+                    None => throttle.budget.map(|(_, reset_at)| reset_at),
                 }
             };
-            match wait {
-                Some(until) => tokio::time::sleep_until(until).await,
-                None => return,
+            let until = wait.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = changed => {}
             }
         }
     }
 
-    fn observe(&self, headers: &reqwest::header::HeaderMap) {
-        let now = Instant::now();
-        let mut budgets = self.budgets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (name, value) in headers {
-            let Some(throttler) = name.as_str().strip_prefix("x-ratelimit-remaining-") else { continue };
-            let Some(remaining) = value.to_str().ok().and_then(|text| text.trim().parse::<i64>().ok()) else {
-                continue;
-            };
-            let reset = headers
-                .get(format!("x-ratelimit-reset-{throttler}"))
+    /// Learns from an answer to the call `permit` let through.
+    fn observe(&self, permit: &mut Permit<'_>, headers: &reqwest::header::HeaderMap) {
+        permit.answered = true;
+        let throttler = permit.throttler.as_str();
+        let header = |prefix: &str| {
+            headers
+                .get(format!("{prefix}{throttler}"))
                 .and_then(|value| value.to_str().ok()?.trim().parse::<f64>().ok())
-                .unwrap_or(1.0);
-            budgets.insert(
-                throttler.to_string(),
-                Budget { remaining, reset_at: now + Duration::from_secs_f64(reset.clamp(0.0, 3600.0)) },
-            );
+        };
+        let mut throttles = self.lock();
+        let throttle = throttles.entry(throttler.to_string()).or_default();
+        match header("x-ratelimit-remaining-") {
+            None => {
+                throttle.unlimited = true;
+                if permit.probe {
+                    throttle.probing = false;
+                }
+            }
+            Some(_) if permit.epoch != throttle.epoch => {}
+            Some(remaining) => {
+                throttle.unlimited = false;
+                let reset = header("x-ratelimit-reset-").unwrap_or(1.0).clamp(0.0, 3600.0);
+                let reset_at = Instant::now() + Duration::from_secs_f64(reset);
+                // The server counted this call and those before it; the ones started since will count too.
+                let fresh = remaining as i64 - (throttle.started - permit.number) as i64;
+                throttle.budget = Some(match throttle.budget {
+                    // Our own count is exact unless someone else spends the same budget (another
+                    // machine of the organisation); the answer's count is off by at most the calls
+                    // in flight, which the server may take out of order. Only a larger gap says so.
+                    Some((known, known_reset)) => {
+                        let spent_elsewhere = fresh + (throttle.in_flight as i64) < known;
+                        (if spent_elsewhere { fresh } else { known }, known_reset.min(reset_at))
+                    }
+                    None => (fresh, reset_at),
+                });
+                if permit.probe {
+                    throttle.probing = false;
+                }
+            }
         }
+        drop(throttles);
+        self.changed.notify_waiters();
     }
 }
 
@@ -297,14 +401,15 @@ impl DaytonaBackend {
     }
 
     async fn send(&self, throttler: &str, builder: reqwest::RequestBuilder) -> Result<reqwest::Response, DaytonaError> {
-        self.pacer.acquire(throttler).await;
+        let mut permit = self.pacer.acquire(throttler).await;
         let response = builder.send().await.map_err(|error| DaytonaError {
             status: None,
             // reqwest's text names the URL, never the Authorization header.
             message: crate::backend::docker::error_chain(&error),
             retry_after: None,
         })?;
-        self.pacer.observe(response.headers());
+        self.pacer.observe(&mut permit, response.headers());
+        drop(permit);
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -421,9 +526,35 @@ impl super::Remover for DaytonaRemover<'_> {
     }
 }
 
-/// Deletes sandboxes with retry and bounded parallelism, then polls each
-/// until it answers 404, for at most `verify_for`. One still there after
-/// that is `Pending` (deletion is asynchronous: `destroying` can last).
+/// A [`DaytonaRemover`] that hands each accepted delete to the watcher at once.
+struct Announcing<'a> {
+    remover: DaytonaRemover<'a>,
+    accepted: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl super::Remover for Announcing<'_> {
+    type Error = DaytonaError;
+
+    async fn remove_once(&self, resource: &ResourceRef) -> Result<(), DaytonaError> {
+        let result = self.remover.remove_once(resource).await;
+        if result.is_ok() {
+            let _ = self.accepted.send(resource.id.clone());
+        }
+        result
+    }
+}
+
+/// How long after an accepted delete the first look is taken, and the
+/// longest pause between looks.
+const FIRST_LOOK: Duration = Duration::from_millis(250);
+const LONGEST_PAUSE: Duration = Duration::from_secs(2);
+
+/// Deletes sandboxes with retry and bounded parallelism and, while the
+/// other deletes go on, polls each accepted one until it answers 404, for at
+/// most `verify_for` after its delete. One still there after that is
+/// `Pending` (deletion is asynchronous: `destroying` can last). Deletes and
+/// polls count against different throttlers, so overlapping them costs
+/// nothing against the rate limits.
 pub async fn remove_sandboxes(
     backend: &DaytonaBackend,
     sandboxes: Vec<ResourceRef>,
@@ -432,49 +563,75 @@ pub async fn remove_sandboxes(
     verify_for: Duration,
 ) -> super::RemovalReport {
     use super::RemovalOutcome;
-    use futures_util::stream::{self, StreamExt};
 
-    let mut report = super::remove_all(&DaytonaRemover { backend }, sandboxes, options, progress).await;
-    // Accepted deletes still to be seen through to 404, by index into the report.
-    let mut waiting: Vec<usize> = report
-        .results
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, outcome))| matches!(outcome, RemovalOutcome::Removed { .. }))
-        .map(|(index, _)| index)
-        .collect();
-    let deadline = Instant::now() + verify_for;
-    let mut interval = Duration::from_millis(100);
-    while !waiting.is_empty() {
-        let results = &report.results;
-        let checks: Vec<(usize, bool)> = stream::iter(waiting.iter().copied())
-            .map(|index| async move {
-                // An error while polling proves nothing: the sandbox counts as still there.
-                (index, matches!(backend.get(&results[index].0.id).await, Ok(None)))
-            })
-            .buffer_unordered(options.parallel.max(1))
-            .collect()
-            .await;
-        waiting = checks.into_iter().filter(|(_, gone)| !gone).map(|(index, _)| index).collect();
-        if waiting.is_empty() {
-            break;
-        }
-        if Instant::now() + interval > deadline {
-            for &index in &waiting {
-                let (resource, outcome) = &mut report.results[index];
-                let attempts = match outcome {
-                    RemovalOutcome::Removed { attempts } => *attempts,
-                    _ => 1,
-                };
+    let (accepted, announced) = tokio::sync::mpsc::unbounded_channel();
+    let deleting = async move {
+        let remover = Announcing { remover: DaytonaRemover { backend }, accepted };
+        // The remover, and with it the channel, ends with the deletes.
+        super::remove_all(&remover, sandboxes, options, progress).await
+    };
+    let (mut report, still_there) =
+        tokio::join!(deleting, watch_until_gone(backend, announced, options.parallel, verify_for));
+    for (resource, outcome) in &mut report.results {
+        if let RemovalOutcome::Removed { attempts } = *outcome {
+            if still_there.contains(&resource.id) {
                 tracing::warn!("{resource} is still destroying; kept in the ledger for `benchwarden recover`");
                 *outcome = RemovalOutcome::Pending { attempts };
             }
-            break;
         }
-        tokio::time::sleep(interval).await;
-        interval = (interval * 3 / 2).min(Duration::from_secs(2));
     }
     report
+}
+
+/// Polls every sandbox announced on `accepted` until it answers 404, at most
+/// `parallel` calls at once; returns those still there `verify_for` after
+/// their announcement.
+async fn watch_until_gone(
+    backend: &DaytonaBackend,
+    mut accepted: tokio::sync::mpsc::UnboundedReceiver<String>,
+    parallel: usize,
+    verify_for: Duration,
+) -> std::collections::BTreeSet<String> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+
+    let slots = tokio::sync::Semaphore::new(parallel.max(1));
+    let watch = |id: String| {
+        let slots = &slots;
+        async move {
+            let deadline = Instant::now() + verify_for;
+            let mut pause = FIRST_LOOK;
+            loop {
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+                let gone = {
+                    let _slot = slots.acquire().await;
+                    // An error while polling proves nothing: the sandbox counts as still there.
+                    matches!(backend.get(&id).await, Ok(None))
+                };
+                if gone || Instant::now() >= deadline {
+                    return (id, gone);
+                }
+                pause = (pause * 3 / 2).min(LONGEST_PAUSE);
+            }
+        }
+    };
+    let mut watches = FuturesUnordered::new();
+    let mut still_there = std::collections::BTreeSet::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            announced = accepted.recv(), if open => match announced {
+                Some(id) => watches.push(watch(id)),
+                None => open = false,
+            },
+            Some((id, gone)) = watches.next(), if !watches.is_empty() => {
+                if !gone {
+                    still_there.insert(id);
+                }
+            }
+            else => break,
+        }
+    }
+    still_there
 }
 
 #[cfg(test)]

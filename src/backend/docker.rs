@@ -21,6 +21,8 @@ use crate::retry::{CallTimeout, Classify, ErrorClass};
 pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
 
 const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
+/// bollard's bound on one request, in seconds; our retry policy bounds calls more tightly.
+const CLIENT_TIMEOUT_SECONDS: u64 = 120;
 
 /// A connected Docker engine.
 #[derive(Clone)]
@@ -132,11 +134,31 @@ impl DockerBackend {
             .filter(|host| !host.is_empty())
             .unwrap_or_else(|| DEFAULT_SOCKET.to_string());
         let unreachable = |reason: String| Error::DockerUnreachable { address: address.clone(), reason };
-        let client = Docker::connect_with_host(&address).map_err(|error| unreachable(error_chain(&error)))?;
-        let client = tokio::time::timeout(Duration::from_secs(10), client.negotiate_version())
+        let pinged = tokio::time::timeout(Duration::from_secs(10), ping_api_version(&address))
             .await
-            .map_err(|_| unreachable("no answer within 10s".to_string()))?
-            .map_err(|error| unreachable(error_chain(&error)))?;
+            .map_err(|_| unreachable("no answer to HEAD /_ping within 10s".to_string()))?
+            .map_err(unreachable)?;
+        let client = match pinged {
+            // `HEAD /_ping` answers in well under a millisecond with the daemon's `Api-Version`;
+            // bollard's own negotiation asks `GET /version`, which gathers system facts (5-10 ms).
+            Some(version) => {
+                let newest = bollard::API_DEFAULT_VERSION;
+                let (major_version, minor_version) = version.min((newest.major_version, newest.minor_version));
+                let version = bollard::ClientVersion { major_version, minor_version };
+                let connected = match address.strip_prefix("unix://") {
+                    Some(_) => Docker::connect_with_unix(&address, CLIENT_TIMEOUT_SECONDS, &version),
+                    None => Docker::connect_with_http(&address, CLIENT_TIMEOUT_SECONDS, &version),
+                };
+                connected.map_err(|error| unreachable(error_chain(&error)))?
+            }
+            None => {
+                let client = Docker::connect_with_host(&address).map_err(|error| unreachable(error_chain(&error)))?;
+                tokio::time::timeout(Duration::from_secs(10), client.negotiate_version())
+                    .await
+                    .map_err(|_| unreachable("no answer within 10s".to_string()))?
+                    .map_err(|error| unreachable(error_chain(&error)))?
+            }
+        };
         Ok(DockerBackend { client, address })
     }
 
@@ -272,6 +294,46 @@ fn label_filters(labels: &[LabelSelector]) -> HashMap<String, Vec<String>> {
         filters.insert("label".to_string(), labels.iter().map(LabelSelector::to_filter).collect());
     }
     filters
+}
+
+/// Asks `HEAD /_ping` over a plain connection and reads the daemon's
+/// `Api-Version` (major, minor). `Ok(None)` for an address this cannot
+/// speak to (ssh, TLS), left to the client library; `Err` when nothing
+/// answers.
+async fn ping_api_version(address: &str) -> Result<Option<(usize, usize)>, String> {
+    use tokio::io::AsyncWriteExt;
+    let tls = std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|value| !value.is_empty());
+    let (reader, mut writer): (crate::intercept::proxy::BoxRead, crate::intercept::proxy::BoxWrite) =
+        match (address.strip_prefix("unix://"), address.strip_prefix("tcp://")) {
+            (Some(path), _) => {
+                let (read, write) =
+                    tokio::net::UnixStream::connect(path).await.map_err(|error| error.to_string())?.into_split();
+                (Box::new(read), Box::new(write))
+            }
+            (None, Some(host)) if !tls => {
+                let stream = tokio::net::TcpStream::connect(host.trim_end_matches('/'))
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let (read, write) = stream.into_split();
+                (Box::new(read), Box::new(write))
+            }
+            _ => return Ok(None),
+        };
+    writer
+        .write_all(b"HEAD /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|error| error.to_string())?;
+    let head =
+        crate::intercept::http::Buffered::new(reader).read_head(false).await.map_err(|error| error.to_string())?;
+    if head.status != 200 {
+        return Err(format!("HEAD /_ping answered {}", head.status));
+    }
+    let version = head.header("api-version").and_then(|value| {
+        let text = std::str::from_utf8(value).ok()?;
+        let (major, minor) = text.trim().split_once('.')?;
+        Some((major.parse().ok()?, minor.parse().ok()?))
+    });
+    Ok(version)
 }
 
 /// An error and its causes on one line: bollard's top-level messages alone

@@ -68,58 +68,77 @@ pub fn spawn_reaper() {
 
 use crate::owner::all_processes as proc_stats;
 
-/// Live (not zombie) processes of one task: members of its process group,
-/// and any process whose environment names the task, wherever it went.
-pub fn task_processes(process_group: u32, run_id: &str, task_id: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let run_entry = format!("{ENV_RUN_ID}={run_id}");
-    let task_entry = format!("{ENV_TASK_ID}={task_id}");
-    proc_stats()
-        .into_iter()
-        .filter(|stat| stat.pid != me && stat.state != 'Z')
-        .filter(|stat| {
-            if stat.group == process_group {
+/// One task's processes: its group, and every descendant that escaped it
+/// (found by the `BENCHWARDEN_RUN_ID`/`BENCHWARDEN_TASK_ID` it inherited).
+#[derive(Debug, Clone)]
+pub struct TaskProcesses {
+    pub process_group: u32,
+    run_entry: String,
+    task_entry: String,
+    /// The harness's start time: no process of the task can be older, so
+    /// older ones are passed over without reading their environment.
+    started: u64,
+}
+
+impl TaskProcesses {
+    pub fn new(harness_pid: u32, run_id: &str, task_id: &str) -> Self {
+        TaskProcesses {
+            process_group: harness_pid,
+            run_entry: format!("{ENV_RUN_ID}={run_id}"),
+            task_entry: format!("{ENV_TASK_ID}={task_id}"),
+            started: crate::owner::process_start_time(harness_pid).unwrap_or(0),
+        }
+    }
+
+    /// Live (not zombie) processes of the task, wherever they went.
+    pub fn find(&self) -> Vec<u32> {
+        let me = std::process::id();
+        proc_stats()
+            .into_iter()
+            .filter(|stat| stat.pid != me && !stat.is_zombie() && stat.start_time >= self.started)
+            .filter(|stat| stat.group == self.process_group || self.environment_names_task(stat.pid))
+            .map(|stat| stat.pid)
+            .collect()
+    }
+
+    fn environment_names_task(&self, pid: u32) -> bool {
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            return false;
+        };
+        let mut run_matches = false;
+        let mut task_matches = false;
+        for entry in environ.split(|byte| *byte == 0) {
+            run_matches |= entry == self.run_entry.as_bytes();
+            task_matches |= entry == self.task_entry.as_bytes();
+        }
+        run_matches && task_matches
+    }
+
+    /// Sends `signal` to the group and to every process of the task found
+    /// elsewhere; returns how many processes there were.
+    pub fn signal(&self, signal: Signal) -> usize {
+        let processes = self.find();
+        let _ = killpg(Pid::from_raw(self.process_group as i32), signal);
+        for pid in &processes {
+            let _ = kill(Pid::from_raw(*pid as i32), signal);
+        }
+        processes.len()
+    }
+
+    /// Waits until no process of the task is left, reaping adopted ones, for
+    /// at most `limit`. Returns whether they are all gone.
+    pub async fn wait_gone(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            reap_adopted();
+            if self.find().is_empty() {
                 return true;
             }
-            let Ok(environ) = std::fs::read(format!("/proc/{}/environ", stat.pid)) else {
+            if tokio::time::Instant::now() >= deadline {
                 return false;
-            };
-            let mut run_matches = false;
-            let mut task_matches = false;
-            for entry in environ.split(|byte| *byte == 0) {
-                run_matches |= entry == run_entry.as_bytes();
-                task_matches |= entry == task_entry.as_bytes();
             }
-            run_matches && task_matches
-        })
-        .map(|stat| stat.pid)
-        .collect()
-}
-
-/// Sends `signal` to the task's process group and to every process of the
-/// task found elsewhere.
-pub fn signal_task(process_group: u32, run_id: &str, task_id: &str, signal: Signal) -> usize {
-    let processes = task_processes(process_group, run_id, task_id);
-    let _ = killpg(Pid::from_raw(process_group as i32), signal);
-    for pid in &processes {
-        let _ = kill(Pid::from_raw(*pid as i32), signal);
-    }
-    processes.len()
-}
-
-/// Waits until no process of the task is left, reaping adopted ones, for at
-/// most `limit`. Returns whether they are all gone.
-pub async fn wait_task_gone(process_group: u32, run_id: &str, task_id: &str, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        reap_adopted();
-        if task_processes(process_group, run_id, task_id).is_empty() {
-            return true;
+            tokio::time::sleep(EXIT_POLL).await;
         }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(EXIT_POLL).await;
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use super::process::{self, ENV_RUN_ID, ENV_TASK_ID};
+use super::process::{self, TaskProcesses, ENV_RUN_ID, ENV_TASK_ID};
 use super::signal::Shutdown;
 use crate::backend::daytona::DaytonaBackend;
 use crate::backend::docker::DockerBackend;
@@ -318,6 +318,8 @@ async fn supervise(
         return Err("the harness exited before its pid could be read".to_string());
     };
     process::register_tokio_child(pid);
+    // Read now, while the harness surely runs: its start time bounds the search for its descendants.
+    let processes = TaskProcesses::new(pid, &context.run_id, &spec.name);
     let mut copies = Vec::new();
     if context.echo_output {
         let log = Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(log_file)));
@@ -357,7 +359,7 @@ async fn supervise(
         Ending::Interrupted(signal) => signal,
         _ => Signal::SIGTERM,
     };
-    stop_all(context, spec, pid, first_signal).await;
+    stop_all(context, spec, &processes, first_signal).await;
     let status = match ending {
         Ending::Exited(status) => Some(status),
         _ => child.wait().await.ok(),
@@ -381,25 +383,25 @@ fn recorder(context: &RunContext, spec: &TaskSpec) -> Recorder {
 
 /// Signal, grace (cut short by a second Ctrl-C), SIGKILL, and wait until no
 /// process of the task is left.
-async fn stop_all(context: &RunContext, spec: &TaskSpec, process_group: u32, first_signal: Signal) {
-    let (run_id, task_id) = (&context.run_id, &spec.name);
-    if process::task_processes(process_group, run_id, task_id).is_empty() {
+async fn stop_all(context: &RunContext, spec: &TaskSpec, processes: &TaskProcesses, first_signal: Signal) {
+    let task_id = &spec.name;
+    if processes.find().is_empty() {
         return;
     }
-    let signalled = process::signal_task(process_group, run_id, task_id, first_signal);
+    let signalled = processes.signal(first_signal);
     tracing::debug!("task {task_id}: sent {first_signal} to {signalled} process(es)");
     let mut shutdown = context.shutdown.clone();
     let killed_now = async { shutdown.wait_for(|state| matches!(state, Shutdown::Kill(_))).await.map(drop) };
     let gone = tokio::select! {
-        gone = process::wait_task_gone(process_group, run_id, task_id, spec.grace) => gone,
+        gone = processes.wait_gone(spec.grace) => gone,
         Ok(()) = killed_now => false,
     };
     if gone {
         return;
     }
-    let killed = process::signal_task(process_group, run_id, task_id, Signal::SIGKILL);
+    let killed = processes.signal(Signal::SIGKILL);
     tracing::info!("task {task_id}: killed {killed} process(es) with SIGKILL");
-    if !process::wait_task_gone(process_group, run_id, task_id, KILL_WAIT).await {
+    if !processes.wait_gone(KILL_WAIT).await {
         tracing::error!("task {task_id}: processes survive SIGKILL (uninterruptible sleep?); tearing down anyway");
     }
 }
