@@ -431,3 +431,17 @@ async fn a_third_sigint_exits_at_once_and_recover_finishes_the_job() {
     recovered.assert_code(0);
     assert_nothing_left(&scope.leftovers().await, &recovered);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_harness_that_exits_at_once_keeps_its_exit_status() {
+    // The orphan reaper must never take a harness's own exit for an adopted orphan's.
+    let scope = TestScope::new("run-instant").await;
+    for attempt in 0..30 {
+        let output = scope.cli(&["run", "--skip-cleanup", "--", "sh", "-c", "exit 3"]).await;
+        assert_eq!(output.status.code(), Some(1), "attempt {attempt}\n{output}");
+        assert!(
+            output.stdout.lines().any(|line| line.starts_with("main") && line.contains(" 3 ")),
+            "attempt {attempt}\n{output}"
+        );
+    }
+}

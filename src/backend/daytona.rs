@@ -684,6 +684,89 @@ mod tests {
         assert_eq!(sandbox.created_unix(), Some(1_727_784_000));
     }
 
+    fn rate_headers(throttler: &str, remaining: i64, reset: u64) -> reqwest::header::HeaderMap {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let name = |prefix: &str| reqwest::header::HeaderName::from_bytes(format!("{prefix}{throttler}").as_bytes());
+        headers.insert(name("x-ratelimit-remaining-").unwrap(), remaining.to_string().parse().unwrap());
+        headers.insert(name("x-ratelimit-reset-").unwrap(), reset.to_string().parse().unwrap());
+        headers
+    }
+
+    /// Whether `acquire` would wait (for at least 10 ms of paused time).
+    async fn waits(pacer: &Pacer, throttler: &str) -> bool {
+        tokio::time::timeout(Duration::from_millis(10), pacer.acquire(throttler)).await.is_err()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_probes_a_window_spends_its_budget_and_waits_for_the_reset() {
+        let pacer = Pacer::default();
+        let mut probe = pacer.acquire("lifecycle").await;
+        assert!(probe.probe, "the first call learns the budget");
+        assert!(waits(&pacer, "lifecycle").await, "nobody bursts while the probe is out");
+        assert!(!waits(&pacer, "other").await, "throttlers are paced apart");
+        pacer.observe(&mut probe, &rate_headers("lifecycle", 3, 1));
+        drop(probe);
+        let spent = [pacer.acquire("lifecycle").await, pacer.acquire("lifecycle").await, pacer.acquire("lifecycle").await];
+        assert!(spent.iter().all(|permit| !permit.probe));
+        assert!(waits(&pacer, "lifecycle").await, "the budget is spent");
+        let before = Instant::now();
+        let next = pacer.acquire("lifecycle").await;
+        assert!(before.elapsed() >= Duration::from_millis(900), "waited for the window's end");
+        assert!(next.probe, "a new window is probed before the others follow");
+        drop(spent);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_count_the_calls_started_after_them_and_others_spending() {
+        let pacer = Pacer::default();
+        let mut probe = pacer.acquire("t").await;
+        pacer.observe(&mut probe, &rate_headers("t", 10, 60));
+        drop(probe);
+        let mut permits: Vec<Permit> = Vec::new();
+        for _ in 0..5 {
+            permits.push(pacer.acquire("t").await);
+        }
+        // The first answer: the server counted it (10 → 9), not the four started after it.
+        pacer.observe(&mut permits[0], &rate_headers("t", 9, 60));
+        assert_eq!(pacer.lock()["t"].budget.map(|(remaining, _)| remaining), Some(5));
+        // Out of order by one (the server took the third before the second): no change.
+        pacer.observe(&mut permits[2], &rate_headers("t", 8, 60));
+        assert_eq!(pacer.lock()["t"].budget.map(|(remaining, _)| remaining), Some(5));
+        // Someone else spent 5 of the same budget: the gap exceeds what is in flight.
+        pacer.observe(&mut permits[1], &rate_headers("t", 2, 60));
+        assert_eq!(pacer.lock()["t"].budget.map(|(remaining, _)| remaining), Some(-1));
+        assert!(waits(&pacer, "t").await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_answers_failed_probes_and_missing_headers() {
+        let pacer = Pacer::default();
+        let mut probe = pacer.acquire("t").await;
+        pacer.observe(&mut probe, &rate_headers("t", 1, 1));
+        drop(probe);
+        let mut old = pacer.acquire("t").await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let mut fresh = pacer.acquire("t").await;
+        assert!(fresh.probe, "the window ended: probe the next");
+        // An answer to a call of the ended window says nothing about this one.
+        pacer.observe(&mut old, &rate_headers("t", 0, 1));
+        pacer.observe(&mut fresh, &rate_headers("t", 50, 1));
+        drop((old, fresh));
+        assert!(!waits(&pacer, "t").await, "the stale zero was ignored");
+
+        // A probe that got no answer lets another call probe.
+        let lost = pacer.acquire("u").await;
+        assert!(waits(&pacer, "u").await);
+        drop(lost);
+        let mut second = pacer.acquire("u").await;
+        assert!(second.probe);
+        // No rate-limit headers at all: nothing to pace by.
+        pacer.observe(&mut second, &reqwest::header::HeaderMap::new());
+        let held: Vec<Permit> = futures_util::future::join_all((0..100).map(|_| pacer.acquire("u"))).await;
+        assert!(held.iter().all(|permit| !permit.probe));
+        drop(second);
+    }
+
     #[test]
     fn the_longest_retry_after_wins() {
         let mut headers = reqwest::header::HeaderMap::new();

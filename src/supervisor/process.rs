@@ -26,8 +26,15 @@ fn tokio_children() -> &'static Mutex<HashSet<u32>> {
     CHILDREN.get_or_init(|| Mutex::new(HashSet::new()))
 }
 
-pub fn register_tokio_child(pid: u32) {
-    tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(pid);
+/// Spawns a harness and registers its pid as tokio's before the orphan
+/// reaper can look: a harness that exits at once must not be taken for an
+/// adopted orphan and have its exit status stolen.
+pub fn spawn_harness(command: &mut tokio::process::Command) -> std::io::Result<(tokio::process::Child, u32)> {
+    let mut children = tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let child = command.spawn()?;
+    let pid = child.id().ok_or_else(|| std::io::Error::other("the harness exited before its pid could be read"))?;
+    children.insert(pid);
+    Ok((child, pid))
 }
 
 pub fn unregister_tokio_child(pid: u32) {

@@ -310,14 +310,10 @@ async fn supervise(
             log_file.try_clone().map_err(|error| format!("cannot share log file {}: {error}", log_path.display()))?;
         command.stdout(Stdio::from(log_file.try_clone().map_err(|error| error.to_string())?)).stderr(stderr_file);
     }
-    let mut child = command.spawn().map_err(|error| {
+    let (mut child, pid) = process::spawn_harness(&mut command).map_err(|error| {
         let cwd = spec.cwd.as_ref().map(|cwd| format!(" in {}", cwd.display())).unwrap_or_default();
         format!("cannot start harness `{}`{cwd}: {error}; check harness.command in the benchmark file", spec.program)
     })?;
-    let Some(pid) = child.id() else {
-        return Err("the harness exited before its pid could be read".to_string());
-    };
-    process::register_tokio_child(pid);
     // Read now, while the harness surely runs: its start time bounds the search for its descendants.
     let processes = TaskProcesses::new(pid, &context.run_id, &spec.name);
     let mut copies = Vec::new();
