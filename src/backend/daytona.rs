@@ -706,7 +706,8 @@ mod tests {
         assert!(!waits(&pacer, "other").await, "throttlers are paced apart");
         pacer.observe(&mut probe, &rate_headers("lifecycle", 3, 1));
         drop(probe);
-        let spent = [pacer.acquire("lifecycle").await, pacer.acquire("lifecycle").await, pacer.acquire("lifecycle").await];
+        let spent =
+            [pacer.acquire("lifecycle").await, pacer.acquire("lifecycle").await, pacer.acquire("lifecycle").await];
         assert!(spent.iter().all(|permit| !permit.probe));
         assert!(waits(&pacer, "lifecycle").await, "the budget is spent");
         let before = Instant::now();
