@@ -111,7 +111,10 @@ pub async fn cleanup_daytona(global: &GlobalSettings, settings: &DaytonaCleanupS
                 _ => continue,
             }
         }
-        if let Some(reason) = live_owner_of(&sandbox.labels, &runs, &this_host) {
+        // Whether another host's run is alive cannot be told from here; such a sandbox got this
+        // far only because `--any-owner` or a `--label` chose it, and that choice stands.
+        let other_host = sandbox.labels.get(LABEL_HOST).is_some_and(|host| *host != this_host);
+        if let Some(reason) = live_owner_of(&sandbox.labels, &runs, &this_host).filter(|_| !other_host) {
             tracing::info!("leaving sandbox {} alone: {reason}", sandbox.id);
             protected.push(sandbox.id.clone());
             continue;
