@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::{Kind, ResourceRef};
 use crate::errors::Error;
-use crate::retry::{CallTimeout, Classify, ErrorClass};
+use crate::retry::{CallTimeout, Classify, ErrorClass, RetryPolicy, Success};
 
 pub const DEFAULT_API_URL: &str = "https://app.daytona.io/api";
 const PAGE_LIMIT: u32 = 200;
@@ -362,6 +362,19 @@ impl Pacer {
     }
 }
 
+/// Retries of one page of the sandbox list.
+fn list_retry() -> RetryPolicy {
+    RetryPolicy {
+        retries: 5,
+        first_delay: Duration::from_millis(500),
+        factor: 2.0,
+        max_delay: Duration::from_secs(10),
+        jitter: true,
+        call_timeout: Duration::from_secs(60),
+        deadline: Duration::from_secs(120),
+    }
+}
+
 /// A Daytona API client.
 pub struct DaytonaBackend {
     client: reqwest::Client,
@@ -435,13 +448,30 @@ impl DaytonaBackend {
             if let Some(cursor) = &cursor {
                 query.push(("cursor", cursor.clone()));
             }
-            let response =
-                self.send(AUTHENTICATED, self.request(reqwest::Method::GET, "/sandbox").query(&query)).await?;
-            let body = response.bytes().await.map_err(|error| DaytonaError {
-                status: None,
-                message: format!("reading the sandbox list: {error}"),
-                retry_after: None,
-            })?;
+            // A page lost to a 5xx, a reset or a timeout is asked for again; a 429 waits as told.
+            let fetched = list_retry()
+                .run("list sandboxes", || async {
+                    let response =
+                        self.send(AUTHENTICATED, self.request(reqwest::Method::GET, "/sandbox").query(&query)).await?;
+                    response.bytes().await.map_err(|error| DaytonaError {
+                        status: None,
+                        message: format!("reading the sandbox list: {error}"),
+                        retry_after: None,
+                    })
+                })
+                .await;
+            let body = match fetched {
+                Ok((Success::Done(body), _)) => body,
+                // A 404 on the list itself: not the API.
+                Ok((Success::AlreadyDone, _)) => {
+                    return Err(DaytonaError {
+                        status: Some(404),
+                        message: "the sandbox list answered 404; check that DAYTONA_API_URL ends in /api".to_string(),
+                        retry_after: None,
+                    })
+                }
+                Err(failure) => return Err(failure.error),
+            };
             let answer: ListAnswer = serde_json::from_slice(&body).map_err(|error| DaytonaError {
                 status: None,
                 message: format!(
