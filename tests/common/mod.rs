@@ -260,20 +260,8 @@ pub fn elf_is_dynamic(binary: &[u8]) -> bool {
         .any(|at| u32_at(at) == PT_INTERP)
 }
 
-/// An error and its causes on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+/// An error and its causes on one line: the crate's own formatting.
+pub use benchwarden::backend::docker::error_chain;
 
 // ---------------------------------------------------------------------------
 // The benchwarden binary
