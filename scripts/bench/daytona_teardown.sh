@@ -56,18 +56,22 @@ stop_server() {
 trap 'stop_server; rm -rf "$work"' EXIT
 
 # Starts a fresh seeded server; sets $url.
+servers=0
 start_server() {
+    # A file of its own per server, so a stale URL is never read.
+    servers=$((servers + 1))
+    local out=$work/server-$servers.out err=$work/server-$servers.err
     "$server" --key "$key" --latency-ms "$latency_ms" --lifecycle-limit "$lifecycle_limit" \
         --seed "$sandboxes" --label benchwarden.run=20200101-0000-gone --label benchwarden.task=bench \
-        --label "benchwarden.host=$host" >"$work/server.out" 2>"$work/server.err" &
+        --label "benchwarden.host=$host" >"$out" 2>"$err" &
     server_pid=$!
     url=
     for _ in $(seq 1 200); do
-        url=$(head -n 1 "$work/server.out" 2>/dev/null || true)
+        url=$(head -n 1 "$out" 2>/dev/null || true)
         [[ $url == http* ]] && return 0
         sleep 0.05
     done
-    echo "the contract server did not start: $(cat "$work/server.err")" >&2
+    echo "the contract server did not start: $(cat "$err")" >&2
     exit 2
 }
 
@@ -136,7 +140,7 @@ for ((r = 1; r <= rounds; r++)); do
             'import json,sys; print(sum(1 for s in json.load(sys.stdin)["items"] if s.get("state") != "destroying"))')
         stop_server
         echo "$side $r $ms $left $counters" >>"$work/results"
-        printf '  round %d %-11s %6.2f s  (%s not being deleted at the end) %s\n' "$r" "$side" \
+        printf '  round %d %-11s %6.3f s  (%s not being deleted at the end) %s\n' "$r" "$side" \
             "$(echo "$ms" | awk '{print $1/1000}')" "$left" "$counters"
     done
 done
@@ -159,7 +163,7 @@ print()
 print("| side | median | rounds | vs bound |")
 print("|---|---|---|---|")
 for side in ("benchwarden", "loop"):
-    times = ", ".join(f"{t:.2f}" for t, _, _ in runs[side])
+    times = ", ".join(f"{t:.3f}" for t, _, _ in runs[side])
     print(f"| {side} | {med[side]:.2f} s | {times} | {med[side] / bound:.2f}x |")
 print()
 print(f"rate-limit bound: {bound:.2f} s ({sandboxes} deletes at 100/s); target: benchwarden <= {bound * 1.15:.2f} s")
