@@ -666,6 +666,21 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|window| window == needle.as_bytes())
 }
 
+/// Panics when the org's key is in any output of its commands or in any
+/// file of its state directory (the ledger and its journal, run logs,
+/// reports); returns the files searched.
+#[track_caller]
+fn assert_key_absent(org: &Org) -> Vec<String> {
+    for output in org.outputs.lock().unwrap().iter() {
+        assert!(!output.contains(&org.key), "the key was printed:\n{output}");
+    }
+    let files = files_under(org.state_dir());
+    for (path, bytes) in &files {
+        assert!(!contains(bytes, &org.key), "the key is in {}", path.display());
+    }
+    files.into_iter().map(|(path, _)| path.display().to_string()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_key_never_appears_in_any_output_report_log_or_ledger() {
     let org = Org::start(ContractConfig::default()).await;
@@ -703,20 +718,13 @@ async fn the_key_never_appears_in_any_output_report_log_or_ledger() {
     let wrong = org.cli_with_key(&["-vv", "cleanup", "daytona", "--no-dry-run"], Some("bw-secret-wrong")).await;
     wrong.assert_code(2);
 
-    let outputs = org.outputs.lock().unwrap().clone();
-    assert!(outputs.len() >= 8);
-    for output in &outputs {
-        assert!(!output.contains(&org.key), "the key was printed:\n{output}");
+    assert!(org.outputs.lock().unwrap().len() >= 8);
+    for output in org.outputs.lock().unwrap().iter() {
         assert!(!output.contains("bw-secret-wrong"), "a wrong key was printed:\n{output}");
     }
-    // The state directory: the ledger (and its journal), run logs, the report.
-    let files = files_under(org.state_dir());
-    let names: Vec<String> = files.iter().map(|(path, _)| path.display().to_string()).collect();
-    assert!(names.iter().any(|name| name.ends_with("ledger.sqlite")), "{names:?}");
-    assert!(names.iter().any(|name| name.ends_with("report.json")), "{names:?}");
-    for (path, bytes) in &files {
-        assert!(!contains(bytes, &org.key), "the key is in {}", path.display());
-    }
+    let files = assert_key_absent(&org);
+    assert!(files.iter().any(|name| name.ends_with("ledger.sqlite")), "{files:?}");
+    assert!(files.iter().any(|name| name.ends_with("report.json")), "{files:?}");
     // And the check can fail: the key did travel, in the harness's own requests.
     let create = org.server.requests().into_iter().find(|request| request.route == "POST /api/sandbox").unwrap();
     assert_eq!(create.header("authorization"), Some(format!("Bearer {}", org.key).as_str()));
@@ -885,6 +893,7 @@ async fn the_official_sdk_through_the_proxy_every_ending_is_labelled_recorded_an
     assert_gone(&org, &all_created, &output);
     assert_eq!(org.left(), BTreeSet::from([untouched]), "only the sandbox nobody's task made is left\n{output}");
     assert!(output.stdout.contains("5 resource(s) removed, 0 leaked"), "{output}");
+    assert_key_absent(&org);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -935,6 +944,7 @@ async fn after_benchwarden_is_sigkilled_recover_deletes_what_the_sdk_created() {
     let again = org.cli(&["recover"]).await;
     again.assert_code(0);
     assert!(again.stdout.contains("no orphaned runs"), "{again}");
+    assert_key_absent(&org);
 }
 
 /// Live processes running this state dir's fixture harness.
