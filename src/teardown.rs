@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::backend::daytona::{remove_sandboxes, DaytonaBackend};
+use crate::backend::daytona::{remove_sandboxes, DaytonaBackend, VERIFY_FOR};
 use crate::backend::docker::{Container, ContainerQuery, DockerBackend, DockerError, COMPOSE_PROJECT_LABEL};
 use crate::backend::{remove_all, Kind, LabelSelector, RemovalOptions, RemovalOutcome, RemovalReport, ResourceRef};
 use crate::backend::{LABEL_RUN, LABEL_TASK};
@@ -16,6 +16,7 @@ use crate::config::Selector;
 use crate::errors::Error;
 use crate::ledger::Ledger;
 use crate::report::Progress;
+use crate::retry::{RetryPolicy, Success};
 
 /// What an owner claims: owner labels, plus selectors already filled with
 /// the run id and task name.
@@ -143,11 +144,15 @@ async fn discover_sandboxes(
         if record.resource.kind != Kind::Sandbox || found.contains(&record.resource) {
             continue;
         }
-        match daytona.get(&record.resource.id).await.map_err(daytona_error)? {
-            Some(_) => {
+        let what = format!("look up {}", record.resource);
+        let looked_up = RetryPolicy::default().run(&what, || daytona.get(&record.resource.id)).await;
+        match looked_up.map_err(|failure| daytona_error(failure.error))? {
+            (Success::Done(Some(_)), _) => {
                 found.insert(record.resource);
             }
-            None => ledger.record_outcomes(vec![(record.resource, 0, None)]).await?,
+            (Success::Done(None) | Success::AlreadyDone, _) => {
+                ledger.record_outcomes(vec![(record.resource, 0, None)]).await?
+            }
         }
     }
     Ok(found.into_iter().collect())
@@ -263,9 +268,9 @@ pub async fn teardown(
                 continue;
             }
             match (kind, backends.docker, backends.daytona) {
-                (Kind::Sandbox, _, Some(daytona)) => {
-                    round.extend(remove_sandboxes(daytona, batch, options, &hidden, options.retry.deadline).await)
-                }
+                (Kind::Sandbox, _, Some(daytona)) => round.extend(
+                    remove_sandboxes(daytona, batch, options, &hidden, options.retry.deadline.min(VERIFY_FOR)).await,
+                ),
                 (Kind::Sandbox, _, None) => {}
                 (_, Some(docker), _) => {
                     round.extend(remove_all(&docker.remover(stop_timeout), batch, options, &hidden).await)

@@ -963,3 +963,47 @@ fn harness_processes(state_dir: &Path) -> Vec<u32> {
     }
     found
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_still_destroying_when_a_run_ends_keeps_the_run_open_for_recover() {
+    let org = Org::start(ContractConfig::default()).await;
+    let dir = org.state_dir().join("fixture-pending");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The harness creates a sandbox through its proxy, then waits on a pipe until the test
+    // has made that sandbox stick in `destroying`.
+    let fifo = dir.join("go");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let script = "set -e\n\
+        curl -sf -X POST -H \"Authorization: Bearer $DAYTONA_API_KEY\" -H 'Content-Type: application/json' \
+        -d '{}' \"$DAYTONA_API_URL/sandbox\" > created.json\n\
+        read line < go\n";
+    std::fs::write(dir.join("harness.sh"), script).unwrap();
+    // A short deadline: the stuck sandbox is called pending after 2 s instead of minutes.
+    std::fs::write(
+        dir.join("benchmark.yaml"),
+        "name: pending\nharness:\n  command: [sh, harness.sh]\n  cwd: .\ncleanup:\n  retry:\n    deadline: 2s\n\
+         docker:\n  enabled: false\ndaytona:\n  enabled: true\n",
+    )
+    .unwrap();
+    let benchmark = dir.join("benchmark.yaml");
+    let child = org.spawn(&["--retry-delay", "100ms", "run", benchmark.to_str().unwrap(), "-j", "1"]);
+    org.wait_for_requests("POST /api/sandbox", 1).await;
+    let created = org.left().into_iter().next().expect("the harness created a sandbox");
+    org.server.stick_in_destroying(&created);
+    std::fs::write(&fifo, "go\n").unwrap();
+    let run = org.wait(child).await;
+    run.assert_code(3);
+    assert!(run.stdout.contains("still being deleted"), "{run}");
+    assert!(org.server.exists(&created));
+
+    // The run was left open, so it is an orphan now and `recover` looks at the sandbox again.
+    let status = org.cli(&["status", "--json"]).await;
+    status.assert_code(0);
+    let runs: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(runs[0]["state"], "orphaned", "{status}");
+    // `recover` (here its dry run, which does not wait out the stuck deletion) takes it up again.
+    let recovered = org.cli(&["recover", "--dry-run", "--json"]).await;
+    recovered.assert_code(0);
+    let plan: Value = serde_json::from_str(&recovered.stdout).unwrap();
+    assert_eq!(plan[0]["found"][0]["id"], created.as_str(), "{recovered}");
+}

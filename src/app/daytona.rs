@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{live_owner_of, open_ledger_runs, print_json, print_stdout, removal_summary};
-use crate::backend::daytona::{remove_sandboxes, DaytonaBackend, DaytonaConfig, DaytonaError, Sandbox};
+use crate::backend::daytona::{remove_sandboxes, DaytonaBackend, DaytonaConfig, DaytonaError, Sandbox, VERIFY_FOR};
 use crate::backend::{short_id, RemovalOptions, RemovalReport, LABEL_HOST, LABEL_RUN};
 use crate::errors::{Error, ExitStatus};
 use crate::owner::{self, LabelledOwner};
@@ -13,8 +13,6 @@ use crate::report::{format_age, table, Progress};
 use crate::settings::{DaytonaCleanupSettings, GlobalSettings, ListSettings};
 use crate::sweep::now_unix;
 
-/// How long a cleanup waits for accepted deletes to finish before calling them pending.
-const VERIFY_FOR: std::time::Duration = std::time::Duration::from_secs(120);
 /// Deletes in flight at once; the rate-limit headers pace them further.
 const PARALLEL: usize = 32;
 

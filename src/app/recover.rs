@@ -24,6 +24,8 @@ pub struct RecoveredRun {
     pub found: Vec<ResourceRef>,
     pub removed: usize,
     pub leaked: Vec<ResourceRef>,
+    /// Sandboxes whose deletion was accepted but has not finished: the run stays open.
+    pub pending: Vec<ResourceRef>,
     pub dry_run: bool,
 }
 
@@ -122,7 +124,14 @@ pub async fn recover_orphans(
             for resource in &found {
                 tracing::info!("run {}: would remove {resource}", run.run_id);
             }
-            recovered.push(RecoveredRun { run_id: run.run_id, removed: 0, leaked: Vec::new(), found, dry_run });
+            recovered.push(RecoveredRun {
+                run_id: run.run_id,
+                removed: 0,
+                leaked: Vec::new(),
+                pending: Vec::new(),
+                found,
+                dry_run,
+            });
             continue;
         }
         let pid = run.pid.map_or_else(|| "unknown".to_string(), |pid| pid.to_string());
@@ -136,7 +145,7 @@ pub async fn recover_orphans(
             tracing::info!("run {}: killed {killed} process(es) it left running", run.run_id);
         }
         let torn = teardown::teardown(backends, ledger, &claims, removal, None).await?;
-        if torn.leaked.is_empty() {
+        if torn.leaked.is_empty() && torn.pending.is_empty() {
             ledger.end_run(&run.run_id, "recovered").await?;
         }
         recovered.push(RecoveredRun {
@@ -144,6 +153,7 @@ pub async fn recover_orphans(
             found: torn.removal.results.iter().map(|(resource, _)| resource.clone()).collect(),
             removed: torn.removal.removed() + torn.removal.already_gone(),
             leaked: torn.leaked,
+            pending: torn.pending,
             dry_run,
         });
     }
@@ -183,7 +193,7 @@ pub async fn recover(
     let removal = RemovalOptions { parallel: 16, fail_fast: false, retry: global.retry.clone() };
     let source = if from_labels { OrphanSource::LedgerAndLabels } else { OrphanSource::Ledger };
     let recovered = recover_orphans(backends, &ledger, &removal, dry_run, source).await?;
-    let leaked: usize = recovered.iter().map(|run| run.leaked.len()).sum();
+    let leaked: usize = recovered.iter().map(|run| run.leaked.len() + run.pending.len()).sum();
     if json {
         print_json(&recovered)?;
     } else if recovered.is_empty() {
@@ -203,6 +213,11 @@ pub async fn recover(
             }
             for resource in &run.leaked {
                 text.push_str(&format!("  left: {resource}\n"));
+            }
+            for resource in &run.pending {
+                text.push_str(&format!(
+                    "  pending: {resource} is still being deleted; `benchwarden recover` checks again\n"
+                ));
             }
         }
         print_stdout(&text)?;

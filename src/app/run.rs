@@ -170,7 +170,8 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
     };
     write_report(&report_path, &report)?;
     print_stdout(&summary(&reports))?;
-    let leaked: usize = reports.iter().map(|report| report.resources_leaked.len()).sum();
+    let leaked: usize =
+        reports.iter().map(|report| report.resources_leaked.len() + report.resources_pending.len()).sum();
     let torn_down = reports.iter().all(|report| report.teardown_error.is_none());
     let outcome = match status {
         ExitStatus::Success => "passed",
@@ -193,7 +194,10 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings) -> Result<Exit
 
 /// Leaked > interrupted > failed > passed.
 fn exit_status(reports: &[TaskReport], interrupted_by: Option<nix::sys::signal::Signal>) -> ExitStatus {
-    let leaked = reports.iter().any(|report| !report.resources_leaked.is_empty() || report.teardown_error.is_some());
+    // A sandbox still being deleted is not proven gone: the run stays open for `recover`.
+    let leaked = reports.iter().any(|report| {
+        !report.resources_leaked.is_empty() || !report.resources_pending.is_empty() || report.teardown_error.is_some()
+    });
     if leaked {
         return ExitStatus::Leaked;
     }
@@ -398,7 +402,9 @@ fn summary(reports: &[TaskReport]) -> String {
     let leaked: usize = reports.iter().map(|report| report.resources_leaked.len()).sum();
     let removed: usize = reports.iter().map(|report| report.resources_removed).sum();
     let counts: Vec<String> = counts.iter().map(|(key, count)| format!("{count} {key}")).collect();
-    text.push_str(&format!("{}; {removed} resource(s) removed, {leaked} leaked\n", counts.join(", ")));
+    let pending: usize = reports.iter().map(|report| report.resources_pending.len()).sum();
+    let pending = if pending > 0 { format!(", {pending} still being deleted") } else { String::new() };
+    text.push_str(&format!("{}; {removed} resource(s) removed, {leaked} leaked{pending}\n", counts.join(", ")));
     for report in reports {
         if let Some(error) = &report.error {
             text.push_str(&format!("  {}: {error}\n", report.task));
@@ -408,6 +414,12 @@ fn summary(reports: &[TaskReport]) -> String {
         }
         for resource in &report.resources_leaked {
             text.push_str(&format!("  {}: leaked {resource}\n", report.task));
+        }
+        for resource in &report.resources_pending {
+            text.push_str(&format!(
+                "  {}: {resource} is still being deleted; `benchwarden recover` checks it again\n",
+                report.task
+            ));
         }
     }
     text

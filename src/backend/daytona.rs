@@ -20,6 +20,8 @@ use crate::errors::Error;
 use crate::retry::{CallTimeout, Classify, ErrorClass, RetryPolicy, Success};
 
 pub const DEFAULT_API_URL: &str = "https://app.daytona.io/api";
+/// How long accepted deletes are polled for 404 before they count as pending.
+pub const VERIFY_FOR: Duration = Duration::from_secs(120);
 const PAGE_LIMIT: u32 = 200;
 
 /// How we authenticate; never printed.

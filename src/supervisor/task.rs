@@ -121,6 +121,8 @@ pub struct TaskReport {
     pub resources_found: usize,
     pub resources_removed: usize,
     pub resources_leaked: Vec<String>,
+    /// Deletion accepted but not finished (sandboxes still `destroying`): kept for `recover`.
+    pub resources_pending: Vec<String>,
     pub teardown_seconds: f64,
     pub teardown_error: Option<String>,
 }
@@ -138,6 +140,7 @@ impl TaskReport {
             resources_found: 0,
             resources_removed: 0,
             resources_leaked: Vec::new(),
+            resources_pending: Vec::new(),
             teardown_seconds: 0.0,
             teardown_error: None,
         }
@@ -240,6 +243,7 @@ fn record_teardown(report: &mut TaskReport, torn: &TeardownReport) {
     report.resources_found = torn.found();
     report.resources_removed = torn.removal.removed() + torn.removal.already_gone();
     report.resources_leaked = torn.leaked.iter().map(ToString::to_string).collect();
+    report.resources_pending = torn.pending.iter().map(ToString::to_string).collect();
     report.teardown_seconds = torn.seconds;
 }
 
@@ -287,8 +291,9 @@ async fn supervise(
     // Likewise its Daytona SDK, through a local HTTP proxy.
     let daytona_proxy = match &context.daytona_proxy {
         Some(settings) => {
-            let mut labels = owner::owner_labels(&context.run_id, &spec.name, &settings.host, std::process::id());
-            labels.remove(crate::backend::LABEL_PID);
+            // The pid label too, beyond the three the design asks for: it lets another state
+            // directory's cleanup tell that this run is alive.
+            let labels = owner::owner_labels(&context.run_id, &spec.name, &settings.host, std::process::id());
             let policy = DaytonaPolicy {
                 target: settings.target.clone(),
                 labels,
