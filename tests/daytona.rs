@@ -1007,3 +1007,35 @@ async fn a_sandbox_still_destroying_when_a_run_ends_keeps_the_run_open_for_recov
     let plan: Value = serde_json::from_str(&recovered.stdout).unwrap();
     assert_eq!(plan[0]["found"][0]["id"], created.as_str(), "{recovered}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_gets_stops_deletes_and_reads_the_pre_cursor_list_shape() {
+    use benchwarden::backend::daytona::{Credentials, DaytonaBackend, DaytonaConfig};
+    let org = Org::start(ContractConfig { legacy_list: true, ..ContractConfig::default() }).await;
+    let ids = org.seed_ours(3);
+    let client = DaytonaBackend::new(DaytonaConfig {
+        api_url: org.server.api_url(),
+        credentials: Credentials::ApiKey(org.key.clone()),
+        target: None,
+    })
+    .unwrap();
+    // Before v0.180 the list was a bare array; it still reads.
+    let listed: BTreeSet<String> =
+        client.list(&BTreeMap::new()).await.unwrap().into_iter().map(|sandbox| sandbox.id).collect();
+    assert_eq!(listed, set(&ids));
+
+    client.stop(&ids[0], false).await.unwrap();
+    let stopping = client.get(&ids[0]).await.unwrap().expect("still there");
+    assert!(matches!(stopping.state.as_deref(), Some("stopping" | "stopped")), "{stopping:?}");
+    let stops = org.server.requests().into_iter().filter(|request| request.method == "POST").count();
+    assert_eq!(stops, 1);
+
+    client.delete(&ids[1]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get(&ids[1]).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the deleted sandbox never answered 404");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!org.server.exists(&ids[1]));
+    assert!(org.server.exists(&ids[2]));
+}

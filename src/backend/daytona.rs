@@ -511,6 +511,13 @@ impl DaytonaBackend {
         }
     }
 
+    /// Stops a sandbox (`force`: SIGKILL instead of SIGTERM inside it).
+    pub async fn stop(&self, id: &str, force: bool) -> Result<(), DaytonaError> {
+        let path = format!("/sandbox/{}/stop", encode_segment(id));
+        let request = self.request(reqwest::Method::POST, &path).query(&[("force", force.to_string())]);
+        self.send(LIFECYCLE, request).await.map(drop)
+    }
+
     /// Starts deletion; it completes asynchronously (see [`Self::get`]).
     pub async fn delete(&self, id: &str) -> Result<(), DaytonaError> {
         let path = format!("/sandbox/{}", encode_segment(id));
