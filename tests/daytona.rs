@@ -20,13 +20,11 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{benchwarden_command_in, run_cli, wait_cli, CliOutput};
+use common::{benchwarden_command_in, run_cli, wait_cli, CliOutput, Running};
 use daytona_server::{ContractConfig, ContractServer, SeedSandbox};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A run id no ledger knows and no process owns: a dead run of this host.
 const DEAD_RUN: &str = "20200101-0000-dead";
@@ -359,68 +357,6 @@ async fn cleanup_filters_by_state_age_and_label() {
 // ---------------------------------------------------------------------------
 // A live run's sandboxes
 // ---------------------------------------------------------------------------
-
-/// A running `benchwarden run` whose stderr is read line by line (as in
-/// tests/run.rs), so a test can wait for what it says.
-struct Running {
-    child: tokio::process::Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    seen: String,
-}
-
-impl Running {
-    fn start(command: std::process::Command) -> Self {
-        let mut command = tokio::process::Command::from(command);
-        command.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        let mut child = command.spawn().expect("start benchwarden");
-        let stderr = child.stderr.take().unwrap();
-        let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                let _ = sender.send(line);
-            }
-        });
-        Running { child, lines, seen: String::new() }
-    }
-
-    /// Waits until a line of stderr contains `text`; returns that line.
-    async fn wait_for(&mut self, text: &str) -> String {
-        let found = tokio::time::timeout(Duration::from_secs(90), async {
-            while let Some(line) = self.lines.recv().await {
-                self.seen.push_str(&line);
-                self.seen.push('\n');
-                if line.contains(text) {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(line)) => line,
-            _ => panic!("benchwarden never said {text:?}:\n{}", self.seen),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().expect("benchwarden is running")
-    }
-
-    fn send(&self, signal: Signal) {
-        kill(Pid::from_raw(self.pid() as i32), signal).unwrap();
-    }
-
-    async fn finish(mut self) -> CliOutput {
-        let mut output = wait_cli(self.child).await;
-        while let Some(line) = self.lines.recv().await {
-            self.seen.push_str(&line);
-            self.seen.push('\n');
-        }
-        output.stderr = self.seen + &output.stderr;
-        output
-    }
-}
 
 /// The run id from benchwarden's "run <id>: …" log line.
 fn run_id_of(line: &str) -> String {

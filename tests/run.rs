@@ -5,13 +5,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{wait_cli, CliOutput, TestScope, SCOPE_LABEL};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use common::{CliOutput, Running, TestScope, SCOPE_LABEL};
+use nix::sys::signal::Signal;
 
 /// A benchmark file and its harness script, written for one test. The
 /// harness runs `case "$1"` over the given task bodies; `start_container`
@@ -83,67 +80,11 @@ fn fixture_processes(scope: &TestScope) -> Vec<u32> {
     found
 }
 
-/// A running `benchwarden run` whose stderr is read line by line, so a
-/// test can wait for what it says (the echoed harness output with `-j 1`,
-/// and benchwarden's own log lines).
-struct Running {
-    child: tokio::process::Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    seen: String,
-}
-
-impl Running {
-    async fn start(scope: &TestScope, args: &[&str]) -> Self {
-        let mut command = tokio::process::Command::from(scope.benchwarden());
-        command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        let mut child = command.spawn().expect("start benchwarden");
-        let stderr = child.stderr.take().unwrap();
-        let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
-        // Reads to the end, so benchwarden never blocks on a full pipe.
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                let _ = sender.send(line);
-            }
-        });
-        Running { child, lines, seen: String::new() }
-    }
-
-    /// Waits until a line of stderr contains `text`.
-    async fn wait_for(&mut self, text: &str) {
-        let found = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = self.lines.recv().await {
-                self.seen.push_str(&line);
-                self.seen.push('\n');
-                if line.contains(text) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert!(matches!(found, Ok(true)), "benchwarden never said {text:?}:\n{}", self.seen);
-    }
-
-    fn send(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id().unwrap() as i32), signal).unwrap();
-    }
-
-    async fn finish(mut self) -> CliOutput {
-        let mut output = wait_cli(self.child).await;
-        // The reader ends at end of file, closing the channel.
-        while let Some(line) = self.lines.recv().await {
-            self.seen.push_str(&line);
-            self.seen.push('\n');
-        }
-        output.stderr = self.seen + &output.stderr;
-        output
-    }
-}
-
 /// Starts `benchwarden run` and waits until its harness says `ready`.
 async fn start_until_ready(scope: &TestScope, args: &[&str]) -> Running {
-    let mut running = Running::start(scope, args).await;
+    let mut command = scope.benchwarden();
+    command.args(args);
+    let mut running = Running::start(command);
     running.wait_for("ready").await;
     running
 }

@@ -413,8 +413,14 @@ async fn tee(mut source: impl AsyncRead + Unpin, log: Arc<tokio::sync::Mutex<tok
         match source.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
             Ok(count) => {
+                // The log first: it is the record that outlives us, so nothing seen on
+                // the terminal is missing from it if we are killed right after.
+                {
+                    let mut log = log.lock().await;
+                    let _ = log.write_all(&buffer[..count]).await;
+                    let _ = log.flush().await;
+                }
                 echo_harness_output(&buffer[..count]);
-                let _ = log.lock().await.write_all(&buffer[..count]).await;
             }
         }
     }

@@ -777,3 +777,66 @@ pub async fn remove_labelled(docker: &Docker, selectors: &[String]) -> Vec<Strin
     }
     errors
 }
+
+/// A running `benchwarden` whose stderr is read line by line, so a test
+/// can wait for what it says (its log lines, and with `-j 1` the harness's
+/// echoed output).
+pub struct Running {
+    pub child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: String,
+}
+
+impl Running {
+    pub fn start(command: std::process::Command) -> Self {
+        let mut command = tokio::process::Command::from(command);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = command.spawn().expect("start benchwarden");
+        let stderr = child.stderr.take().unwrap();
+        let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+            while let Ok(Some(line)) = reader.next_line().await {
+                let _ = sender.send(line);
+            }
+        });
+        Running { child, lines, seen: String::new() }
+    }
+
+    /// Waits until a line of stderr contains `text`; returns that line.
+    pub async fn wait_for(&mut self, text: &str) -> String {
+        let found = tokio::time::timeout(Duration::from_secs(90), async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push_str(&line);
+                self.seen.push('\n');
+                if line.contains(text) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!("benchwarden never said {text:?}:\n{}", self.seen),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("benchwarden is running")
+    }
+
+    pub fn send(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
+    }
+
+    pub async fn finish(mut self) -> CliOutput {
+        let mut output = wait_cli(self.child).await;
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+        }
+        output.stderr = self.seen + &output.stderr;
+        output
+    }
+}
