@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use crate::backend::{Kind, ResourceRef};
@@ -328,17 +328,6 @@ impl Ledger {
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, Error> {
         let run_id = run_id.to_string();
         Ok(self.runs().await?.into_iter().find(|run| run.id == run_id))
-    }
-
-    pub async fn run_exists(&self, run_id: &str) -> Result<bool, Error> {
-        let run_id = run_id.to_string();
-        self.with(move |connection| {
-            connection
-                .query_row("SELECT 1 FROM runs WHERE id = ?1", [run_id], |_| Ok(()))
-                .optional()
-                .map(|found| found.is_some())
-        })
-        .await
     }
 }
 

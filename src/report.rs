@@ -10,8 +10,6 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-use crate::backend::ResourceRef;
-
 /// How chatty the output is, resolved once from the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verbosity {
@@ -118,7 +116,7 @@ impl Progress {
         Progress { bar: Some(bar) }
     }
 
-    pub fn tick_one(&self, _resource: &ResourceRef, _status: &str) {
+    pub fn tick(&self) {
         if let Some(bar) = &self.bar {
             bar.inc(1);
         }

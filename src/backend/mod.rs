@@ -287,7 +287,7 @@ pub async fn remove_all<R: Remover>(
             let stop_starting = Arc::clone(&stop_starting);
             async move {
                 if stop_starting.load(Ordering::SeqCst) {
-                    progress.tick_one(&resource, "not attempted");
+                    progress.tick();
                     return (index, resource, RemovalOutcome::NotAttempted);
                 }
                 let what = format!("remove {resource}");
@@ -308,7 +308,7 @@ pub async fn remove_all<R: Remover>(
                         RemovalOutcome::Failed { attempts, error: error.to_string() }
                     }
                 };
-                progress.tick_one(&resource, "done");
+                progress.tick();
                 (index, resource, outcome)
             }
         })

@@ -149,14 +149,6 @@ impl TaskProcesses {
     }
 }
 
-pub fn signal_from_name(name: &str) -> Signal {
-    match name {
-        "SIGINT" => Signal::SIGINT,
-        "SIGHUP" => Signal::SIGHUP,
-        _ => Signal::SIGTERM,
-    }
-}
-
 /// SIGKILL every harness process group we are still waiting for: the
 /// last resort of a third Ctrl-C.
 pub fn kill_all_harnesses() {
