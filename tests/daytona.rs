@@ -671,19 +671,8 @@ async fn the_key_never_appears_in_any_output_report_log_or_ledger() {
 // The official Python SDK through the per-task proxy
 // ---------------------------------------------------------------------------
 
-/// The virtualenv `scripts/test.sh` creates with `daytona`.
 fn python() -> PathBuf {
-    let venv = std::env::var_os("BENCHWARDEN_PY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-venv"));
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/test.sh, which creates the virtualenv with the official `daytona` SDK \
-         (python3 -m venv target/py-venv && target/py-venv/bin/pip install daytona docker); these tests never skip",
-        python.display()
-    );
-    python
+    common::venv_python("daytona")
 }
 
 /// The fixture harness: `harness.py TASK`. Every sandbox it creates is

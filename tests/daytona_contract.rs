@@ -3,6 +3,7 @@
 //! SDK (`daytona` from PyPI, in `target/py-venv`, which `scripts/test.sh`
 //! creates) as a real client of it.
 
+mod common;
 #[path = "common/daytona_server.rs"]
 mod daytona_server;
 
@@ -730,19 +731,8 @@ async fn faults_latency_500s_and_connection_resets() {
 // The official Python SDK as a client
 // ---------------------------------------------------------------------------
 
-/// The virtualenv `scripts/test.sh` creates with `daytona` (and `docker`).
 fn python() -> PathBuf {
-    let venv = std::env::var_os("BENCHWARDEN_PY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-venv"));
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/test.sh, which creates the virtualenv with the official \
-         `daytona` SDK (python3 -m venv target/py-venv && target/py-venv/bin/pip install daytona docker)",
-        python.display()
-    );
-    python
+    common::venv_python("daytona")
 }
 
 const SDK_SCRIPT: &str = r#"

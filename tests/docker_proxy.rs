@@ -28,7 +28,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
 
 /// The virtualenv with docker-py that `scripts/test.sh` creates.
-const PY_VENV: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/py-venv");
 /// How long a test waits for one event (a harness line, a teardown).
 const EVENT_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -533,17 +532,8 @@ echo "exiting without down""#,
     assert_nothing_left(&scope.leftovers().await, &output);
 }
 
-/// The venv's python; panics (never skips) when it is missing.
 fn venv_python() -> PathBuf {
-    let python = Path::new(PY_VENV).join("bin/python");
-    let works = Command::new(&python).args(["-c", "import docker"]).output();
-    if !works.is_ok_and(|output| output.status.success()) {
-        panic!(
-            "the docker-py test needs a virtualenv with docker-py at {PY_VENV}; scripts/test.sh creates it, or:\n  \
-             python3 -m venv target/py-venv && target/py-venv/bin/pip install docker"
-        );
-    }
-    python
+    common::venv_python("docker")
 }
 
 const DOCKER_PY_SCRIPT: &str = r#"
