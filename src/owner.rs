@@ -97,6 +97,14 @@ impl LabelledOwner {
         })
     }
 
+    /// The owner as list tables show it: `run/task`, or `-` for a resource no run labelled.
+    pub fn column(labels: &BTreeMap<String, String>) -> String {
+        match Self::from_labels(labels) {
+            Some(owner) => format!("{}/{}", owner.run_id, owner.task_id.as_deref().unwrap_or("?")),
+            None => "-".to_string(),
+        }
+    }
+
     /// Whether the run that owns this resource may still be alive, judged
     /// from labels alone: same host and its pid runs a benchwarden. Another
     /// host's run cannot be judged from here, so it counts as alive.

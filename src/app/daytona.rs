@@ -54,9 +54,7 @@ pub async fn list_daytona(settings: &ListSettings) -> Result<ExitStatus, Error> 
     let rows: Vec<Vec<String>> = sandboxes
         .iter()
         .map(|sandbox| {
-            let owner = LabelledOwner::from_labels(&sandbox.labels)
-                .map(|owner| format!("{}/{}", owner.run_id, owner.task_id.unwrap_or_else(|| "?".to_string())))
-                .unwrap_or_else(|| "-".to_string());
+            let owner = LabelledOwner::column(&sandbox.labels);
             vec![
                 short_id(&sandbox.id).to_string(),
                 sandbox.name.clone().unwrap_or_default(),

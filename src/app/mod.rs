@@ -46,9 +46,7 @@ fn container_table(containers: &[Container]) -> String {
     let rows: Vec<Vec<String>> = containers
         .iter()
         .map(|container| {
-            let owner = LabelledOwner::from_labels(&container.labels)
-                .map(|owner| format!("{}/{}", owner.run_id, owner.task_id.unwrap_or_else(|| "?".to_string())))
-                .unwrap_or_else(|| "-".to_string());
+            let owner = LabelledOwner::column(&container.labels);
             vec![
                 short_id(&container.id).to_string(),
                 container.name.clone(),
