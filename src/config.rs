@@ -130,6 +130,39 @@ pub enum Selector {
     ComposeProjectPrefix(String),
 }
 
+impl Selector {
+    /// The same kind of selector with its value passed through `fill` (placeholders filled).
+    pub fn map(&self, fill: impl Fn(&str) -> String) -> Selector {
+        match self {
+            Selector::Label(label) => Selector::Label(fill(label)),
+            Selector::ComposeProjectPrefix(prefix) => Selector::ComposeProjectPrefix(fill(prefix)),
+        }
+    }
+}
+
+/// The form the ledger stores a selector in: `label:K=V` or
+/// `compose_project_prefix:P`.
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selector::Label(label) => write!(f, "label:{label}"),
+            Selector::ComposeProjectPrefix(prefix) => write!(f, "compose_project_prefix:{prefix}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Selector {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.split_once(':') {
+            Some(("label", label)) => Ok(Selector::Label(label.to_string())),
+            Some(("compose_project_prefix", prefix)) => Ok(Selector::ComposeProjectPrefix(prefix.to_string())),
+            _ => Err(format!("{text:?} is not a selector: expected label:K=V or compose_project_prefix:P")),
+        }
+    }
+}
+
 /// A selector as written: a map with exactly one of the keys.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -285,6 +318,15 @@ mod tests {
         let text = "name: x\nharness:\n  command: [true]\n  timeout: soon\n";
         let error = Benchmark::parse(text, Path::new("b.yaml")).unwrap_err().to_string();
         assert!(error.contains("invalid duration \"soon\""), "{error}");
+    }
+
+    #[test]
+    fn selectors_read_back_what_they_write() {
+        for selector in [Selector::Label("a=b:c".into()), Selector::ComposeProjectPrefix("tb-{run_id}".into())] {
+            assert_eq!(selector.to_string().parse::<Selector>(), Ok(selector));
+        }
+        assert!("nonsense".parse::<Selector>().is_err());
+        assert!("size:3".parse::<Selector>().is_err());
     }
 
     #[test]

@@ -13,10 +13,11 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
-use crate::backend::{Kind, ResourceRef};
+use crate::clock::now_unix;
+use crate::config::Selector;
 use crate::errors::Error;
-use crate::owner;
-use crate::sweep::now_unix;
+use crate::host;
+use crate::resource::{Kind, ResourceRef};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -77,7 +78,7 @@ impl RunRecord {
         if self.host != this_host {
             return true;
         }
-        owner::process_is_alive(self.pid, self.start_time)
+        host::process_is_alive(self.pid, self.start_time)
     }
 
     /// Orphaned: on this host, its process is gone, and it never finished.
@@ -102,22 +103,23 @@ impl Ledger {
     /// Opens (creating if needed) `<state_dir>/ledger.sqlite`.
     pub fn open(state_dir: &Path) -> Result<Self, Error> {
         let path = state_dir.join("ledger.sqlite");
-        let ledger_error = |message: String| Error::Ledger { path: path.clone(), message };
+        let ledger_error =
+            |source: Box<dyn std::error::Error + Send + Sync>| Error::Ledger { path: path.clone(), source };
         std::fs::create_dir_all(state_dir)
-            .map_err(|error| ledger_error(format!("cannot create {}: {error}", state_dir.display())))?;
-        let connection = Connection::open(&path).map_err(|error| ledger_error(error.to_string()))?;
-        connection.busy_timeout(Duration::from_secs(30)).map_err(|error| ledger_error(error.to_string()))?;
+            .map_err(|error| ledger_error(format!("cannot create {}: {error}", state_dir.display()).into()))?;
+        let connection = Connection::open(&path).map_err(|error| ledger_error(error.into()))?;
+        connection.busy_timeout(Duration::from_secs(30)).map_err(|error| ledger_error(error.into()))?;
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| connection.pragma_update(None, "synchronous", "NORMAL"))
-            // Closing the last connection would checkpoint the WAL with two fsyncs (~30 ms on
-            // this class of disk) on every command's exit. The WAL is as durable against a crash
-            // of ours; SQLite's automatic checkpoints still fold it back as it grows.
+            // Closing the last connection would checkpoint the WAL, two fsyncs on every command's
+            // exit. The WAL is as durable against a crash of ours, and SQLite's automatic
+            // checkpoints still fold it back as it grows.
             .and_then(|()| {
                 connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map(drop)
             })
             .and_then(|()| connection.execute_batch(SCHEMA))
-            .map_err(|error| ledger_error(error.to_string()))?;
+            .map_err(|error| ledger_error(error.into()))?;
         Ok(Ledger { connection: Arc::new(Mutex::new(connection)), path })
     }
 
@@ -125,8 +127,8 @@ impl Ledger {
         &self.path
     }
 
-    /// Runs `work` with the connection on the blocking pool.
-    async fn with<T: Send + 'static>(
+    /// Runs `work` with the connection on the blocking pool, since rusqlite blocks.
+    async fn on_blocking_pool<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, Error> {
@@ -139,13 +141,15 @@ impl Ledger {
         })
         .await;
         match outcome {
-            Ok(result) => result.map_err(|error| Error::Ledger { path, message: error.to_string() }),
-            Err(join_error) => Err(Error::Ledger { path, message: format!("ledger worker failed: {join_error}") }),
+            Ok(result) => result.map_err(|error| Error::Ledger { path, source: error.into() }),
+            Err(join_error) => {
+                Err(Error::Ledger { path, source: format!("ledger worker failed: {join_error}").into() })
+            }
         }
     }
 
     pub async fn start_run(&self, run: RunRecord) -> Result<(), Error> {
-        self.with(move |connection| {
+        self.on_blocking_pool(move |connection| {
             connection.execute(
                 "INSERT INTO runs (id, pid, start_time, host, benchmark, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
@@ -166,7 +170,7 @@ impl Ledger {
     /// its resources can be recorded and its recovery marked.
     pub async fn adopt_run(&self, run_id: &str, pid: Option<u32>, host: &str) -> Result<(), Error> {
         let (run_id, host) = (run_id.to_string(), host.to_string());
-        self.with(move |connection| {
+        self.on_blocking_pool(move |connection| {
             connection.execute(
                 "INSERT OR IGNORE INTO runs (id, pid, start_time, host, benchmark, started_at) VALUES (?1, ?2, NULL, ?3, ?4, ?5)",
                 params![run_id, pid.unwrap_or(0), host, "(known from labels)", now_unix()],
@@ -178,7 +182,7 @@ impl Ledger {
 
     pub async fn end_run(&self, run_id: &str, outcome: &str) -> Result<(), Error> {
         let (run_id, outcome) = (run_id.to_string(), outcome.to_string());
-        self.with(move |connection| {
+        self.on_blocking_pool(move |connection| {
             connection.execute(
                 "UPDATE runs SET ended_at = ?2, outcome = ?3 WHERE id = ?1",
                 params![run_id, now_unix(), outcome],
@@ -190,9 +194,10 @@ impl Ledger {
 
     /// Records the selectors a task claims, so `recover` can find what they
     /// matched after a crash.
-    pub async fn record_claims(&self, run_id: &str, task_id: &str, selectors: Vec<String>) -> Result<(), Error> {
+    pub async fn record_claims(&self, run_id: &str, task_id: &str, selectors: &[Selector]) -> Result<(), Error> {
+        let selectors: Vec<String> = selectors.iter().map(ToString::to_string).collect();
         let (run_id, task_id) = (run_id.to_string(), task_id.to_string());
-        self.with(move |connection| {
+        self.on_blocking_pool(move |connection| {
             let transaction = connection.transaction()?;
             for selector in selectors {
                 transaction.execute(
@@ -205,14 +210,18 @@ impl Ledger {
         .await
     }
 
-    pub async fn claims(&self, run_id: &str) -> Result<Vec<(String, String)>, Error> {
+    /// The selectors every task of a run claimed; a row a newer version
+    /// wrote in a form this one does not know is left to that version.
+    pub async fn claims(&self, run_id: &str) -> Result<Vec<Selector>, Error> {
         let run_id = run_id.to_string();
-        self.with(move |connection| {
-            let mut statement = connection.prepare("SELECT task_id, selector FROM claims WHERE run_id = ?1")?;
-            let rows = statement.query_map([run_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            rows.collect()
-        })
-        .await
+        let texts: Vec<String> = self
+            .on_blocking_pool(move |connection| {
+                let mut statement = connection.prepare("SELECT selector FROM claims WHERE run_id = ?1")?;
+                let rows = statement.query_map([run_id], |row| row.get(0))?;
+                rows.collect()
+            })
+            .await?;
+        Ok(texts.iter().filter_map(|text| text.parse().ok()).collect())
     }
 
     /// Records resources as owned by a task. Idempotent: a resource already
@@ -227,7 +236,7 @@ impl Ledger {
             return Ok(());
         }
         let (run_id, task_id) = (run_id.to_string(), task_id.to_string());
-        self.with(move |connection| {
+        self.on_blocking_pool(move |connection| {
             let transaction = connection.transaction()?;
             for resource in resources {
                 transaction.execute(
@@ -253,7 +262,7 @@ impl Ledger {
 
     /// Marks resources as released (gone), or records a failed attempt.
     pub async fn record_outcomes(&self, outcomes: Vec<(ResourceRef, u32, Option<String>)>) -> Result<(), Error> {
-        self.with(move |connection| {
+        self.on_blocking_pool(move |connection| {
             let transaction = connection.transaction()?;
             for (resource, attempts, error) in outcomes {
                 let key = params![resource.kind.backend(), resource.kind.as_str(), resource.id];
@@ -278,33 +287,16 @@ impl Ledger {
     /// Resources not yet released, of one run (and one task, if given).
     pub async fn unreleased(&self, run_id: &str, task_id: Option<&str>) -> Result<Vec<ResourceRecord>, Error> {
         let (run_id, task_id) = (run_id.to_string(), task_id.map(str::to_string));
-        self.with(move |connection| {
-            let mut statement = connection.prepare(
-                "SELECT kind, id, name, run_id, task_id, created_at, released_at, attempts, last_error
-                 FROM resources WHERE released_at IS NULL AND run_id = ?1 AND (?2 IS NULL OR task_id = ?2)
-                 ORDER BY created_at, id",
-            )?;
-            let rows = statement.query_map(params![run_id, task_id], resource_from_row)?;
-            Ok(rows.filter_map(Result::ok).flatten().collect())
-        })
-        .await
+        self.on_blocking_pool(move |connection| query_unreleased(connection, Some(&run_id), task_id.as_deref())).await
     }
 
     /// Every unreleased resource, across runs.
     pub async fn all_unreleased(&self) -> Result<Vec<ResourceRecord>, Error> {
-        self.with(|connection| {
-            let mut statement = connection.prepare(
-                "SELECT kind, id, name, run_id, task_id, created_at, released_at, attempts, last_error
-                 FROM resources WHERE released_at IS NULL ORDER BY run_id, created_at, id",
-            )?;
-            let rows = statement.query_map([], resource_from_row)?;
-            Ok(rows.filter_map(Result::ok).flatten().collect())
-        })
-        .await
+        self.on_blocking_pool(|connection| query_unreleased(connection, None, None)).await
     }
 
     pub async fn runs(&self) -> Result<Vec<RunRecord>, Error> {
-        self.with(|connection| {
+        self.on_blocking_pool(|connection| {
             let mut statement = connection.prepare(
                 "SELECT id, pid, start_time, host, benchmark, started_at, ended_at, outcome FROM runs ORDER BY started_at, id",
             )?;
@@ -331,6 +323,21 @@ impl Ledger {
     }
 }
 
+/// Unreleased resources, of one run and one task when given, oldest first.
+fn query_unreleased(
+    connection: &Connection,
+    run_id: Option<&str>,
+    task_id: Option<&str>,
+) -> rusqlite::Result<Vec<ResourceRecord>> {
+    let mut statement = connection.prepare(
+        "SELECT kind, id, name, run_id, task_id, created_at, released_at, attempts, last_error
+         FROM resources WHERE released_at IS NULL AND (?1 IS NULL OR run_id = ?1) AND (?2 IS NULL OR task_id = ?2)
+         ORDER BY run_id, created_at, id",
+    )?;
+    let rows = statement.query_map(params![run_id, task_id], resource_from_row)?;
+    Ok(rows.filter_map(Result::ok).flatten().collect())
+}
+
 fn resource_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ResourceRecord>> {
     let kind: String = row.get(0)?;
     let Some(kind) = Kind::parse(&kind) else {
@@ -353,12 +360,7 @@ fn resource_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Resourc
 pub fn unreleased_now(path: &Path, run_id: &str) -> rusqlite::Result<Vec<ResourceRecord>> {
     let connection = Connection::open(path)?;
     connection.busy_timeout(Duration::from_secs(2))?;
-    let mut statement = connection.prepare(
-        "SELECT kind, id, name, run_id, task_id, created_at, released_at, attempts, last_error
-         FROM resources WHERE released_at IS NULL AND run_id = ?1 ORDER BY created_at, id",
-    )?;
-    let rows = statement.query_map([run_id], resource_from_row)?;
-    Ok(rows.filter_map(Result::ok).flatten().collect())
+    query_unreleased(&connection, Some(run_id), None)
 }
 
 #[cfg(test)]
@@ -369,8 +371,8 @@ mod tests {
         RunRecord {
             id: id.to_string(),
             pid: std::process::id(),
-            start_time: owner::process_start_time(std::process::id()),
-            host: owner::host_name(),
+            start_time: host::process_start_time(std::process::id()),
+            host: host::host_name(),
             benchmark: "test".to_string(),
             started_at: now_unix(),
             ended_at: None,
@@ -410,7 +412,7 @@ mod tests {
         dead.start_time = dead.start_time.map(|time| time + 1);
         ledger.start_run(run("live")).await.unwrap();
         ledger.start_run(dead).await.unwrap();
-        let host = owner::host_name();
+        let host = host::host_name();
         let runs = ledger.runs().await.unwrap();
         let orphaned: Vec<&str> = runs.iter().filter(|run| run.is_orphaned(&host)).map(|run| run.id.as_str()).collect();
         assert_eq!(orphaned, ["dead"]);

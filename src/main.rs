@@ -1,13 +1,17 @@
-//! The `benchwarden` binary: parse the command line, resolve settings, build
-//! the runtime, call the subcommand, print the error chain, exit with the
-//! documented code.
+//! The `benchwarden` binary: parse the command line, resolve settings, set
+//! up the reporter, build the runtime, call the subcommand, print the error
+//! chain, exit with the documented code.
 
 use std::process::ExitCode;
 
+use benchwarden::app;
 use benchwarden::cli::{CleanupCommand, Cli, Command};
-use benchwarden::errors::{Error, ExitStatus};
-use benchwarden::settings::{DaytonaCleanupSettings, DockerCleanupSettings, GlobalSettings, ListSettings, RunSettings};
-use benchwarden::{app, report};
+use benchwarden::errors::{error_chain, Error, ExitStatus};
+use benchwarden::report::{self, Reporter};
+use benchwarden::settings::{
+    DaytonaCleanupSettings, DockerCleanupSettings, GlobalSettings, ListSettings, RecoverSettings, RunSettings,
+    StatusSettings,
+};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -15,7 +19,7 @@ fn main() -> ExitCode {
     let status = match run(cli) {
         Ok(status) => status,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", error_chain(&error));
             error.exit_status()
         }
     };
@@ -25,6 +29,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitStatus, Error> {
     let global = GlobalSettings::resolve(&cli.global)?;
     report::init_logging(&global.output);
+    let reporter = Reporter::new(&global.output);
+    let events = reporter.events();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| Error::Io {
         what: "start the async runtime for",
         path: "benchwarden".into(),
@@ -32,17 +38,16 @@ fn run(cli: Cli) -> Result<ExitStatus, Error> {
     })?;
     runtime.block_on(async {
         match cli.command {
-            Command::List(args) if args.daytona => app::list_daytona(&ListSettings::resolve(&args)?).await,
-            Command::List(args) => app::list(&global, &ListSettings::resolve(&args)?).await,
+            Command::List(args) => app::list(&global, &ListSettings::resolve(&args)?, &events).await,
             Command::Cleanup(CleanupCommand::Daytona(args)) => {
-                app::cleanup_daytona(&global, &DaytonaCleanupSettings::resolve(&args)?).await
+                app::cleanup_daytona(&global, &DaytonaCleanupSettings::resolve(&args)?, &events).await
             }
             Command::Cleanup(CleanupCommand::Docker(args)) => {
-                app::cleanup_docker(&global, &DockerCleanupSettings::resolve(&args)?).await
+                app::cleanup_docker(&global, &DockerCleanupSettings::resolve(&args)?, &events).await
             }
-            Command::Run(args) => app::run(&global, &RunSettings::resolve(&args, &global)?).await,
-            Command::Recover(args) => app::recover(&global, args.dry_run, args.from_labels, args.json).await,
-            Command::Status(args) => app::status(&global, args.json).await,
+            Command::Run(args) => app::run(&global, &RunSettings::resolve(&args, &global)?, &reporter).await,
+            Command::Recover(args) => app::recover(&global, &RecoverSettings::resolve(&args), &events).await,
+            Command::Status(args) => app::status(&global, &StatusSettings::resolve(&args)).await,
         }
     })
 }

@@ -1,72 +1,22 @@
-//! Who owns a resource, and whether that owner is still alive: this host's
-//! name, process liveness (pid plus start time, so a reused pid is not
-//! mistaken for the run that died), and the owner labels.
+//! Who owns a resource, and whether that owner is still alive: the
+//! `benchwarden.*` owner labels, what a task or run claims (its owner labels
+//! and the benchmark's selectors), and the one rule for judging whether the
+//! run that owns something is alive.
 
 use std::collections::BTreeMap;
 
-use crate::backend::{LABEL_HOST, LABEL_PID, LABEL_RUN, LABEL_TASK};
+use crate::config::{matches_template, Selector};
+use crate::host;
+use crate::ledger::RunRecord;
+use crate::resource::LabelSelector;
 
-/// This machine's host name, as stamped in `benchwarden.host`.
-pub fn host_name() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| "unknown-host".to_string())
-}
-
-/// What `/proc/<pid>/stat` says of a process, as far as we need it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcessStat {
-    pub pid: u32,
-    /// `R`, `S`, `D`, `Z` (zombie), ...
-    pub state: char,
-    pub parent: u32,
-    pub group: u32,
-    /// Clock ticks since boot (field 22).
-    pub start_time: u64,
-}
-
-impl ProcessStat {
-    pub fn is_zombie(&self) -> bool {
-        self.state == 'Z'
-    }
-}
-
-/// Reads `/proc/<pid>/stat`; `None` when there is no such process.
-pub fn process_stat(pid: u32) -> Option<ProcessStat> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces; count after it.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let parent = fields.next()?.parse().ok()?;
-    let group = fields.next()?.parse().ok()?;
-    let start_time = fields.nth(16)?.parse().ok()?;
-    Some(ProcessStat { pid, state, parent, group, start_time })
-}
-
-/// Every process on the machine, as far as `/proc` lets us see.
-pub fn all_processes() -> Vec<ProcessStat> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()).filter_map(process_stat).collect()
-}
-
-/// The start time of a process in clock ticks since boot, or `None` when
-/// there is no such process.
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    process_stat(pid).map(|stat| stat.start_time)
-}
-
-/// Whether the process `pid` exists and is the one that started at
-/// `start_time` (not a later process that reused the pid). Zombies count as
-/// gone: they can no longer tear anything down.
-pub fn process_is_alive(pid: u32, start_time: Option<u64>) -> bool {
-    match process_stat(pid) {
-        Some(stat) if !stat.is_zombie() => start_time.is_none_or(|expected| stat.start_time == expected),
-        _ => false,
-    }
-}
+/// Owner labels stamped on everything a task creates.
+pub const LABEL_RUN: &str = "benchwarden.run";
+pub const LABEL_TASK: &str = "benchwarden.task";
+pub const LABEL_HOST: &str = "benchwarden.host";
+pub const LABEL_PID: &str = "benchwarden.pid";
+/// The label docker compose puts on everything of a project.
+pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
 
 /// The owner labels for a resource that `task` of `run` creates.
 pub fn owner_labels(run_id: &str, task_id: &str, host: &str, pid: u32) -> BTreeMap<String, String> {
@@ -111,7 +61,8 @@ impl LabelledOwner {
     pub fn may_be_alive(&self, this_host: &str) -> bool {
         match (&self.host, self.pid) {
             (Some(host), Some(pid)) if host == this_host => {
-                process_is_alive(pid, None) && process_name(pid).is_some_and(|name| name.starts_with("benchwarden"))
+                host::process_is_alive(pid, None)
+                    && host::process_name(pid).is_some_and(|name| name.starts_with("benchwarden"))
             }
             (Some(host), _) if host != this_host => true,
             // Labelled by a run, but without a pid: treat as ours and dead only if the host matches.
@@ -120,35 +71,150 @@ impl LabelledOwner {
     }
 }
 
-fn process_name(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|name| name.trim().to_string())
+/// Whether the run that labelled a resource may still be alive. The ledger,
+/// when it knows the run, is the better judge; else the labels are.
+pub fn owner_is_alive(owner: &LabelledOwner, runs: &[RunRecord], this_host: &str) -> bool {
+    match runs.iter().find(|run| run.id == owner.run_id) {
+        Some(run) => run.ended_at.is_none() && run.is_alive(this_host),
+        None => owner.may_be_alive(this_host),
+    }
+}
+
+/// Why a resource with these labels must be left alone, if a live run owns it.
+pub fn protected_by_live_run(labels: &BTreeMap<String, String>, runs: &[RunRecord], this_host: &str) -> Option<String> {
+    let owner = LabelledOwner::from_labels(labels)?;
+    owner_is_alive(&owner, runs, this_host).then(|| format!("owned by run {}, which is still alive", owner.run_id))
+}
+
+/// What an owner claims: owner labels, plus selectors already filled with
+/// the run id and task name.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    pub run_id: String,
+    /// `None`: every task of the run.
+    pub task_id: Option<String>,
+    pub selectors: Vec<Selector>,
+}
+
+impl Claims {
+    /// The owner labels every claimed resource carries, as selectors.
+    pub fn owner_labels(&self) -> Vec<LabelSelector> {
+        let mut labels = vec![LabelSelector { key: LABEL_RUN.to_string(), value: Some(self.run_id.clone()) }];
+        if let Some(task_id) = &self.task_id {
+            labels.push(LabelSelector { key: LABEL_TASK.to_string(), value: Some(task_id.clone()) });
+        }
+        labels
+    }
+
+    /// The label selectors among the claims.
+    pub fn label_selectors(&self) -> Vec<LabelSelector> {
+        self.selectors
+            .iter()
+            .filter_map(|selector| match selector {
+                Selector::Label(label) => LabelSelector::parse(label).ok(),
+                Selector::ComposeProjectPrefix(_) => None,
+            })
+            .collect()
+    }
+
+    /// The compose-project prefixes among the claims.
+    pub fn project_prefixes(&self) -> Vec<&str> {
+        self.selectors
+            .iter()
+            .filter_map(|selector| match selector {
+                Selector::ComposeProjectPrefix(prefix) => Some(prefix.as_str()),
+                Selector::Label(_) => None,
+            })
+            .collect()
+    }
+
+    /// Whether a resource with these labels is claimed: it carries the
+    /// owner labels, or a selector matches.
+    pub fn claims_labels(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.owner_labels().iter().all(|selector| selector.matches(labels))
+            || self.label_selectors().iter().any(|selector| selector.matches(labels))
+            || self.in_claimed_project(labels)
+    }
+
+    /// Whether the labels put a resource in a compose project the claims' prefixes name.
+    pub fn in_claimed_project(&self, labels: &BTreeMap<String, String>) -> bool {
+        let prefixes = self.project_prefixes();
+        labels
+            .get(COMPOSE_PROJECT_LABEL)
+            .is_some_and(|project| prefixes.iter().any(|prefix| project.starts_with(prefix)))
+    }
+}
+
+/// Whether a benchmark file's selector template (placeholders as wildcards,
+/// `{run_id}` filled when `run_id` is given) claims a resource with these
+/// labels: how a sweep knows leftovers of any run, or of one run, of the
+/// benchmark.
+pub fn template_claims(selector: &Selector, labels: &BTreeMap<String, String>, run_id: Option<&str>) -> bool {
+    let fill_run = |template: &str| match run_id {
+        Some(run_id) => template.replace("{run_id}", run_id),
+        None => template.to_string(),
+    };
+    match selector {
+        Selector::Label(template) => {
+            let Ok(label) = LabelSelector::parse(&fill_run(template)) else {
+                return false;
+            };
+            match (labels.get(&label.key), &label.value) {
+                (Some(value), Some(pattern)) => matches_template(pattern, value),
+                (Some(_), None) => true,
+                (None, _) => false,
+            }
+        }
+        Selector::ComposeProjectPrefix(template) => {
+            let template = fill_run(template);
+            labels.get(COMPOSE_PROJECT_LABEL).is_some_and(|project| {
+                matches_template(&template, project) || matches_template(&format!("{template}{{task}}"), project)
+            })
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn this_process_is_alive_with_its_own_start_time() {
-        let pid = std::process::id();
-        let start = process_start_time(pid).unwrap();
-        assert!(process_is_alive(pid, Some(start)));
-        assert!(!process_is_alive(pid, Some(start + 1)));
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect()
     }
 
     #[test]
-    fn start_times_tell_processes_apart() {
-        let me = process_stat(std::process::id()).unwrap();
-        let init = process_stat(1).unwrap();
-        // Field 22: non-zero for a process started after boot, and later than init's.
-        assert!(me.start_time > 0 && me.start_time >= init.start_time, "{me:?} vs {init:?}");
-        assert_eq!(me.parent, nix::unistd::getppid().as_raw() as u32);
-        assert_eq!(me.group, nix::unistd::getpgrp().as_raw() as u32);
+    fn selectors_claim_by_label_template_and_project_prefix() {
+        let label = Selector::Label("bench.owner={run_id}.{task}".into());
+        let labelled = labels(&[("bench.owner", "20261129-2304-k3f9.two")]);
+        assert!(template_claims(&label, &labelled, None));
+        assert!(template_claims(&label, &labelled, Some("20261129-2304-k3f9")));
+        assert!(!template_claims(&label, &labelled, Some("20261129-2304-zzzz")));
+        let prefix = Selector::ComposeProjectPrefix("tb-{run_id}".into());
+        let project = labels(&[(COMPOSE_PROJECT_LABEL, "tb-r1-hello")]);
+        assert!(template_claims(&prefix, &project, None));
+        assert!(template_claims(&prefix, &project, Some("r1")));
+        assert!(!template_claims(&prefix, &project, Some("r2")));
     }
 
     #[test]
-    fn a_pid_that_does_not_exist_is_dead() {
-        assert!(!process_is_alive(u32::MAX - 1, None));
-        assert_eq!(process_start_time(u32::MAX - 1), None);
+    fn claims_cover_owner_labels_label_selectors_and_project_prefixes() {
+        let claims = Claims {
+            run_id: "r1".into(),
+            task_id: Some("a".into()),
+            selectors: vec![Selector::Label("mine=yes".into()), Selector::ComposeProjectPrefix("tb-r1-a".into())],
+        };
+        assert!(claims.claims_labels(&labels(&[(LABEL_RUN, "r1"), (LABEL_TASK, "a")])));
+        assert!(!claims.claims_labels(&labels(&[(LABEL_RUN, "r1"), (LABEL_TASK, "b")])));
+        assert!(claims.claims_labels(&labels(&[("mine", "yes")])));
+        assert!(claims.claims_labels(&labels(&[(COMPOSE_PROJECT_LABEL, "tb-r1-a-web")])));
+        assert!(!claims.claims_labels(&labels(&[(COMPOSE_PROJECT_LABEL, "tb-r2-a")])));
+    }
+
+    #[test]
+    fn an_unlabelled_resource_has_no_owner_and_another_hosts_run_counts_as_alive() {
+        assert_eq!(LabelledOwner::column(&labels(&[])), "-");
+        assert_eq!(protected_by_live_run(&labels(&[]), &[], "here"), None);
+        let elsewhere = labels(&[(LABEL_RUN, "r9"), (LABEL_HOST, "elsewhere"), (LABEL_PID, "1")]);
+        assert!(protected_by_live_run(&elsewhere, &[], "here").is_some());
     }
 }

@@ -1,6 +1,7 @@
-//! Retry policy, exponential backoff with jitter, and the classes every
-//! backend error falls into. Each backend classifies its errors once (by
-//! implementing [`Classify`]); this module decides what to do with a class.
+//! Retry policy and exponential backoff with jitter. Each backend sorts its
+//! errors into an [`ErrorClass`] once (by implementing [`Classify`]); this
+//! module decides what to do with a class, and tells of every retry as an
+//! event.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -11,16 +12,8 @@ use tokio::time::Instant;
 
 use backon::{ExponentialBuilder, Retryable};
 
-/// What an error means for the operation that produced it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// The goal is already reached (a 404 on delete): stop, successfully.
-    Done,
-    /// Worth another try; `wait` is a delay the server asked for, if any.
-    Retryable { wait: Option<Duration> },
-    /// Retrying cannot help (bad request, bad credentials).
-    Fatal,
-}
+pub use crate::errors::ErrorClass;
+use crate::events::{Event, Events};
 
 /// Implemented once per backend error type: the single place where errors
 /// are sorted into classes.
@@ -100,10 +93,16 @@ impl RetryPolicy {
         self
     }
 
-    /// Runs `operation` until it succeeds, reaches a `Done` or `Fatal` error,
-    /// runs out of retries, or would pass the deadline. `what` names the
-    /// operation and its target for the log lines ("remove container 3f2a…").
-    pub async fn run<T, E, F, Fut>(&self, what: &str, mut operation: F) -> Result<(Success<T>, u32), Failure<E>>
+    /// Runs `operation` until it succeeds, reaches a `Done`, `Fatal` or
+    /// `Denied` error, runs out of retries, or would pass the deadline. `what`
+    /// names the operation and its target for the events ("remove container
+    /// 3f2a…").
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        what: &str,
+        events: &Events,
+        mut operation: F,
+    ) -> Result<(Success<T>, u32), Failure<E>>
     where
         E: Classify + CallTimeout + Display,
         F: FnMut() -> Fut,
@@ -140,11 +139,9 @@ impl RetryPolicy {
             }
         })
         .notify(|error: &E, delay| {
-            tracing::warn!(
-                "{what}: attempt {}/{total} failed: {error}; retrying in {}",
-                attempts.load(Ordering::Relaxed),
-                humantime::format_duration(round_to_millis(delay))
-            );
+            let attempt = attempts.load(Ordering::Relaxed);
+            let error = error.to_string();
+            events.emit(Event::Retrying { what, attempt, attempts: total, error: &error, delay });
         })
         .await;
         let attempts = attempts.load(Ordering::Relaxed);
@@ -156,10 +153,6 @@ impl RetryPolicy {
             },
         }
     }
-}
-
-fn round_to_millis(duration: Duration) -> Duration {
-    Duration::from_millis(duration.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -214,7 +207,7 @@ mod tests {
     async fn retryable_errors_are_retried_until_success() {
         let calls = AtomicU32::new(0);
         let result = instant_policy(3)
-            .run("op", || async {
+            .run("op", &Events::discard(), || async {
                 if calls.fetch_add(1, Ordering::SeqCst) < 2 {
                     Err(TestError::Flaky)
                 } else {
@@ -230,7 +223,7 @@ mod tests {
     async fn retries_are_bounded() {
         let calls = AtomicU32::new(0);
         let failure = instant_policy(3)
-            .run("op", || async {
+            .run("op", &Events::discard(), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err::<(), _>(TestError::Flaky)
             })
@@ -245,7 +238,7 @@ mod tests {
     async fn done_means_already_done_without_retry() {
         let calls = AtomicU32::new(0);
         let result = instant_policy(3)
-            .run("op", || async {
+            .run("op", &Events::discard(), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err::<(), _>(TestError::Gone)
             })
@@ -258,7 +251,7 @@ mod tests {
     async fn fatal_errors_stop_at_once() {
         let calls = AtomicU32::new(0);
         let failure = instant_policy(3)
-            .run("op", || async {
+            .run("op", &Events::discard(), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err::<(), _>(TestError::Denied)
             })
@@ -274,7 +267,7 @@ mod tests {
         let mut policy = instant_policy(1);
         policy.call_timeout = Duration::from_millis(20);
         let result = policy
-            .run("op", || {
+            .run("op", &Events::discard(), || {
                 let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
                 async move {
                     if first {
@@ -295,7 +288,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let started = tokio::time::Instant::now();
         let failure = policy
-            .run("op", || async {
+            .run("op", &Events::discard(), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err::<(), _>(TestError::Throttled(Duration::from_secs(4)))
             })

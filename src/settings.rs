@@ -1,21 +1,33 @@
-//! Resolves the command line (and, for `run`, the benchmark file and the
-//! environment) into plain settings, once. Nothing past this module reads
-//! clap types or environment variables for configuration.
+//! Resolves the command line, the benchmark file and the environment into
+//! plain settings, once. Nothing past this module reads clap types or
+//! environment variables for configuration: `DOCKER_HOST`, the Daytona
+//! variables, `NO_COLOR` and the state directory's variables are read here
+//! and nowhere else.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::LabelSelector;
+use crate::backend::daytona::{Credentials, DaytonaConfig, DEFAULT_API_URL};
+use crate::backend::DEFAULT_PARALLEL;
 use crate::cli;
+use crate::config::{fill, Benchmark, DaytonaSection, Harness};
 use crate::errors::Error;
-use crate::report::{OutputSettings, Verbosity};
+use crate::intercept::daytona_proxy::{ApiTarget, DaytonaProxySettings};
+use crate::net::DockerEndpoint;
+use crate::report::{Color, OutputSettings, Verbosity};
 use crate::retry::RetryPolicy;
+use crate::supervisor::task::TaskSpec;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Color {
-    Auto,
-    Always,
-    Never,
+/// A variable of the environment, unset when empty or blank.
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.trim().is_empty())
+}
+
+/// `--retries` and `--retry-delay` as given, so they can win over a benchmark file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetryFlags {
+    pub retries: Option<u32>,
+    pub first_delay: Option<Duration>,
 }
 
 /// Settings every command shares.
@@ -23,9 +35,12 @@ pub enum Color {
 pub struct GlobalSettings {
     pub state_dir: PathBuf,
     pub retry: RetryPolicy,
-    /// `--retries` and `--retry-delay` as given, so they can win over a benchmark file.
-    pub retry_flags: (Option<u32>, Option<Duration>),
+    pub retry_flags: RetryFlags,
     pub output: OutputSettings,
+    /// The Docker daemon, from `DOCKER_HOST` and `DOCKER_TLS_VERIFY`.
+    pub docker: DockerEndpoint,
+    /// Daytona as the environment describes it, or why it cannot be used.
+    pub daytona: Result<DaytonaConfig, String>,
 }
 
 impl GlobalSettings {
@@ -48,12 +63,20 @@ impl GlobalSettings {
         if let Some(delay) = args.retry_delay {
             retry.first_delay = delay;
         }
+        let no_color = std::env::var_os("NO_COLOR").is_some();
         Ok(GlobalSettings {
             state_dir: resolve_state_dir(args.state_dir.clone())?,
             retry,
-            retry_flags: (args.retries, args.retry_delay),
-            output: OutputSettings::resolve(verbosity, color),
+            retry_flags: RetryFlags { retries: args.retries, first_delay: args.retry_delay },
+            output: OutputSettings::resolve(verbosity, color, no_color),
+            docker: DockerEndpoint::new(var("DOCKER_HOST").as_deref(), var("DOCKER_TLS_VERIFY").as_deref()),
+            daytona: daytona_config(&DaytonaSection::default()).map_err(|error| error.to_string()),
         })
+    }
+
+    /// Daytona's configuration, for the commands that cannot do without it.
+    pub fn require_daytona(&self) -> Result<DaytonaConfig, Error> {
+        self.daytona.clone().map_err(Error::Usage)
     }
 }
 
@@ -76,21 +99,56 @@ fn resolve_state_dir(flag: Option<PathBuf>) -> Result<PathBuf, Error> {
     Err(Error::usage("cannot find a state directory: HOME is not set; pass --state-dir or set BENCHWARDEN_STATE_DIR"))
 }
 
-pub fn parse_labels(texts: &[String]) -> Result<Vec<LabelSelector>, Error> {
-    texts.iter().map(|text| LabelSelector::parse(text).map_err(Error::Usage)).collect()
+/// Reads `DAYTONA_API_KEY` (or the variable the benchmark file names; or
+/// `DAYTONA_JWT_TOKEN` with `DAYTONA_ORGANIZATION_ID`), `DAYTONA_API_URL`
+/// (falling back to the deprecated `DAYTONA_SERVER_URL`, then the public
+/// API) and `DAYTONA_TARGET`, as the official SDK does; the benchmark
+/// file's values win.
+fn daytona_config(section: &DaytonaSection) -> Result<DaytonaConfig, Error> {
+    let key_variable = section.api_key_env.as_deref().unwrap_or("DAYTONA_API_KEY");
+    let credentials = match (var(key_variable), var("DAYTONA_JWT_TOKEN"), var("DAYTONA_ORGANIZATION_ID")) {
+        (Some(key), _, _) => Credentials::ApiKey(key),
+        (None, Some(token), Some(organization_id)) => Credentials::Jwt { token, organization_id },
+        (None, Some(_), None) => {
+            return Err(Error::usage(
+                "DAYTONA_JWT_TOKEN is set without DAYTONA_ORGANIZATION_ID: set both, or set DAYTONA_API_KEY",
+            ))
+        }
+        (None, None, _) => {
+            return Err(Error::usage(format!(
+                "no Daytona credentials: set {key_variable} (or DAYTONA_JWT_TOKEN and DAYTONA_ORGANIZATION_ID)"
+            )))
+        }
+    };
+    let api_url = section
+        .api_url
+        .clone()
+        .or_else(|| var("DAYTONA_API_URL"))
+        .or_else(|| var("DAYTONA_SERVER_URL"))
+        .unwrap_or_else(|| DEFAULT_API_URL.to_string());
+    Ok(DaytonaConfig {
+        api_url: api_url.trim_end_matches('/').to_string(),
+        credentials,
+        target: section.target.clone().or_else(|| var("DAYTONA_TARGET")),
+    })
+}
+
+pub fn parse_labels(texts: &[String]) -> Result<Vec<crate::resource::LabelSelector>, Error> {
+    texts.iter().map(|text| crate::resource::LabelSelector::parse(text).map_err(Error::Usage)).collect()
 }
 
 /// `list`.
 #[derive(Debug, Clone)]
 pub struct ListSettings {
-    pub labels: Vec<LabelSelector>,
+    pub daytona: bool,
+    pub labels: Vec<crate::resource::LabelSelector>,
     pub all: bool,
     pub json: bool,
 }
 
 impl ListSettings {
     pub fn resolve(args: &cli::ListArgs) -> Result<Self, Error> {
-        Ok(ListSettings { labels: parse_labels(&args.labels)?, all: args.all, json: args.json })
+        Ok(ListSettings { daytona: args.daytona, labels: parse_labels(&args.labels)?, all: args.all, json: args.json })
     }
 }
 
@@ -99,7 +157,7 @@ impl ListSettings {
 pub struct DaytonaCleanupSettings {
     pub stopped: bool,
     pub older_than: Option<Duration>,
-    pub labels: Vec<LabelSelector>,
+    pub labels: Vec<crate::resource::LabelSelector>,
     pub any_owner: bool,
     /// A dry run unless `--no-dry-run`: the organisation may be shared.
     pub dry_run: bool,
@@ -126,7 +184,7 @@ impl DaytonaCleanupSettings {
 pub struct DockerCleanupSettings {
     pub exited: bool,
     pub older_than: Option<Duration>,
-    pub labels: Vec<LabelSelector>,
+    pub labels: Vec<crate::resource::LabelSelector>,
     pub all: bool,
     pub stop_timeout: Option<Duration>,
     pub volumes: bool,
@@ -163,10 +221,44 @@ impl DockerCleanupSettings {
     }
 }
 
+/// `recover`.
+#[derive(Debug, Clone)]
+pub struct RecoverSettings {
+    pub dry_run: bool,
+    pub from_labels: bool,
+    pub json: bool,
+}
+
+impl RecoverSettings {
+    pub fn resolve(args: &cli::RecoverArgs) -> Self {
+        RecoverSettings { dry_run: args.dry_run, from_labels: args.from_labels, json: args.json }
+    }
+}
+
+/// `status`.
+#[derive(Debug, Clone)]
+pub struct StatusSettings {
+    pub json: bool,
+}
+
+impl StatusSettings {
+    pub fn resolve(args: &cli::StatusArgs) -> Self {
+        StatusSettings { json: args.json }
+    }
+}
+
+/// Daytona for a run: where the API is and how the tasks' proxies label
+/// and bound what they create.
+#[derive(Debug, Clone)]
+pub struct RunDaytona {
+    pub config: DaytonaConfig,
+    pub proxy: DaytonaProxySettings,
+}
+
 /// `run`: the command line merged over the benchmark file, once.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
-    pub benchmark: crate::config::Benchmark,
+    pub benchmark: Benchmark,
     /// Where the benchmark came from, for messages and the report.
     pub source: String,
     /// Directory relative paths in the benchmark file are resolved against.
@@ -181,64 +273,31 @@ pub struct RunSettings {
     pub report: Option<PathBuf>,
     pub harness_args: Vec<String>,
     pub retry: RetryPolicy,
+    /// Removals at once in teardowns and sweeps.
+    pub parallel: usize,
+    /// `None` when the benchmark does not use Daytona.
+    pub daytona: Option<RunDaytona>,
 }
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_CLEANUP_AGE: Duration = Duration::from_secs(86_400);
 
+/// A benchmark, where it came from, the directory its paths are relative
+/// to, and the arguments to append to its harness command.
+struct Loaded {
+    benchmark: Benchmark,
+    source: String,
+    base_dir: PathBuf,
+    harness_args: Vec<String>,
+}
+
 impl RunSettings {
     pub fn resolve(args: &cli::RunArgs, global: &GlobalSettings) -> Result<Self, Error> {
-        use crate::config::{Benchmark, Harness};
-        let (benchmark, source, base_dir, harness_args) = match (&args.benchmark, args.harness_args.is_empty()) {
-            (Some(path), _) => {
-                let benchmark = Benchmark::load(path)?;
-                let base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
-                (benchmark, path.display().to_string(), base_dir, args.harness_args.clone())
-            }
-            (None, false) => {
-                let benchmark = Benchmark {
-                    name: "adhoc".to_string(),
-                    harness: Harness {
-                        command: args.harness_args.clone(),
-                        env: Default::default(),
-                        cwd: None,
-                        timeout: None,
-                        grace: None,
-                    },
-                    tasks: Vec::new(),
-                    concurrency: None,
-                    cleanup: Default::default(),
-                    docker: Default::default(),
-                    daytona: None,
-                    limits: None,
-                };
-                (benchmark, "command line".to_string(), PathBuf::from("."), Vec::new())
-            }
-            (None, true) => {
-                let path = materialize_smoke(&global.state_dir)?;
-                let benchmark = Benchmark::load(&path)?;
-                let base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
-                (benchmark, "embedded smoke benchmark".to_string(), base_dir, Vec::new())
-            }
-        };
+        let Loaded { benchmark, source, base_dir, harness_args } = load_benchmark(args, &global.state_dir)?;
         if benchmark.limits.is_some() {
             tracing::warn!("{source}: the `limits` section is not supported by this version and is ignored");
         }
-
-        let all_tasks = if benchmark.tasks.is_empty() { vec!["main".to_string()] } else { benchmark.tasks.clone() };
-        let tasks = if args.tasks.is_empty() {
-            all_tasks
-        } else {
-            for wanted in &args.tasks {
-                if !all_tasks.contains(wanted) {
-                    return Err(Error::usage(format!(
-                        "--tasks: no task {wanted:?} in {source}; valid names: {}",
-                        all_tasks.join(", ")
-                    )));
-                }
-            }
-            all_tasks.into_iter().filter(|task| args.tasks.contains(task)).collect()
-        };
+        let tasks = select_tasks(&benchmark, &args.tasks, &source)?;
         let jobs = args.jobs.or(benchmark.concurrency).unwrap_or(1);
         if jobs == 0 {
             return Err(Error::usage("-j must be at least 1"));
@@ -248,28 +307,16 @@ impl RunSettings {
             (None, Some(age)) => age,
             (None, None) => benchmark.cleanup.before_run.age.unwrap_or(DEFAULT_CLEANUP_AGE),
         };
-        let mut retry = global.retry.clone();
-        let section = &benchmark.cleanup.retry;
-        // The command line wins over the benchmark file.
-        if let (Some(retries), None) = (section.retries, global.retry_flags.0) {
-            retry.retries = retries;
-        }
-        if let (Some(delay), None) = (section.first_delay, global.retry_flags.1) {
-            retry.first_delay = delay;
-        }
-        if let Some(factor) = section.factor {
-            retry.factor = factor;
-        }
-        if let Some(max_delay) = section.max_delay {
-            retry.max_delay = max_delay;
-        }
-        if let Some(deadline) = section.deadline {
-            retry.deadline = deadline;
-        }
+        // Daytona enabled without credentials stops here, before anything is started or recorded.
+        let daytona = match benchmark.daytona.as_ref().filter(|section| section.enabled) {
+            Some(section) => Some(run_daytona(section)?),
+            None => None,
+        };
         Ok(RunSettings {
             timeout: args.timeout.or(benchmark.harness.timeout),
             grace: args.grace.or(benchmark.harness.grace).unwrap_or(DEFAULT_GRACE),
             cleanup_states: benchmark.cleanup.before_run.states.clone(),
+            retry: retry_policy(&benchmark, global),
             benchmark,
             source,
             base_dir,
@@ -279,20 +326,21 @@ impl RunSettings {
             cleanup_age,
             report: args.report.clone(),
             harness_args,
-            retry,
+            parallel: DEFAULT_PARALLEL,
+            daytona,
         })
     }
 
     /// The task specs of this run, placeholders filled.
-    pub fn task_specs(&self, run_id: &str) -> Vec<crate::supervisor::task::TaskSpec> {
-        use crate::config::{fill, Selector};
+    pub fn task_specs(&self, run_id: &str) -> Vec<TaskSpec> {
         let harness = &self.benchmark.harness;
         let cwd = harness.cwd.as_ref().map(|cwd| self.base_dir.join(cwd));
         self.tasks
             .iter()
             .enumerate()
             .map(|(index, task)| {
-                let mut words = harness.command.iter().map(|word| fill(word, task, run_id, index));
+                let fill = |template: &str| fill(template, task, run_id, index);
+                let mut words = harness.command.iter().map(|word| fill(word));
                 let mut program = words.next().unwrap_or_default();
                 // A relative path is relative to the harness's working directory.
                 if program.contains('/') && !program.starts_with('/') {
@@ -302,41 +350,108 @@ impl RunSettings {
                 }
                 let mut arguments: Vec<String> = words.collect();
                 arguments.extend(self.harness_args.iter().cloned());
-                crate::supervisor::task::TaskSpec {
+                TaskSpec {
                     name: task.clone(),
                     index,
                     program,
                     args: arguments,
-                    env: harness
-                        .env
-                        .iter()
-                        .map(|(key, value)| (key.clone(), fill(value, task, run_id, index)))
-                        .collect(),
+                    env: harness.env.iter().map(|(key, value)| (key.clone(), fill(value))).collect(),
                     cwd: cwd.clone(),
                     timeout: self.timeout,
                     grace: self.grace,
-                    selectors: self
-                        .benchmark
-                        .docker
-                        .selectors
-                        .iter()
-                        .map(|selector| match selector {
-                            Selector::Label(label) => Selector::Label(fill(label, task, run_id, index)),
-                            Selector::ComposeProjectPrefix(prefix) => {
-                                Selector::ComposeProjectPrefix(fill(prefix, task, run_id, index))
-                            }
-                        })
-                        .collect(),
+                    selectors: self.benchmark.docker.selectors.iter().map(|selector| selector.map(fill)).collect(),
                 }
             })
             .collect()
     }
 }
 
+fn load_benchmark(args: &cli::RunArgs, state_dir: &Path) -> Result<Loaded, Error> {
+    let from_file = |path: &Path, source: String, harness_args: Vec<String>| -> Result<Loaded, Error> {
+        let benchmark = Benchmark::load(path)?;
+        let base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
+        Ok(Loaded { benchmark, source, base_dir, harness_args })
+    };
+    match (&args.benchmark, args.harness_args.is_empty()) {
+        (Some(path), _) => from_file(path, path.display().to_string(), args.harness_args.clone()),
+        (None, false) => Ok(Loaded {
+            benchmark: adhoc_benchmark(args.harness_args.clone()),
+            source: "command line".to_string(),
+            base_dir: PathBuf::from("."),
+            harness_args: Vec::new(),
+        }),
+        (None, true) => from_file(&materialize_smoke(state_dir)?, "embedded smoke benchmark".to_string(), Vec::new()),
+    }
+}
+
+/// `run -- CMD ARGS` without a file: one task named `main`.
+fn adhoc_benchmark(command: Vec<String>) -> Benchmark {
+    Benchmark {
+        name: "adhoc".to_string(),
+        harness: Harness { command, env: Default::default(), cwd: None, timeout: None, grace: None },
+        tasks: Vec::new(),
+        concurrency: None,
+        cleanup: Default::default(),
+        docker: Default::default(),
+        daytona: None,
+        limits: None,
+    }
+}
+
+/// The benchmark's tasks, narrowed to `wanted` when given; an unknown name
+/// is a usage error that lists the valid ones.
+fn select_tasks(benchmark: &Benchmark, wanted: &[String], source: &str) -> Result<Vec<String>, Error> {
+    let all_tasks = if benchmark.tasks.is_empty() { vec!["main".to_string()] } else { benchmark.tasks.clone() };
+    if wanted.is_empty() {
+        return Ok(all_tasks);
+    }
+    if let Some(unknown) = wanted.iter().find(|name| !all_tasks.contains(name)) {
+        return Err(Error::usage(format!(
+            "--tasks: no task {unknown:?} in {source}; valid names: {}",
+            all_tasks.join(", ")
+        )));
+    }
+    Ok(all_tasks.into_iter().filter(|task| wanted.contains(task)).collect())
+}
+
+/// The global retry settings with the benchmark file's over them, and the
+/// command line's flags over both.
+fn retry_policy(benchmark: &Benchmark, global: &GlobalSettings) -> RetryPolicy {
+    let mut retry = global.retry.clone();
+    let section = &benchmark.cleanup.retry;
+    if let (Some(retries), None) = (section.retries, global.retry_flags.retries) {
+        retry.retries = retries;
+    }
+    if let (Some(delay), None) = (section.first_delay, global.retry_flags.first_delay) {
+        retry.first_delay = delay;
+    }
+    if let Some(factor) = section.factor {
+        retry.factor = factor;
+    }
+    if let Some(max_delay) = section.max_delay {
+        retry.max_delay = max_delay;
+    }
+    if let Some(deadline) = section.deadline {
+        retry.deadline = deadline;
+    }
+    retry.allowing_calls_of(benchmark.docker.stop_timeout)
+}
+
+fn run_daytona(section: &DaytonaSection) -> Result<RunDaytona, Error> {
+    let config = daytona_config(section)?;
+    let target = ApiTarget::parse(&config.api_url).map_err(Error::Usage)?;
+    let proxy = DaytonaProxySettings {
+        target,
+        auto_stop_minutes: section.auto_stop_minutes,
+        auto_delete_minutes: section.auto_delete_minutes,
+    };
+    Ok(RunDaytona { config, proxy })
+}
+
 /// Writes the embedded smoke benchmark and its harness under the state
 /// directory, in the same layout as the repository, and returns the
 /// benchmark's path: the default behaves exactly like the file on disk.
-fn materialize_smoke(state_dir: &std::path::Path) -> Result<PathBuf, Error> {
+fn materialize_smoke(state_dir: &Path) -> Result<PathBuf, Error> {
     let root = state_dir.join("embedded");
     let files = [
         (root.join("benchmarks/smoke.yaml"), crate::config::SMOKE_BENCHMARK),
@@ -352,4 +467,44 @@ fn materialize_smoke(state_dir: &std::path::Path) -> Result<PathBuf, Error> {
         write().map_err(|source| Error::Io { what: "write the embedded benchmark to", path: path.clone(), source })?;
     }
     Ok(files[0].0.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn benchmark(tasks: &[&str]) -> Benchmark {
+        let mut benchmark = adhoc_benchmark(vec!["true".into()]);
+        benchmark.tasks = tasks.iter().map(ToString::to_string).collect();
+        benchmark
+    }
+
+    #[test]
+    fn tasks_keep_the_files_order_and_unknown_names_list_the_valid_ones() {
+        let file = benchmark(&["alpha", "beta", "gamma"]);
+        let wanted = ["gamma".to_string(), "alpha".to_string()];
+        assert_eq!(select_tasks(&file, &wanted, "b.yaml").unwrap(), ["alpha", "gamma"]);
+        let error = select_tasks(&file, &["nope".to_string()], "b.yaml").unwrap_err().to_string();
+        assert!(error.contains("\"nope\"") && error.contains("alpha, beta, gamma"), "{error}");
+        assert_eq!(select_tasks(&benchmark(&[]), &[], "b.yaml").unwrap(), ["main"]);
+    }
+
+    #[test]
+    fn the_command_line_wins_over_the_file_which_wins_over_the_defaults() {
+        let mut file = benchmark(&[]);
+        file.cleanup.retry.retries = Some(9);
+        file.cleanup.retry.factor = Some(3.0);
+        let args = cli::GlobalArgs {
+            state_dir: Some("/tmp/x".into()),
+            retries: Some(1),
+            retry_delay: None,
+            verbose: 0,
+            quiet: false,
+            color: cli::ColorChoice::Never,
+        };
+        let global = GlobalSettings::resolve(&args).unwrap();
+        let retry = retry_policy(&file, &global);
+        assert_eq!((retry.retries, retry.factor), (1, 3.0));
+        assert_eq!(retry.first_delay, RetryPolicy::default().first_delay);
+    }
 }

@@ -1,16 +1,22 @@
 //! Cleanup by policy: which containers a selection (state, age, labels)
 //! picks, which are protected because a live run owns them, and removal of
 //! the picked ones followed by the networks and volumes they leave unused.
+//! Also the sweep before a run: leftovers that benchwarden or the
+//! benchmark's selectors claim, past the cleanup age or in a listed state.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::backend::docker::{Container, ContainerQuery, DockerBackend, COMPOSE_PROJECT_LABEL};
-use crate::backend::{remove_all, LabelSelector, RemovalOptions, RemovalReport, ResourceRef};
+use crate::backend::docker::{Container, ContainerQuery, DockerBackend};
+use crate::backend::{remove_all, RemovalOptions};
+use crate::config::Selector;
 use crate::errors::Error;
-use crate::report::{OutputSettings, Progress};
+use crate::events::{Event, Events, RemovalEvent};
+use crate::ledger::RunRecord;
+use crate::owner::{protected_by_live_run, template_claims, COMPOSE_PROJECT_LABEL, LABEL_RUN};
+use crate::resource::{LabelSelector, RemovalOutcome, RemovalReport, ResourceRef};
 
 /// Which containers a sweep picks. Every set filter must match.
 #[derive(Debug, Clone, Default)]
@@ -78,24 +84,17 @@ impl SweepResult {
     }
 }
 
-pub fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs() as i64).unwrap_or(0)
-}
-
 /// Runs one sweep. `verdict` decides for each listed container; the
 /// selection's labels narrow the listing and say which labelled networks
 /// and volumes may go.
 pub async fn sweep_docker(
     backend: &DockerBackend,
     sweep: &DockerSweep,
-    output: &OutputSettings,
+    events: &Events,
     verdict: impl Fn(&Container) -> Verdict,
 ) -> Result<SweepResult, Error> {
     let query = ContainerQuery { labels: sweep.selection.labels.clone(), all: true };
-    let listed = backend
-        .list_containers(&query)
-        .await
-        .map_err(|error| Error::Docker { operation: "list containers".to_string(), reason: error.to_string() })?;
+    let listed = backend.list_containers(&query).await.map_err(|error| error.during("list containers"))?;
     let mut picked = Vec::new();
     let mut protected = Vec::new();
     for container in &listed {
@@ -106,110 +105,227 @@ pub async fn sweep_docker(
         }
     }
     for item in &protected {
-        tracing::info!("leaving {} alone: {}", item.resource, item.reason);
+        events.emit(Event::Protected { resource: &item.resource, reason: &item.reason });
     }
-
     let resources: Vec<ResourceRef> = picked.iter().map(Container::resource).collect();
     let containers = if sweep.dry_run {
-        for resource in &resources {
-            tracing::info!("would remove {resource}");
-        }
-        RemovalReport::planned(resources)
+        plan(resources, events)
     } else {
-        let progress = Progress::bar(output, resources.len(), "removing containers");
-        let remover = backend.remover(sweep.stop_timeout);
-        remove_all(&remover, resources, &sweep.removal, &progress).await
+        events.removal(RemovalEvent::Started { what: "removing containers", total: resources.len() });
+        let removed = remove_all(&backend.remover(sweep.stop_timeout), resources, &sweep.removal, events).await;
+        events.removal(RemovalEvent::Finished);
+        removed
     };
-
-    let (networks, volumes) = sweep_unused_networks_and_volumes(backend, sweep, &picked, &containers).await?;
+    let (networks, volumes) = sweep_unused_networks_and_volumes(backend, sweep, &picked, &containers, events).await?;
     Ok(SweepResult { dry_run: sweep.dry_run, containers, networks, volumes, protected })
 }
 
-/// After containers go, their compose projects' networks (and with
-/// `--volumes`, named volumes) go too, but only for projects with no
-/// container left. With label selectors, labelled networks and volumes go
-/// when no container with those labels is left.
+/// A dry run's report, each resource told as one that would go.
+fn plan(resources: Vec<ResourceRef>, events: &Events) -> RemovalReport {
+    for resource in &resources {
+        events.emit(Event::WouldRemove { resource });
+    }
+    RemovalReport::planned(resources)
+}
+
+/// Which networks and volumes a sweep's container removals leave unused:
+/// those of compose projects with no container left, and with label
+/// selectors, labelled ones once no container with those labels is left.
+struct Unused<'a> {
+    emptied_projects: BTreeSet<&'a str>,
+    labels: &'a [LabelSelector],
+    labels_in_use: bool,
+}
+
+impl<'a> Unused<'a> {
+    /// `remaining` is what is still listed; in a dry run, what would go is not counted as remaining.
+    fn new(sweep: &'a DockerSweep, picked: &'a [Container], removed: &RemovalReport, remaining: &[Container]) -> Self {
+        let gone: BTreeSet<&str> = removed
+            .results
+            .iter()
+            .filter(|(_, outcome)| {
+                matches!(
+                    outcome,
+                    RemovalOutcome::Removed { .. } | RemovalOutcome::AlreadyGone { .. } | RemovalOutcome::WouldRemove
+                )
+            })
+            .map(|(resource, _)| resource.id.as_str())
+            .collect();
+        let remaining: Vec<&Container> =
+            remaining.iter().filter(|container| !sweep.dry_run || !gone.contains(container.id.as_str())).collect();
+        let labels = sweep.selection.labels.as_slice();
+        let emptied_projects = picked
+            .iter()
+            .filter(|container| gone.contains(container.id.as_str()))
+            .filter_map(|container| container.compose_project.as_deref())
+            .filter(|project| !remaining.iter().any(|container| container.compose_project.as_deref() == Some(*project)))
+            .collect();
+        let labels_in_use = !labels.is_empty()
+            && remaining.iter().any(|container| labels.iter().all(|selector| selector.matches(&container.labels)));
+        Unused { emptied_projects, labels, labels_in_use }
+    }
+
+    fn wants(&self, labels: &BTreeMap<String, String>) -> bool {
+        let by_project =
+            labels.get(COMPOSE_PROJECT_LABEL).is_some_and(|project| self.emptied_projects.contains(project.as_str()));
+        let by_label = !self.labels.is_empty()
+            && !self.labels_in_use
+            && self.labels.iter().all(|selector| selector.matches(labels));
+        by_project || by_label
+    }
+}
+
+/// After containers go, the networks (and with `--volumes`, named volumes)
+/// they leave unused go too.
 async fn sweep_unused_networks_and_volumes(
     backend: &DockerBackend,
     sweep: &DockerSweep,
     picked: &[Container],
     containers: &RemovalReport,
+    events: &Events,
 ) -> Result<(RemovalReport, RemovalReport), Error> {
-    let list_error = |what: &str, error: crate::backend::docker::DockerError| Error::Docker {
-        operation: format!("list {what}"),
-        reason: error.to_string(),
-    };
-    let gone: BTreeSet<&str> = containers
-        .results
-        .iter()
-        .filter(|(_, outcome)| {
-            use crate::backend::RemovalOutcome::*;
-            matches!(outcome, Removed { .. } | AlreadyGone { .. } | WouldRemove)
-        })
-        .map(|(resource, _)| resource.id.as_str())
-        .collect();
-    let projects: BTreeSet<&str> = picked
-        .iter()
-        .filter(|container| gone.contains(container.id.as_str()))
-        .filter_map(|container| container.compose_project.as_deref())
-        .collect();
-    if projects.is_empty() && sweep.selection.labels.is_empty() {
+    let touches_projects = picked.iter().any(|container| container.compose_project.is_some());
+    if !touches_projects && sweep.selection.labels.is_empty() {
         return Ok(Default::default());
     }
-
-    // What is left: in a dry run, everything but what would go.
     let remaining = backend
         .list_containers(&ContainerQuery { labels: Vec::new(), all: true })
         .await
-        .map_err(|error| list_error("containers", error))?;
-    let remaining: Vec<&Container> =
-        remaining.iter().filter(|container| !sweep.dry_run || !gone.contains(container.id.as_str())).collect();
-    let project_in_use =
-        |project: &str| remaining.iter().any(|container| container.compose_project.as_deref() == Some(project));
-    let labels_in_use = !sweep.selection.labels.is_empty()
-        && remaining
-            .iter()
-            .any(|container| sweep.selection.labels.iter().all(|selector| selector.matches(&container.labels)));
-    let emptied: BTreeSet<&str> = projects.into_iter().filter(|project| !project_in_use(project)).collect();
-
-    let wanted = |labels: &BTreeMap<String, String>| {
-        let by_project = labels.get(COMPOSE_PROJECT_LABEL).is_some_and(|project| emptied.contains(project.as_str()));
-        let by_label = !sweep.selection.labels.is_empty()
-            && !labels_in_use
-            && sweep.selection.labels.iter().all(|selector| selector.matches(labels));
-        by_project || by_label
+        .map_err(|error| error.during("list containers"))?;
+    let unused = Unused::new(sweep, picked, containers, &remaining);
+    let networks = backend.list_networks(&[]).await.map_err(|error| error.during("list networks"))?;
+    let networks: Vec<ResourceRef> =
+        networks.into_iter().filter(|network| unused.wants(&network.labels)).map(|network| network.resource).collect();
+    let volumes = match sweep.volumes {
+        true => backend.list_volumes(&[]).await.map_err(|error| error.during("list volumes"))?,
+        false => Vec::new(),
     };
-
-    let networks: Vec<ResourceRef> = backend
-        .list_networks(&[])
-        .await
-        .map_err(|error| list_error("networks", error))?
-        .into_iter()
-        .filter(|network| wanted(&network.labels))
-        .map(|network| network.resource)
-        .collect();
-    let volumes: Vec<ResourceRef> = if sweep.volumes {
-        backend
-            .list_volumes(&[])
-            .await
-            .map_err(|error| list_error("volumes", error))?
-            .into_iter()
-            .filter(|volume| wanted(&volume.labels))
-            .map(|volume| volume.resource)
-            .collect()
-    } else {
-        Vec::new()
-    };
-
+    let volumes: Vec<ResourceRef> =
+        volumes.into_iter().filter(|volume| unused.wants(&volume.labels)).map(|volume| volume.resource).collect();
     if sweep.dry_run {
-        for resource in networks.iter().chain(&volumes) {
-            tracing::info!("would remove {resource}");
-        }
-        return Ok((RemovalReport::planned(networks), RemovalReport::planned(volumes)));
+        return Ok((plan(networks, events), plan(volumes, events)));
     }
     let remover = backend.remover(None);
-    let hidden = Progress::hidden();
-    let networks = remove_all(&remover, networks, &sweep.removal, &hidden).await;
-    let volumes = remove_all(&remover, volumes, &sweep.removal, &hidden).await;
+    let networks = remove_all(&remover, networks, &sweep.removal, events).await;
+    let volumes = remove_all(&remover, volumes, &sweep.removal, events).await;
     Ok((networks, volumes))
+}
+
+/// The sweep before a run: what it may take.
+#[derive(Debug, Clone)]
+pub struct PreRunSweep<'a> {
+    /// The benchmark's selectors, as templates: they claim leftovers of any of its runs.
+    pub selectors: &'a [Selector],
+    /// Claimed leftovers created longer ago than this go.
+    pub age: Duration,
+    /// Claimed leftovers in these states go whatever their age.
+    pub states: &'a [String],
+    /// The run about to start, which is alive but owns nothing yet.
+    pub own_run: &'a str,
+    pub stop_timeout: Option<Duration>,
+    pub removal: RemovalOptions,
+}
+
+impl PreRunSweep<'_> {
+    /// What happens to one container. `live_runs` are the ids of the other
+    /// runs that are alive; `runs` is the ledger, for the liveness of runs
+    /// known by their labels.
+    pub fn verdict(
+        &self,
+        container: &Container,
+        now: i64,
+        runs: &[RunRecord],
+        live_runs: &[&str],
+        host: &str,
+    ) -> Verdict {
+        let by_label = container.labels.contains_key(LABEL_RUN);
+        let by_selector = self.selectors.iter().any(|selector| template_claims(selector, &container.labels, None));
+        if !by_label && !by_selector {
+            return Verdict::Skip;
+        }
+        let old = container.created <= now - self.age.as_secs() as i64;
+        if !old && !self.states.contains(&container.state) {
+            return Verdict::Skip;
+        }
+        if let Some(reason) = protected_by_live_run(&container.labels, runs, host) {
+            return Verdict::Protect(reason);
+        }
+        let claimed_by_live_run = live_runs
+            .iter()
+            .find(|run| self.selectors.iter().any(|selector| template_claims(selector, &container.labels, Some(run))));
+        match claimed_by_live_run {
+            Some(run) => Verdict::Protect(format!("claimed by run {run}, which is still alive")),
+            None => Verdict::Take,
+        }
+    }
+}
+
+/// Sweeps claimed leftovers before a run, never touching a live run's
+/// containers, and tells the counts.
+pub async fn pre_run(
+    docker: &DockerBackend,
+    runs: &[RunRecord],
+    sweep: &PreRunSweep<'_>,
+    host: &str,
+    events: &Events,
+) -> Result<SweepResult, Error> {
+    let live_runs: Vec<&str> = runs
+        .iter()
+        .filter(|run| run.ended_at.is_none() && run.is_alive(host) && run.id != sweep.own_run)
+        .map(|run| run.id.as_str())
+        .collect();
+    let now = crate::clock::now_unix();
+    let docker_sweep = DockerSweep {
+        selection: ContainerSelection::default(),
+        stop_timeout: sweep.stop_timeout,
+        volumes: false,
+        dry_run: false,
+        removal: sweep.removal.clone(),
+    };
+    let result =
+        sweep_docker(docker, &docker_sweep, events, |container| sweep.verdict(container, now, runs, &live_runs, host))
+            .await?;
+    events.emit(Event::PreRunSweepFinished {
+        removed: result.containers.removed() + result.containers.already_gone(),
+        failed: result.failed(),
+        protected: result.protected.len(),
+    });
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(labels: &[(&str, &str)], state: &str, created: i64) -> Container {
+        Container {
+            id: "c".into(),
+            name: "n".into(),
+            image: "i".into(),
+            state: state.into(),
+            created,
+            labels: labels.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),
+            compose_project: None,
+        }
+    }
+
+    #[test]
+    fn the_pre_run_sweep_takes_old_or_listed_claimed_leftovers_and_spares_live_runs() {
+        let selectors = [Selector::Label("bench.owner={run_id}.{task}".into())];
+        let states = ["exited".to_string()];
+        let sweep = PreRunSweep {
+            selectors: &selectors,
+            age: Duration::from_secs(100),
+            states: &states,
+            own_run: "mine",
+            stop_timeout: None,
+            removal: RemovalOptions { parallel: 1, fail_fast: false, retry: Default::default() },
+        };
+        let verdict = |container: &Container| sweep.verdict(container, 1000, &[], &["live"], "here");
+        assert_eq!(verdict(&container(&[], "exited", 0)), Verdict::Skip, "claimed by nobody");
+        assert_eq!(verdict(&container(&[("bench.owner", "old.a")], "running", 950)), Verdict::Skip, "young");
+        assert_eq!(verdict(&container(&[("bench.owner", "old.a")], "running", 100)), Verdict::Take);
+        assert_eq!(verdict(&container(&[("bench.owner", "old.a")], "exited", 950)), Verdict::Take, "listed state");
+        assert!(matches!(verdict(&container(&[("bench.owner", "live.a")], "exited", 0)), Verdict::Protect(_)));
+    }
 }

@@ -4,87 +4,23 @@
 //! networks, then volumes, then Daytona sandboxes, seen through to 404); then
 //! listed again to prove nothing is left.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::backend::daytona::{remove_sandboxes, DaytonaBackend, VERIFY_FOR};
-use crate::backend::docker::{Container, ContainerQuery, DockerBackend, DockerError, COMPOSE_PROJECT_LABEL};
-use crate::backend::{remove_all, Kind, LabelSelector, RemovalOptions, RemovalOutcome, RemovalReport, ResourceRef};
-use crate::backend::{LABEL_RUN, LABEL_TASK};
-use crate::config::Selector;
+use crate::backend::daytona::{remove_sandboxes, DaytonaBackend, DaytonaError, VERIFY_FOR};
+use crate::backend::docker::{Container, ContainerQuery, DockerBackend, DockerError};
+use crate::backend::{remove_all, RemovalOptions};
 use crate::errors::Error;
+use crate::events::{Event, Events};
 use crate::ledger::Ledger;
-use crate::report::Progress;
+use crate::owner::{Claims, COMPOSE_PROJECT_LABEL};
+use crate::resource::{Kind, LabelSelector, RemovalOutcome, RemovalReport, ResourceRef};
 use crate::retry::{RetryPolicy, Success};
-
-/// What an owner claims: owner labels, plus selectors already filled with
-/// the run id and task name.
-#[derive(Debug, Clone)]
-pub struct Claims {
-    pub run_id: String,
-    /// `None`: every task of the run.
-    pub task_id: Option<String>,
-    pub selectors: Vec<Selector>,
-}
-
-impl Claims {
-    fn owner_labels(&self) -> Vec<LabelSelector> {
-        let mut labels = vec![LabelSelector { key: LABEL_RUN.to_string(), value: Some(self.run_id.clone()) }];
-        if let Some(task_id) = &self.task_id {
-            labels.push(LabelSelector { key: LABEL_TASK.to_string(), value: Some(task_id.clone()) });
-        }
-        labels
-    }
-
-    /// Whether a resource with these labels is claimed: it carries the
-    /// owner labels, or a selector matches.
-    pub fn claims_labels(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
-        if self.owner_labels().iter().all(|selector| selector.matches(labels)) {
-            return true;
-        }
-        self.selectors.iter().any(|selector| match selector {
-            Selector::Label(label) => LabelSelector::parse(label).is_ok_and(|selector| selector.matches(labels)),
-            Selector::ComposeProjectPrefix(prefix) => {
-                labels.get(COMPOSE_PROJECT_LABEL).is_some_and(|project| project.starts_with(prefix.as_str()))
-            }
-        })
-    }
-
-    /// Selectors as stored in the ledger's `claims` table.
-    pub fn encode_selector(selector: &Selector) -> String {
-        match selector {
-            Selector::Label(label) => format!("label:{label}"),
-            Selector::ComposeProjectPrefix(prefix) => format!("compose_project_prefix:{prefix}"),
-        }
-    }
-
-    pub fn decode_selector(text: &str) -> Option<Selector> {
-        let (kind, value) = text.split_once(':')?;
-        match kind {
-            "label" => Some(Selector::Label(value.to_string())),
-            "compose_project_prefix" => Some(Selector::ComposeProjectPrefix(value.to_string())),
-            _ => None,
-        }
-    }
-}
 
 /// Rounds of list-and-remove before what is still there counts as leaked.
 const TEARDOWN_ROUNDS: usize = 3;
-
-fn ledger_outcomes(report: &RemovalReport) -> Vec<(ResourceRef, u32, Option<String>)> {
-    report
-        .results
-        .iter()
-        .filter_map(|(resource, outcome)| match outcome {
-            RemovalOutcome::Removed { attempts } | RemovalOutcome::AlreadyGone { attempts } => {
-                Some((resource.clone(), *attempts, None))
-            }
-            RemovalOutcome::Failed { attempts, error } => Some((resource.clone(), *attempts, Some(error.clone()))),
-            RemovalOutcome::NotAttempted | RemovalOutcome::WouldRemove | RemovalOutcome::Pending { .. } => None,
-        })
-        .collect()
-}
 
 /// How a teardown ended.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -103,10 +39,6 @@ impl TeardownReport {
     }
 }
 
-fn docker_error(operation: &str) -> impl Fn(DockerError) -> Error + '_ {
-    move |error| Error::Docker { operation: operation.to_string(), reason: error.to_string() }
-}
-
 /// The backends a teardown may use; a missing one is not asked.
 #[derive(Clone, Copy, Default)]
 pub struct Backends<'a> {
@@ -114,14 +46,27 @@ pub struct Backends<'a> {
     pub daytona: Option<&'a DaytonaBackend>,
 }
 
+/// How a teardown goes about its work.
+#[derive(Debug, Clone)]
+pub struct TeardownOptions {
+    pub removal: RemovalOptions,
+    /// Stop containers gracefully with this timeout before removing them.
+    pub stop_timeout: Option<Duration>,
+}
+
 /// Everything the claims point at now, containers first, sandboxes last.
-pub async fn discover(backends: Backends<'_>, ledger: &Ledger, claims: &Claims) -> Result<Vec<ResourceRef>, Error> {
+pub async fn discover(
+    backends: Backends<'_>,
+    ledger: &Ledger,
+    claims: &Claims,
+    events: &Events,
+) -> Result<Vec<ResourceRef>, Error> {
     let mut found: BTreeSet<ResourceRef> = BTreeSet::new();
     if let Some(docker) = backends.docker {
         found.extend(discover_docker(docker, ledger, claims).await?);
     }
     if let Some(daytona) = backends.daytona {
-        found.extend(discover_sandboxes(daytona, ledger, claims).await?);
+        found.extend(discover_sandboxes(daytona, ledger, claims, events).await?);
     }
     // BTreeSet order is by kind: containers, networks, volumes, sandboxes.
     Ok(found.into_iter().collect())
@@ -132,21 +77,19 @@ async fn discover_sandboxes(
     daytona: &DaytonaBackend,
     ledger: &Ledger,
     claims: &Claims,
+    events: &Events,
 ) -> Result<Vec<ResourceRef>, Error> {
-    let daytona_error = |error: crate::backend::daytona::DaytonaError| Error::Daytona {
-        operation: "list sandboxes".to_string(),
-        reason: error.to_string(),
-    };
+    let listing_failed = |error: DaytonaError| error.during("list sandboxes");
     let labels = claims.owner_labels().into_iter().filter_map(|label| Some((label.key, label.value?))).collect();
     let mut found: BTreeSet<ResourceRef> =
-        daytona.list(&labels).await.map_err(daytona_error)?.iter().map(|sandbox| sandbox.resource()).collect();
+        daytona.list(&labels).await.map_err(listing_failed)?.iter().map(|sandbox| sandbox.resource()).collect();
     for record in ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await? {
         if record.resource.kind != Kind::Sandbox || found.contains(&record.resource) {
             continue;
         }
         let what = format!("look up {}", record.resource);
-        let looked_up = RetryPolicy::default().run(&what, || daytona.get(&record.resource.id)).await;
-        match looked_up.map_err(|failure| daytona_error(failure.error))? {
+        let looked_up = RetryPolicy::default().run(&what, events, || daytona.get(&record.resource.id)).await;
+        match looked_up.map_err(|failure| listing_failed(failure.error))? {
             (Success::Done(Some(_)), _) => {
                 found.insert(record.resource);
             }
@@ -158,75 +101,30 @@ async fn discover_sandboxes(
     Ok(found.into_iter().collect())
 }
 
-/// Containers, networks and volumes the claims point at.
+/// Containers, networks and volumes the claims point at, and the ledger's
+/// Docker rows that still exist.
 async fn discover_docker(backend: &DockerBackend, ledger: &Ledger, claims: &Claims) -> Result<Vec<ResourceRef>, Error> {
-    let mut found: BTreeSet<ResourceRef> = BTreeSet::new();
-    let owner_labels = claims.owner_labels();
-    let label_selectors: Vec<LabelSelector> = claims
-        .selectors
-        .iter()
-        .filter_map(|selector| match selector {
-            Selector::Label(label) => LabelSelector::parse(label).ok(),
-            Selector::ComposeProjectPrefix(_) => None,
-        })
-        .collect();
-    let prefixes: Vec<&str> = claims
-        .selectors
-        .iter()
-        .filter_map(|selector| match selector {
-            Selector::ComposeProjectPrefix(prefix) => Some(prefix.as_str()),
-            Selector::Label(_) => None,
-        })
-        .collect();
-    let in_claimed_project = |labels: &std::collections::BTreeMap<String, String>| {
-        labels
-            .get(COMPOSE_PROJECT_LABEL)
-            .is_some_and(|project| prefixes.iter().any(|prefix| project.starts_with(prefix)))
-    };
-
-    let mut container_queries = vec![owner_labels.clone()];
-    container_queries.extend(label_selectors.iter().map(|selector| vec![selector.clone()]));
-    if !prefixes.is_empty() {
-        container_queries.push(vec![LabelSelector { key: COMPOSE_PROJECT_LABEL.to_string(), value: None }]);
-    }
     // Every listing at once: each is a round trip to the daemon, and teardown
-    // sits on the path between a task's end and the next task's start.
-    let container_lists = futures_util::future::try_join_all(container_queries.into_iter().map(|labels| async {
-        let prefix_query =
-            labels.first().is_some_and(|label| label.key == COMPOSE_PROJECT_LABEL && label.value.is_none());
-        let containers = backend.list_containers(&ContainerQuery { labels, all: true }).await?;
-        Ok::<_, DockerError>((prefix_query, containers))
-    }));
-    let (container_lists, networks, volumes, unreleased) = tokio::join!(
-        container_lists,
+    // sits between a task's end and the next task's start.
+    let (containers, networks, volumes, unreleased) = tokio::join!(
+        claimed_containers(backend, claims),
         backend.list_networks(&[]),
         backend.list_volumes(&[]),
         ledger.unreleased(&claims.run_id, claims.task_id.as_deref())
     );
-    for (prefix_query, containers) in container_lists.map_err(docker_error("list containers"))? {
-        found.extend(
-            containers
-                .iter()
-                .filter(|container| !prefix_query || in_claimed_project(&container.labels))
-                .map(Container::resource),
-        );
-    }
-    let networks = networks.map_err(docker_error("list networks"))?;
-    let volumes = volumes.map_err(docker_error("list volumes"))?;
+    let mut found: BTreeSet<ResourceRef> = containers?;
+    let networks = networks.map_err(|error| error.during("list networks"))?;
+    let volumes = volumes.map_err(|error| error.during("list volumes"))?;
     for item in networks.iter().chain(&volumes) {
-        let owned = owner_labels.iter().all(|selector| selector.matches(&item.labels))
-            || label_selectors.iter().any(|selector| selector.matches(&item.labels))
-            || in_claimed_project(&item.labels);
-        if owned {
+        if claims.claims_labels(&item.labels) {
             found.insert(item.resource.clone());
         }
     }
-
     for record in unreleased? {
         if record.resource.kind == Kind::Sandbox || found.contains(&record.resource) {
             continue;
         }
-        if backend.exists(&record.resource).await.map_err(docker_error("inspect"))? {
+        if backend.exists(&record.resource).await.map_err(|error| error.during("inspect"))? {
             found.insert(record.resource);
         } else {
             // Gone already (removed by the harness itself): release the row.
@@ -237,6 +135,34 @@ async fn discover_docker(backend: &DockerBackend, ledger: &Ledger, claims: &Clai
     Ok(found.into_iter().collect())
 }
 
+/// Containers with the owner labels, a claimed label, or in a claimed
+/// compose project: one listing per way of claiming, all at once.
+async fn claimed_containers(backend: &DockerBackend, claims: &Claims) -> Result<BTreeSet<ResourceRef>, Error> {
+    let mut queries: Vec<Vec<LabelSelector>> = vec![claims.owner_labels()];
+    queries.extend(claims.label_selectors().into_iter().map(|selector| vec![selector]));
+    let by_project = !claims.project_prefixes().is_empty();
+    if by_project {
+        queries.push(vec![LabelSelector { key: COMPOSE_PROJECT_LABEL.to_string(), value: None }]);
+    }
+    let project_query = queries.len() - 1;
+    let listings = futures_util::future::try_join_all(
+        queries
+            .into_iter()
+            .map(|labels| async { backend.list_containers(&ContainerQuery { labels, all: true }).await }),
+    )
+    .await
+    .map_err(|error: DockerError| error.during("list containers"))?;
+    let mut found = BTreeSet::new();
+    for (index, containers) in listings.into_iter().enumerate() {
+        // The project listing holds every compose container; keep the claimed projects' only.
+        let claimed = |labels: &BTreeMap<String, String>| {
+            !(by_project && index == project_query) || claims.in_claimed_project(labels)
+        };
+        found.extend(containers.iter().filter(|container| claimed(&container.labels)).map(Container::resource));
+    }
+    Ok(found)
+}
+
 /// Tears down what `claims` own and verifies by listing again. Every
 /// resource found is written to the ledger first, so a crash mid-teardown
 /// leaves a record for `recover`.
@@ -244,56 +170,78 @@ pub async fn teardown(
     backends: Backends<'_>,
     ledger: &Ledger,
     claims: &Claims,
-    options: &RemovalOptions,
-    stop_timeout: Option<std::time::Duration>,
+    options: &TeardownOptions,
+    events: &Events,
 ) -> Result<TeardownReport, Error> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let task_for_rows = claims.task_id.clone().unwrap_or_else(|| "-".to_string());
-    let hidden = Progress::hidden();
     let mut removal = RemovalReport::default();
     let mut attempted: BTreeSet<ResourceRef> = BTreeSet::new();
     // A create already in flight when the harness was killed can still land after
     // the first listing, so list again until a round finds nothing new.
-    let mut found = discover(backends, ledger, claims).await?;
+    let mut found = discover(backends, ledger, claims, events).await?;
     for _round in 0..TEARDOWN_ROUNDS {
         let fresh: Vec<ResourceRef> = found.iter().filter(|resource| !attempted.contains(*resource)).cloned().collect();
         if fresh.is_empty() {
             break;
         }
         ledger.record_resources(&claims.run_id, &task_for_rows, fresh.clone()).await?;
-        let mut round = RemovalReport::default();
-        for kind in [Kind::Container, Kind::Network, Kind::Volume, Kind::Sandbox] {
-            let batch: Vec<ResourceRef> = fresh.iter().filter(|resource| resource.kind == kind).cloned().collect();
-            if batch.is_empty() {
-                continue;
-            }
-            match (kind, backends.docker, backends.daytona) {
-                (Kind::Sandbox, _, Some(daytona)) => round.extend(
-                    remove_sandboxes(daytona, batch, options, &hidden, options.retry.deadline.min(VERIFY_FOR)).await,
-                ),
-                (Kind::Sandbox, _, None) => {}
-                (_, Some(docker), _) => {
-                    round.extend(remove_all(&docker.remover(stop_timeout), batch, options, &hidden).await)
-                }
-                (_, None, _) => {}
-            }
-        }
+        let round = remove_by_kind(backends, &fresh, options, events).await;
         ledger.record_outcomes(ledger_outcomes(&round)).await?;
         attempted.extend(fresh);
         removal.extend(round);
-        found = discover(backends, ledger, claims).await?;
+        found = discover(backends, ledger, claims, events).await?;
     }
-
     // Sandboxes whose deletion was accepted but has not finished are pending, not leaked.
-    let pending: Vec<ResourceRef> = removal
-        .results
-        .iter()
-        .filter(|(_, outcome)| matches!(outcome, RemovalOutcome::Pending { .. }))
-        .map(|(resource, _)| resource.clone())
-        .collect();
+    let pending = removal.resources(|outcome| matches!(outcome, RemovalOutcome::Pending { .. }));
     let leaked: Vec<ResourceRef> = found.into_iter().filter(|resource| !pending.contains(resource)).collect();
     for resource in &leaked {
-        tracing::error!("leaked: {resource} is still there after teardown");
+        events.emit(Event::Leaked { resource });
     }
     Ok(TeardownReport { removal, leaked, pending, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// One round of removals, kind by kind: containers free their networks and
+/// volumes, so those go after them.
+async fn remove_by_kind(
+    backends: Backends<'_>,
+    fresh: &[ResourceRef],
+    options: &TeardownOptions,
+    events: &Events,
+) -> RemovalReport {
+    let mut round = RemovalReport::default();
+    for kind in [Kind::Container, Kind::Network, Kind::Volume, Kind::Sandbox] {
+        let batch: Vec<ResourceRef> = fresh.iter().filter(|resource| resource.kind == kind).cloned().collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let removal = &options.removal;
+        match (kind, backends.docker, backends.daytona) {
+            (Kind::Sandbox, _, Some(daytona)) => {
+                let verify_for = removal.retry.deadline.min(VERIFY_FOR);
+                round.extend(remove_sandboxes(daytona, batch, removal, events, verify_for).await)
+            }
+            (Kind::Sandbox, _, None) => {}
+            (_, Some(docker), _) => {
+                round.extend(remove_all(&docker.remover(options.stop_timeout), batch, removal, events).await)
+            }
+            (_, None, _) => {}
+        }
+    }
+    round
+}
+
+/// What the ledger keeps of a round: released rows, and failed attempts with their error.
+fn ledger_outcomes(report: &RemovalReport) -> Vec<(ResourceRef, u32, Option<String>)> {
+    report
+        .results
+        .iter()
+        .filter_map(|(resource, outcome)| match outcome {
+            RemovalOutcome::Removed { attempts } | RemovalOutcome::AlreadyGone { attempts } => {
+                Some((resource.clone(), *attempts, None))
+            }
+            RemovalOutcome::Failed { attempts, error } => Some((resource.clone(), *attempts, Some(error.to_string()))),
+            RemovalOutcome::NotAttempted | RemovalOutcome::WouldRemove | RemovalOutcome::Pending { .. } => None,
+        })
+        .collect()
 }

@@ -1,6 +1,6 @@
-//! The Docker backend: connects to the engine (honouring `DOCKER_HOST`),
-//! lists containers, networks and volumes, removes them, and classifies
-//! every Engine API error once for the retry policy.
+//! The Docker backend: connects to the engine (at the `DOCKER_HOST` that
+//! settings resolved), lists containers, networks and volumes, removes
+//! them, and classifies every Engine API error once for the retry policy.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -13,14 +13,16 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use serde::Serialize;
 
-use super::{Kind, LabelSelector, Remover, ResourceRef};
-use crate::errors::Error;
-use crate::retry::{CallTimeout, Classify, ErrorClass};
+use super::Remover;
+use crate::errors::{error_chain, Error, ErrorClass, Service};
+use crate::net::http::Buffered;
+use crate::net::{BoxRead, BoxWrite, DockerEndpoint};
+use crate::resource::{Kind, LabelSelector, ResourceRef};
+use crate::retry::{CallTimeout, Classify};
 
 /// The label docker compose puts on everything of a project.
 pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
 
-const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
 /// bollard's bound on one request, in seconds; our retry policy bounds calls more tightly.
 const CLIENT_TIMEOUT_SECONDS: u64 = 120;
 
@@ -28,7 +30,7 @@ const CLIENT_TIMEOUT_SECONDS: u64 = 120;
 #[derive(Clone)]
 pub struct DockerBackend {
     client: Docker,
-    address: String,
+    endpoint: DockerEndpoint,
 }
 
 /// A container as `list` shows it and the filters see it.
@@ -75,6 +77,15 @@ impl fmt::Display for DockerError {
             Some(status) => write!(f, "{} (HTTP {status})", self.message.trim()),
             None => f.write_str(self.message.trim()),
         }
+    }
+}
+
+impl std::error::Error for DockerError {}
+
+impl DockerError {
+    /// The error that ends a command when `operation` failed for good.
+    pub fn during(self, operation: impl Into<String>) -> Error {
+        Error::call(Service::Docker, operation, self.class(), self)
     }
 }
 
@@ -125,22 +136,17 @@ pub struct ContainerQuery {
 }
 
 impl DockerBackend {
-    /// Connects to `DOCKER_HOST` (unix or tcp), else the default socket, and
-    /// checks that the daemon answers. An unreachable daemon is a usage-class
-    /// error that names the address.
-    pub async fn connect() -> Result<Self, Error> {
-        let address = std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|host| !host.is_empty())
-            .unwrap_or_else(|| DEFAULT_SOCKET.to_string());
+    /// Connects to the daemon at `endpoint` (unix or tcp) and checks that it
+    /// answers. An unreachable daemon is a usage-class error that names the
+    /// address.
+    pub async fn connect(endpoint: &DockerEndpoint) -> Result<Self, Error> {
+        let address = endpoint.address.clone();
         let unreachable = |reason: String| Error::DockerUnreachable { address: address.clone(), reason };
-        let pinged = tokio::time::timeout(Duration::from_secs(10), ping_api_version(&address))
+        let pinged = tokio::time::timeout(Duration::from_secs(10), ping_api_version(endpoint))
             .await
             .map_err(|_| unreachable("no answer to HEAD /_ping within 10s".to_string()))?
             .map_err(unreachable)?;
         let client = match pinged {
-            // `HEAD /_ping` answers in well under a millisecond with the daemon's `Api-Version`;
-            // bollard's own negotiation asks `GET /version`, which gathers system facts (5-10 ms).
             Some(version) => {
                 let newest = bollard::API_DEFAULT_VERSION;
                 let (major_version, minor_version) = version.min((newest.major_version, newest.minor_version));
@@ -159,11 +165,11 @@ impl DockerBackend {
                     .map_err(|error| unreachable(error_chain(&error)))?
             }
         };
-        Ok(DockerBackend { client, address })
+        Ok(DockerBackend { client, endpoint: endpoint.clone() })
     }
 
-    pub fn address(&self) -> &str {
-        &self.address
+    pub fn endpoint(&self) -> &DockerEndpoint {
+        &self.endpoint
     }
 
     pub fn client(&self) -> &Docker {
@@ -297,34 +303,21 @@ fn label_filters(labels: &[LabelSelector]) -> HashMap<String, Vec<String>> {
 }
 
 /// Asks `HEAD /_ping` over a plain connection and reads the daemon's
-/// `Api-Version` (major, minor). `Ok(None)` for an address this cannot
-/// speak to (ssh, TLS), left to the client library; `Err` when nothing
-/// answers.
-async fn ping_api_version(address: &str) -> Result<Option<(usize, usize)>, String> {
+/// `Api-Version` (major, minor): well under a millisecond, where the client
+/// library's own negotiation asks `GET /version`, which gathers system facts.
+/// `Ok(None)` for an address this cannot speak to (ssh, TLS), left to the
+/// client library; `Err` when nothing answers.
+async fn ping_api_version(endpoint: &DockerEndpoint) -> Result<Option<(usize, usize)>, String> {
     use tokio::io::AsyncWriteExt;
-    let tls = std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|value| !value.is_empty());
-    let (reader, mut writer): (crate::intercept::proxy::BoxRead, crate::intercept::proxy::BoxWrite) =
-        match (address.strip_prefix("unix://"), address.strip_prefix("tcp://")) {
-            (Some(path), _) => {
-                let (read, write) =
-                    tokio::net::UnixStream::connect(path).await.map_err(|error| error.to_string())?.into_split();
-                (Box::new(read), Box::new(write))
-            }
-            (None, Some(host)) if !tls => {
-                let stream = tokio::net::TcpStream::connect(host.trim_end_matches('/'))
-                    .await
-                    .map_err(|error| error.to_string())?;
-                let (read, write) = stream.into_split();
-                (Box::new(read), Box::new(write))
-            }
-            _ => return Ok(None),
-        };
+    let Some(upstream) = endpoint.upstream() else {
+        return Ok(None);
+    };
+    let (reader, mut writer): (BoxRead, BoxWrite) = upstream.connect().await.map_err(|error| error.to_string())?;
     writer
         .write_all(b"HEAD /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
         .await
         .map_err(|error| error.to_string())?;
-    let head =
-        crate::intercept::http::Buffered::new(reader).read_head(false).await.map_err(|error| error.to_string())?;
+    let head = Buffered::new(reader).read_head(false).await.map_err(|error| error.to_string())?;
     if head.status != 200 {
         return Err(format!("HEAD /_ping answered {}", head.status));
     }
@@ -334,22 +327,6 @@ async fn ping_api_version(address: &str) -> Result<Option<(usize, usize)>, Strin
         Some((major.parse().ok()?, minor.parse().ok()?))
     });
     Ok(version)
-}
-
-/// An error and its causes on one line: bollard's top-level messages alone
-/// ("error in the hyper legacy client") do not say what went wrong.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

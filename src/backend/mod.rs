@@ -1,260 +1,23 @@
-//! Backends list and destroy one kind of resource each. This module holds
-//! what they share: resource identities, owner labels, and the bounded,
-//! retried, parallel removal used by cleanup, teardown and recovery alike.
+//! Backends list and destroy one kind of service's resources each. This
+//! module holds what they share: the bounded, retried, parallel removal
+//! used by cleanup, teardown and recovery alike, which tells of every
+//! outcome as an event.
 
 pub mod daytona;
 pub mod docker;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
-use serde::{Deserialize, Serialize};
 
-use crate::report::Progress;
+use crate::events::{Events, RemovalEvent};
+use crate::resource::{RemovalError, RemovalOutcome, RemovalReport, ResourceRef};
 use crate::retry::{Failure, RetryPolicy, Success};
 
-/// Owner labels stamped on everything a task creates.
-pub const LABEL_RUN: &str = "benchwarden.run";
-pub const LABEL_TASK: &str = "benchwarden.task";
-pub const LABEL_HOST: &str = "benchwarden.host";
-pub const LABEL_PID: &str = "benchwarden.pid";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Container,
-    Network,
-    Volume,
-    Sandbox,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Container => "container",
-            Kind::Network => "network",
-            Kind::Volume => "volume",
-            Kind::Sandbox => "sandbox",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Kind> {
-        match text {
-            "container" => Some(Kind::Container),
-            "network" => Some(Kind::Network),
-            "volume" => Some(Kind::Volume),
-            "sandbox" => Some(Kind::Sandbox),
-            _ => None,
-        }
-    }
-
-    /// Backend that owns this kind, as stored in the ledger.
-    pub fn backend(self) -> &'static str {
-        match self {
-            Kind::Container | Kind::Network | Kind::Volume => "docker",
-            Kind::Sandbox => "daytona",
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One resource to remove: enough to name it in messages and to find it.
-/// Identity is the kind and id; the name is for people (and may be unknown).
-#[derive(Debug, Clone, Serialize)]
-pub struct ResourceRef {
-    pub kind: Kind,
-    pub id: String,
-    pub name: String,
-}
-
-impl PartialEq for ResourceRef {
-    fn eq(&self, other: &Self) -> bool {
-        (self.kind, &self.id) == (other.kind, &other.id)
-    }
-}
-
-impl Eq for ResourceRef {}
-
-impl std::hash::Hash for ResourceRef {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (self.kind, &self.id).hash(state);
-    }
-}
-
-impl PartialOrd for ResourceRef {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ResourceRef {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.kind, &self.id).cmp(&(other.kind, &other.id))
-    }
-}
-
-impl ResourceRef {
-    /// Short id for humans: 12 characters, as the docker CLI prints them.
-    pub fn short_id(&self) -> &str {
-        short_id(&self.id)
-    }
-}
-
-impl fmt::Display for ResourceRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.name.is_empty() || self.name == self.id {
-            write!(f, "{} {}", self.kind, self.short_id())
-        } else {
-            write!(f, "{} {} ({})", self.kind, self.name, self.short_id())
-        }
-    }
-}
-
-pub fn short_id(id: &str) -> &str {
-    if id.len() > 12 && id.bytes().all(|byte| byte.is_ascii_hexdigit()) {
-        &id[..12]
-    } else {
-        id
-    }
-}
-
-/// A label selector: `key=value`, or `key` alone for any value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelSelector {
-    pub key: String,
-    pub value: Option<String>,
-}
-
-impl LabelSelector {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (key, value) = match text.split_once('=') {
-            Some((key, value)) => (key, Some(value.to_string())),
-            None => (text, None),
-        };
-        if key.is_empty() {
-            return Err(format!("invalid label selector {text:?}: expected K=V or K"));
-        }
-        Ok(LabelSelector { key: key.to_string(), value })
-    }
-
-    /// The form the Docker API's `label` filter takes.
-    pub fn to_filter(&self) -> String {
-        match &self.value {
-            Some(value) => format!("{}={}", self.key, value),
-            None => self.key.clone(),
-        }
-    }
-
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        match (labels.get(&self.key), &self.value) {
-            (Some(found), Some(wanted)) => found == wanted,
-            (Some(_), None) => true,
-            (None, _) => false,
-        }
-    }
-}
-
-/// How one removal ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum RemovalOutcome {
-    Removed {
-        attempts: u32,
-    },
-    AlreadyGone {
-        attempts: u32,
-    },
-    Failed {
-        attempts: u32,
-        error: String,
-    },
-    /// Not attempted: `--fail-fast` stopped new removals.
-    NotAttempted,
-    /// A dry run: this would have been removed.
-    WouldRemove,
-    /// Deletion accepted but not finished by the deadline (a Daytona sandbox
-    /// still `destroying`); kept in the ledger for `recover`.
-    Pending {
-        attempts: u32,
-    },
-}
-
-/// What a batch of removals did, resource by resource, in input order.
-/// Serialized with its counts, so `--json` carries what the text summary says.
-#[derive(Debug, Clone, Default)]
-pub struct RemovalReport {
-    pub results: Vec<(ResourceRef, RemovalOutcome)>,
-}
-
-impl Serialize for RemovalReport {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut report = serializer.serialize_struct("RemovalReport", 6)?;
-        report.serialize_field("removed", &self.removed())?;
-        report.serialize_field("already_gone", &self.already_gone())?;
-        report.serialize_field("failed", &self.failed())?;
-        report.serialize_field("not_attempted", &self.not_attempted())?;
-        report.serialize_field("would_remove", &self.would_remove())?;
-        report.serialize_field("results", &self.results)?;
-        report.end()
-    }
-}
-
-impl RemovalReport {
-    pub fn count(&self, wanted: fn(&RemovalOutcome) -> bool) -> usize {
-        self.results.iter().filter(|(_, outcome)| wanted(outcome)).count()
-    }
-
-    pub fn removed(&self) -> usize {
-        self.count(|outcome| matches!(outcome, RemovalOutcome::Removed { .. }))
-    }
-
-    pub fn already_gone(&self) -> usize {
-        self.count(|outcome| matches!(outcome, RemovalOutcome::AlreadyGone { .. }))
-    }
-
-    pub fn failed(&self) -> usize {
-        self.count(|outcome| matches!(outcome, RemovalOutcome::Failed { .. }))
-    }
-
-    pub fn not_attempted(&self) -> usize {
-        self.count(|outcome| matches!(outcome, RemovalOutcome::NotAttempted))
-    }
-
-    pub fn pending(&self) -> usize {
-        self.count(|outcome| matches!(outcome, RemovalOutcome::Pending { .. }))
-    }
-
-    pub fn would_remove(&self) -> usize {
-        self.count(|outcome| matches!(outcome, RemovalOutcome::WouldRemove))
-    }
-
-    /// A dry run's report: every resource marked as one that would go.
-    pub fn planned(resources: Vec<ResourceRef>) -> Self {
-        RemovalReport {
-            results: resources.into_iter().map(|resource| (resource, RemovalOutcome::WouldRemove)).collect(),
-        }
-    }
-
-    pub fn failures(&self) -> impl Iterator<Item = (&ResourceRef, &str)> {
-        self.results.iter().filter_map(|(resource, outcome)| match outcome {
-            RemovalOutcome::Failed { error, .. } => Some((resource, error.as_str())),
-            _ => None,
-        })
-    }
-
-    pub fn extend(&mut self, other: RemovalReport) {
-        self.results.extend(other.results);
-    }
-}
+/// Removals at once, unless the user says otherwise (`--parallel`).
+pub const DEFAULT_PARALLEL: usize = 16;
 
 /// Options for a batch of removals.
 #[derive(Debug, Clone)]
@@ -267,48 +30,40 @@ pub struct RemovalOptions {
 /// Something that can remove one resource with one call. Errors are
 /// classified by the backend's error type.
 pub trait Remover: Sync {
-    type Error: crate::retry::Classify + crate::retry::CallTimeout + fmt::Display + Send;
+    type Error: crate::retry::Classify
+        + crate::retry::CallTimeout
+        + std::error::Error
+        + fmt::Display
+        + Send
+        + Sync
+        + 'static;
 
     fn remove_once(&self, resource: &ResourceRef) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
 }
 
-/// Removes `resources` with retry and bounded parallelism, ticking
-/// `progress` once per resource. Never returns early: every resource gets
-/// an outcome.
+/// Removes `resources` with retry and bounded parallelism, telling each
+/// outcome as an event. Never returns early: every resource gets an
+/// outcome.
 pub async fn remove_all<R: Remover>(
     remover: &R,
     resources: Vec<ResourceRef>,
     options: &RemovalOptions,
-    progress: &Progress,
+    events: &Events,
 ) -> RemovalReport {
     let stop_starting = Arc::new(AtomicBool::new(false));
     let mut indexed: Vec<(usize, ResourceRef, RemovalOutcome)> = stream::iter(resources.into_iter().enumerate())
         .map(|(index, resource)| {
             let stop_starting = Arc::clone(&stop_starting);
             async move {
-                if stop_starting.load(Ordering::SeqCst) {
-                    progress.tick();
-                    return (index, resource, RemovalOutcome::NotAttempted);
-                }
-                let what = format!("remove {resource}");
-                let outcome = match options.retry.run(&what, || remover.remove_once(&resource)).await {
-                    Ok((Success::Done(()), attempts)) => {
-                        tracing::info!("removed {resource}");
-                        RemovalOutcome::Removed { attempts }
-                    }
-                    Ok((Success::AlreadyDone, attempts)) => {
-                        tracing::info!("{resource} was already gone");
-                        RemovalOutcome::AlreadyGone { attempts }
-                    }
-                    Err(Failure { error, attempts, .. }) => {
-                        tracing::error!("could not remove {resource} after {attempts} attempt(s): {error}");
-                        if options.fail_fast {
-                            stop_starting.store(true, Ordering::SeqCst);
-                        }
-                        RemovalOutcome::Failed { attempts, error: error.to_string() }
-                    }
+                let outcome = if stop_starting.load(Ordering::SeqCst) {
+                    RemovalOutcome::NotAttempted
+                } else {
+                    remove_one(remover, &resource, options, events).await
                 };
-                progress.tick();
+                if options.fail_fast && matches!(outcome, RemovalOutcome::Failed { .. }) {
+                    stop_starting.store(true, Ordering::SeqCst);
+                }
+                events.removal(RemovalEvent::Outcome { resource: &resource, outcome: &outcome });
                 (index, resource, outcome)
             }
         })
@@ -319,26 +74,19 @@ pub async fn remove_all<R: Remover>(
     RemovalReport { results: indexed.into_iter().map(|(_, resource, outcome)| (resource, outcome)).collect() }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_selectors_parse_and_match() {
-        let selector = LabelSelector::parse("team=eval").unwrap();
-        let mut labels = BTreeMap::new();
-        assert!(!selector.matches(&labels));
-        labels.insert("team".to_string(), "eval".to_string());
-        assert!(selector.matches(&labels));
-        assert!(LabelSelector::parse("team").unwrap().matches(&labels));
-        assert!(!LabelSelector::parse("team=other").unwrap().matches(&labels));
-        assert!(LabelSelector::parse("=x").is_err());
-        assert_eq!(selector.to_filter(), "team=eval");
-    }
-
-    #[test]
-    fn short_ids_are_twelve_hex_characters() {
-        assert_eq!(short_id("0123456789abcdef0123"), "0123456789ab");
-        assert_eq!(short_id("my-volume-with-a-long-name"), "my-volume-with-a-long-name");
+/// One resource, with retry; the error of a failure keeps its class.
+async fn remove_one<R: Remover>(
+    remover: &R,
+    resource: &ResourceRef,
+    options: &RemovalOptions,
+    events: &Events,
+) -> RemovalOutcome {
+    let what = format!("remove {resource}");
+    match options.retry.run(&what, events, || remover.remove_once(resource)).await {
+        Ok((Success::Done(()), attempts)) => RemovalOutcome::Removed { attempts },
+        Ok((Success::AlreadyDone, attempts)) => RemovalOutcome::AlreadyGone { attempts },
+        Err(Failure { error, attempts, class }) => {
+            RemovalOutcome::Failed { attempts, error: RemovalError::new(class, error) }
+        }
     }
 }

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use super::http::Head;
-use super::proxy::{spawn_server, BoxRead, BoxWrite, Policy, Recorder, Upstream};
-use crate::backend::Kind;
+use super::proxy::{label_create_body, spawn_server, Policy, Recorder};
+use crate::net::http::Head;
+use crate::net::{BoxRead, BoxWrite, Upstream};
+use crate::resource::Kind;
 
 /// Where the real API is, split for forwarding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,15 @@ impl ApiTarget {
     }
 }
 
+/// How the tasks' Daytona proxies are set up.
+#[derive(Debug, Clone)]
+pub struct DaytonaProxySettings {
+    pub target: ApiTarget,
+    /// Set on created sandboxes that do not set one, so the provider collects them if we are gone.
+    pub auto_stop_minutes: Option<u32>,
+    pub auto_delete_minutes: Option<i64>,
+}
+
 /// The Daytona side of the proxy.
 pub struct DaytonaPolicy {
     pub target: ApiTarget,
@@ -80,26 +90,15 @@ impl Policy for DaytonaPolicy {
     }
 
     fn rewrite_create_body(&self, _kind: Kind, body: &[u8]) -> Result<Vec<u8>, String> {
-        let text = if body.is_empty() { b"{}".as_slice() } else { body };
-        let mut value: Value =
-            serde_json::from_slice(text).map_err(|error| format!("create body is not JSON: {error}"))?;
-        let object = value.as_object_mut().ok_or("create body is not a JSON object")?;
-        let slot = object.entry("labels").or_insert_with(|| Value::Object(Default::default()));
-        if slot.is_null() {
-            *slot = Value::Object(Default::default());
-        }
-        let labels = slot.as_object_mut().ok_or("labels is not a JSON object")?;
-        for (key, value) in &self.labels {
-            labels.insert(key.clone(), Value::String(value.clone()));
-        }
-        // The harness's own choice stands; ours only fills a gap.
-        if let Some(minutes) = self.auto_stop_minutes {
-            object.entry("autoStopInterval").or_insert(Value::from(minutes));
-        }
-        if let Some(minutes) = self.auto_delete_minutes {
-            object.entry("autoDeleteInterval").or_insert(Value::from(minutes));
-        }
-        serde_json::to_vec(&value).map_err(|error| error.to_string())
+        label_create_body(body, "labels", &self.labels, |object| {
+            // The harness's own choice stands; ours only fills a gap.
+            if let Some(minutes) = self.auto_stop_minutes {
+                object.entry("autoStopInterval").or_insert(Value::from(minutes));
+            }
+            if let Some(minutes) = self.auto_delete_minutes {
+                object.entry("autoDeleteInterval").or_insert(Value::from(minutes));
+            }
+        })
     }
 
     fn created(&self, _kind: Kind, _target: &str, _request_body: &[u8], answer: &[u8]) -> Option<(String, String)> {
@@ -137,6 +136,21 @@ impl DaytonaProxy {
         };
         let server = spawn_server(accept, upstream, policy, recorder);
         Ok(DaytonaProxy { api_url, server })
+    }
+
+    /// A proxy for one task, labelling what it creates with `labels`.
+    pub async fn start_for_task(
+        settings: &DaytonaProxySettings,
+        labels: BTreeMap<String, String>,
+        recorder: Recorder,
+    ) -> std::io::Result<Self> {
+        let policy = DaytonaPolicy {
+            target: settings.target.clone(),
+            labels,
+            auto_stop_minutes: settings.auto_stop_minutes,
+            auto_delete_minutes: settings.auto_delete_minutes,
+        };
+        Self::start(policy, recorder).await
     }
 
     /// The value for the harness's `DAYTONA_API_URL`.

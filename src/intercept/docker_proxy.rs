@@ -15,24 +15,18 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::net::UnixListener;
 
-use super::http::Head;
-pub use super::proxy::Upstream;
-use super::proxy::{spawn_server, BoxRead, BoxWrite, Policy, Recorder};
-use crate::backend::Kind;
+use super::proxy::{label_create_body, spawn_server, Policy, Recorder};
+use crate::net::http::Head;
+use crate::net::{BoxRead, BoxWrite, Upstream};
+use crate::resource::Kind;
 
-/// From a `DOCKER_HOST`-style address; `None` for what the proxy cannot
-/// speak (TLS to the daemon, ssh), which then leaves the harness on the real address.
-pub fn upstream_from_docker_host(address: &str) -> Option<Upstream> {
-    if let Some(path) = address.strip_prefix("unix://") {
-        return Some(Upstream::Unix(PathBuf::from(path)));
-    }
-    if std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|value| !value.is_empty()) {
-        return None;
-    }
-    address
-        .strip_prefix("tcp://")
-        .or_else(|| address.strip_prefix("http://"))
-        .map(|rest| Upstream::Tcp(rest.trim_end_matches('/').to_string()))
+/// How the tasks' Docker proxies are set up.
+#[derive(Debug, Clone)]
+pub struct DockerProxySettings {
+    /// Where the daemon is.
+    pub upstream: Upstream,
+    /// Each task gets a private directory with its socket under this.
+    pub socket_root: PathBuf,
 }
 
 /// The Docker side of the proxy: which calls create, how to label them.
@@ -100,6 +94,15 @@ impl DockerProxy {
         Ok(DockerProxy { socket, directory, server })
     }
 
+    /// A proxy for one task, labelling what it creates with `labels`.
+    pub async fn start_for_task(
+        settings: &DockerProxySettings,
+        labels: BTreeMap<String, String>,
+        recorder: Recorder,
+    ) -> std::io::Result<Self> {
+        Self::start(&settings.socket_root, settings.upstream.clone(), DockerPolicy { labels }, recorder).await
+    }
+
     /// The value for the harness's `DOCKER_HOST`.
     pub fn docker_host(&self) -> String {
         format!("unix://{}", self.socket.display())
@@ -159,18 +162,7 @@ fn may_hijack(head: &Head) -> bool {
 
 /// Adds the owner labels to a create body. `Err` when it is not a JSON object.
 pub fn label_body(body: &[u8], labels: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
-    let text = if body.is_empty() { b"{}".as_slice() } else { body };
-    let mut value: Value = serde_json::from_slice(text).map_err(|error| format!("create body is not JSON: {error}"))?;
-    let object = value.as_object_mut().ok_or("create body is not a JSON object")?;
-    let slot = object.entry("Labels").or_insert_with(|| Value::Object(Default::default()));
-    if slot.is_null() {
-        *slot = Value::Object(Default::default());
-    }
-    let existing = slot.as_object_mut().ok_or("Labels is not a JSON object")?;
-    for (key, value) in labels {
-        existing.insert(key.clone(), Value::String(value.clone()));
-    }
-    serde_json::to_vec(&value).map_err(|error| error.to_string())
+    label_create_body(body, "Labels", labels, |_| {})
 }
 
 /// The id a successful create answered with (volumes answer with a name).
@@ -250,15 +242,5 @@ mod tests {
         assert_eq!(created_id(Kind::Volume, br#"{"Name":"vol","Driver":"local"}"#).as_deref(), Some("vol"));
         assert_eq!(requested_name(Kind::Container, "/containers/create?name=web&platform=", b""), "web");
         assert_eq!(requested_name(Kind::Network, "/networks/create", br#"{"Name":"net"}"#), "net");
-    }
-
-    #[test]
-    fn addresses_map_to_upstreams() {
-        assert_eq!(
-            upstream_from_docker_host("unix:///var/run/docker.sock"),
-            Some(Upstream::Unix("/var/run/docker.sock".into()))
-        );
-        assert_eq!(upstream_from_docker_host("tcp://127.0.0.1:2375"), Some(Upstream::Tcp("127.0.0.1:2375".into())));
-        assert_eq!(upstream_from_docker_host("ssh://host"), None);
     }
 }

@@ -5,5 +5,4 @@
 
 pub mod daytona_proxy;
 pub mod docker_proxy;
-pub mod http;
 pub mod proxy;

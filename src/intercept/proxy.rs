@@ -5,67 +5,16 @@
 //! chunked and streaming bodies both ways, and hijacked or upgraded
 //! connections spliced raw.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 
-use super::http::{error_response, Buffered, Framing, Head, HttpError};
-use crate::backend::{Kind, ResourceRef};
 use crate::ledger::Ledger;
-
-pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
-
-/// Where requests go.
-#[derive(Debug, Clone)]
-pub enum Upstream {
-    Unix(PathBuf),
-    /// `host:port`, plain TCP.
-    Tcp(String),
-    /// `host:port` over TLS, verified against the platform's roots for `server_name`.
-    Tls {
-        address: String,
-        server_name: String,
-    },
-}
-
-impl PartialEq for Upstream {
-    fn eq(&self, other: &Self) -> bool {
-        format!("{self:?}") == format!("{other:?}")
-    }
-}
-
-impl Eq for Upstream {}
-
-impl Upstream {
-    pub async fn connect(&self) -> std::io::Result<(BoxRead, BoxWrite)> {
-        match self {
-            Upstream::Unix(path) => {
-                let (read, write) = UnixStream::connect(path).await?.into_split();
-                Ok((Box::new(read), Box::new(write)))
-            }
-            Upstream::Tcp(address) => {
-                let stream = TcpStream::connect(address).await?;
-                stream.set_nodelay(true)?;
-                let (read, write) = stream.into_split();
-                Ok((Box::new(read), Box::new(write)))
-            }
-            Upstream::Tls { address, server_name } => {
-                use rustls_platform_verifier::ConfigVerifierExt;
-                let stream = TcpStream::connect(address).await?;
-                stream.set_nodelay(true)?;
-                let config = rustls::ClientConfig::with_platform_verifier().map_err(std::io::Error::other)?;
-                let name =
-                    rustls::pki_types::ServerName::try_from(server_name.clone()).map_err(std::io::Error::other)?;
-                let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, stream).await?;
-                let (read, write) = tokio::io::split(tls);
-                Ok((Box::new(read), Box::new(write)))
-            }
-        }
-    }
-}
+use crate::net::http::{error_response, Buffered, Framing, Head, HttpError};
+use crate::net::{BoxRead, BoxWrite, Upstream};
+use crate::resource::{Kind, ResourceRef};
 
 /// What differs between the Docker and the Daytona proxy.
 pub trait Policy: Send + Sync + 'static {
@@ -88,6 +37,30 @@ pub trait Policy: Send + Sync + 'static {
     fn may_hijack(&self, _head: &Head) -> bool {
         false
     }
+}
+
+/// A create body with `labels` merged into its `field` object (made when
+/// missing or null), then `finish` applied to the whole object. `Err` for a
+/// body that is not a JSON object, which the proxy refuses with a 400.
+pub fn label_create_body(
+    body: &[u8],
+    field: &str,
+    labels: &BTreeMap<String, String>,
+    finish: impl FnOnce(&mut serde_json::Map<String, Value>),
+) -> Result<Vec<u8>, String> {
+    let text = if body.is_empty() { b"{}".as_slice() } else { body };
+    let mut value: Value = serde_json::from_slice(text).map_err(|error| format!("create body is not JSON: {error}"))?;
+    let object = value.as_object_mut().ok_or("create body is not a JSON object")?;
+    let slot = object.entry(field).or_insert_with(|| Value::Object(Default::default()));
+    if slot.is_null() {
+        *slot = Value::Object(Default::default());
+    }
+    let existing = slot.as_object_mut().ok_or_else(|| format!("{field} is not a JSON object"))?;
+    for (key, value) in labels {
+        existing.insert(key.clone(), Value::String(value.clone()));
+    }
+    finish(object);
+    serde_json::to_vec(&value).map_err(|error| error.to_string())
 }
 
 /// Who owns what the proxied clients create, and where that is recorded.

@@ -12,11 +12,12 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
+use crate::host::{self, all_processes as proc_stats};
+
 pub const ENV_RUN_ID: &str = "BENCHWARDEN_RUN_ID";
 pub const ENV_TASK_ID: &str = "BENCHWARDEN_TASK_ID";
 
-/// How often process exits are checked while waiting out a grace period.
-/// Exits of processes that are not our children raise no event we can await.
+/// How often `recover` looks again for processes of a run it is killing.
 const EXIT_POLL: Duration = Duration::from_millis(20);
 
 /// Pids of harness processes that tokio is waiting for: the orphan reaper
@@ -73,13 +74,12 @@ pub fn spawn_reaper() {
     });
 }
 
-use crate::owner::all_processes as proc_stats;
-
 /// One task's processes: its group, and every descendant that escaped it
 /// (found by the `BENCHWARDEN_RUN_ID`/`BENCHWARDEN_TASK_ID` it inherited).
 #[derive(Debug, Clone)]
 pub struct TaskProcesses {
     pub process_group: u32,
+    /// `BENCHWARDEN_RUN_ID=…` and `BENCHWARDEN_TASK_ID=…`, as found in `/proc/<pid>/environ`.
     run_entry: String,
     task_entry: String,
     /// The harness's start time: no process of the task can be older, so
@@ -93,7 +93,7 @@ impl TaskProcesses {
             process_group: harness_pid,
             run_entry: format!("{ENV_RUN_ID}={run_id}"),
             task_entry: format!("{ENV_TASK_ID}={task_id}"),
-            started: crate::owner::process_start_time(harness_pid).unwrap_or(0),
+            started: host::process_start_time(harness_pid).unwrap_or(0),
         }
     }
 
@@ -109,43 +109,22 @@ impl TaskProcesses {
     }
 
     fn environment_names_task(&self, pid: u32) -> bool {
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            return false;
-        };
-        let mut run_matches = false;
-        let mut task_matches = false;
-        for entry in environ.split(|byte| *byte == 0) {
-            run_matches |= entry == self.run_entry.as_bytes();
-            task_matches |= entry == self.task_entry.as_bytes();
-        }
-        run_matches && task_matches
+        host::environment_has(pid, &[&self.run_entry, &self.task_entry])
     }
 
     /// Sends `signal` to the group and to every process of the task found
     /// elsewhere; returns how many processes there were.
     pub fn signal(&self, signal: Signal) -> usize {
         let processes = self.find();
+        if processes.is_empty() {
+            // The group is empty too: its id may already belong to someone else.
+            return 0;
+        }
         let _ = killpg(Pid::from_raw(self.process_group as i32), signal);
         for pid in &processes {
             let _ = kill(Pid::from_raw(*pid as i32), signal);
         }
         processes.len()
-    }
-
-    /// Waits until no process of the task is left, reaping adopted ones, for
-    /// at most `limit`. Returns whether they are all gone.
-    pub async fn wait_gone(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            reap_adopted();
-            if self.find().is_empty() {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(EXIT_POLL).await;
-        }
     }
 }
 
@@ -168,11 +147,7 @@ pub async fn kill_orphaned_run(run_id: &str) -> usize {
         proc_stats()
             .into_iter()
             .filter(|stat| stat.pid != me && stat.state != 'Z')
-            .filter(|stat| {
-                std::fs::read(format!("/proc/{}/environ", stat.pid))
-                    .map(|environ| environ.split(|byte| *byte == 0).any(|entry| entry == run_entry.as_bytes()))
-                    .unwrap_or(false)
-            })
+            .filter(|stat| host::environment_has(stat.pid, &[&run_entry]))
             .map(|stat| stat.pid)
             .collect()
     };

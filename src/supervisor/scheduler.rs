@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::task::{run_task, RunContext, TaskReport, TaskSpec};
+use super::task::{run_task, RunContext, TaskSpec};
+use crate::events::TaskReport;
 
 /// Runs every task and returns their reports in the benchmark's order.
 pub async fn run_all(context: Arc<RunContext>, specs: Vec<TaskSpec>, jobs: usize) -> Vec<TaskReport> {
@@ -45,7 +46,7 @@ pub async fn run_all(context: Arc<RunContext>, specs: Vec<TaskSpec>, jobs: usize
         .zip(reports)
         .map(|(spec, report)| {
             report.unwrap_or_else(|| {
-                TaskReport::not_started(&spec.name, context.log_dir.join(format!("{}.log", spec.name)))
+                TaskReport::unstarted(&spec.name, context.log_dir.join(format!("{}.log", spec.name)))
             })
         })
         .collect()

@@ -6,6 +6,8 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::events::{Event, Events, Press};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shutdown {
     Running,
@@ -29,9 +31,12 @@ impl Shutdown {
     }
 }
 
-/// Listens for SIGINT, SIGTERM and SIGHUP. `on_third` runs on the third
-/// press and must not return (it exits the process).
-pub fn install(on_third: impl Fn(Signal) + Send + 'static) -> std::io::Result<watch::Receiver<Shutdown>> {
+/// Listens for SIGINT, SIGTERM and SIGHUP, telling each press. `on_third`
+/// runs on the third press and must not return (it exits the process).
+pub fn install(
+    on_third: impl Fn(Signal) + Send + 'static,
+    events: Events,
+) -> std::io::Result<watch::Receiver<Shutdown>> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
@@ -49,15 +54,11 @@ pub fn install(on_third: impl Fn(Signal) + Send + 'static) -> std::io::Result<wa
             let first = sender.borrow().signal().unwrap_or(received);
             match presses {
                 1 => {
-                    tracing::warn!(
-                        "{received}: starting no new tasks; stopping running ones (again to kill them at once)"
-                    );
+                    events.emit(Event::ShutdownRequested { signal: received, press: Press::First });
                     sender.send_replace(Shutdown::Graceful(first));
                 }
                 2 => {
-                    tracing::warn!(
-                        "{received} again: killing every harness now; teardown goes on (again to exit at once)"
-                    );
+                    events.emit(Event::ShutdownRequested { signal: received, press: Press::Second });
                     sender.send_replace(Shutdown::Kill(first));
                 }
                 _ => on_third(first),

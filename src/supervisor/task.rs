@@ -1,35 +1,33 @@
-//! One task's life: spawn the harness in its own process group, wait for
-//! exit, timeout or shutdown, stop every process of the task (signal, grace,
-//! SIGKILL, adopted orphans too), then tear down what it owns on a tracked
-//! task that no cancellation can skip.
+//! One task's run: start its interceptors and spawn the harness in its own
+//! process group, let the [`lifecycle`](super::lifecycle) see every process
+//! of the task through to its end, then tear down what the task owns on a
+//! tracked task that no cancellation can skip. What happens is told as
+//! events; the report is the task's record.
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use super::lifecycle::{self, Ending, Harness, Lifecycle, ProcessSet};
 use super::process::{self, TaskProcesses, ENV_RUN_ID, ENV_TASK_ID};
 use super::signal::Shutdown;
+use super::watch::Watcher;
 use crate::backend::daytona::DaytonaBackend;
 use crate::backend::docker::DockerBackend;
-use crate::backend::RemovalOptions;
 use crate::config::Selector;
-use crate::intercept::daytona_proxy::{ApiTarget, DaytonaPolicy, DaytonaProxy};
-use crate::intercept::docker_proxy::{DockerPolicy, DockerProxy, Upstream};
+use crate::events::{Events, TaskEvent, TaskOutcome, TaskReport};
+use crate::intercept::daytona_proxy::{DaytonaProxy, DaytonaProxySettings};
+use crate::intercept::docker_proxy::{DockerProxy, DockerProxySettings};
 use crate::intercept::proxy::Recorder;
 use crate::ledger::Ledger;
-use crate::owner;
-use crate::report::{echo_harness_output, RunView};
-use crate::teardown::{self, Backends, Claims, TeardownReport};
-
-/// After SIGKILL, how long to wait for the task's processes to vanish.
-const KILL_WAIT: Duration = Duration::from_secs(5);
+use crate::owner::{owner_labels, Claims};
+use crate::teardown::{self, Backends, TeardownOptions, TeardownReport};
 
 /// Everything needed to run one task, resolved.
 #[derive(Debug, Clone)]
@@ -48,195 +46,100 @@ pub struct TaskSpec {
 /// What every task of a run shares.
 pub struct RunContext {
     pub run_id: String,
+    /// This host's name, stamped in the owner labels.
+    pub host: String,
     pub ledger: Ledger,
     pub docker: Option<DockerBackend>,
     pub daytona: Option<Arc<DaytonaBackend>>,
-    pub removal: RemovalOptions,
-    pub stop_timeout: Option<Duration>,
+    pub teardown: TeardownOptions,
     pub log_dir: PathBuf,
     /// Harness output also goes to the terminal (with `-j 1`).
     pub echo_output: bool,
     pub shutdown: watch::Receiver<Shutdown>,
-    pub view: RunView,
+    pub events: Events,
     pub teardowns: TaskTracker,
     /// Records claimed containers as they are created; `None` without Docker.
-    pub watcher: Option<super::watch::Watcher>,
+    pub watcher: Option<Watcher>,
     /// Where each task's Docker proxy listens and forwards; `None` without Docker.
-    pub docker_proxy: Option<ProxySettings>,
+    pub docker_proxy: Option<DockerProxySettings>,
     /// Where each task's Daytona proxy forwards; `None` without Daytona.
     pub daytona_proxy: Option<DaytonaProxySettings>,
 }
 
-/// How tasks' Daytona proxies are set up.
-pub struct DaytonaProxySettings {
-    pub target: ApiTarget,
-    pub host: String,
-    pub auto_stop_minutes: Option<u32>,
-    pub auto_delete_minutes: Option<i64>,
+/// Why a harness could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskStartError {
+    #[error("cannot {what} log file {path}: {source}")]
+    LogFile { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("cannot start the Docker proxy in {root}: {source}")]
+    DockerProxy { root: PathBuf, source: std::io::Error },
+    #[error("cannot start the Daytona proxy: {source}")]
+    DaytonaProxy { source: std::io::Error },
+    #[error("cannot start harness `{program}`{cwd}: {source}; check harness.command in the benchmark file")]
+    Harness { program: String, cwd: String, source: std::io::Error },
 }
 
-/// How tasks' Docker proxies are set up.
-pub struct ProxySettings {
-    pub upstream: Upstream,
-    /// Each task gets a private directory with its socket under this.
-    pub socket_root: PathBuf,
-    pub host: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskOutcome {
-    Passed,
-    Failed,
-    TimedOut,
-    Interrupted,
-    /// The harness could not be started.
-    SpawnFailed,
-    /// Never started: the run was interrupted first.
-    NotStarted,
-}
-
-impl TaskOutcome {
-    pub fn describe(self) -> &'static str {
-        match self {
-            TaskOutcome::Passed => "passed",
-            TaskOutcome::Failed => "failed",
-            TaskOutcome::TimedOut => "timed out",
-            TaskOutcome::Interrupted => "interrupted",
-            TaskOutcome::SpawnFailed => "not started: spawn failed",
-            TaskOutcome::NotStarted => "not started",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskReport {
-    pub task: String,
-    pub outcome: TaskOutcome,
-    pub exit_code: Option<i32>,
-    pub signal: Option<String>,
-    pub error: Option<String>,
-    pub seconds: f64,
-    pub log: PathBuf,
-    pub resources_found: usize,
-    pub resources_removed: usize,
-    pub resources_leaked: Vec<String>,
-    /// Deletion accepted but not finished (sandboxes still `destroying`): kept for `recover`.
-    pub resources_pending: Vec<String>,
-    pub teardown_seconds: f64,
-    pub teardown_error: Option<String>,
-}
-
-impl TaskReport {
-    pub fn not_started(name: &str, log: PathBuf) -> Self {
-        TaskReport {
-            task: name.to_string(),
-            outcome: TaskOutcome::NotStarted,
-            exit_code: None,
-            signal: None,
-            error: None,
-            seconds: 0.0,
-            log,
-            resources_found: 0,
-            resources_removed: 0,
-            resources_leaked: Vec::new(),
-            resources_pending: Vec::new(),
-            teardown_seconds: 0.0,
-            teardown_error: None,
-        }
-    }
-}
-
-enum Ending {
-    Exited(std::process::ExitStatus),
-    TimedOut,
-    Interrupted(Signal),
-}
-
+/// Runs one task from start to teardown and returns its report.
 pub async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskReport {
+    let events = &context.events;
     let started = Instant::now();
     let log_path = context.log_dir.join(format!("{}.log", spec.name));
-    let mut report = TaskReport::not_started(&spec.name, log_path.clone());
+    let mut report = TaskReport::unstarted(&spec.name, log_path.clone());
     let claims =
         Claims { run_id: context.run_id.clone(), task_id: Some(spec.name.clone()), selectors: spec.selectors.clone() };
-    let live = context.watcher.as_ref().map(|watcher| watcher.register(&spec.name, claims.clone()));
-    let line = context.view.task_started(&spec.name, live);
-    let encoded = spec.selectors.iter().map(Claims::encode_selector).collect();
-    if let Err(error) = context.ledger.record_claims(&context.run_id, &spec.name, encoded).await {
+    if let Some(watcher) = &context.watcher {
+        watcher.register(&spec.name, claims.clone());
+    }
+    events.task(TaskEvent::Started { task: &spec.name });
+    if let Err(error) = context.ledger.record_claims(&context.run_id, &spec.name, &spec.selectors).await {
         tracing::error!("task {}: {error}", spec.name);
     }
-
     match supervise(&context, &spec, &log_path).await {
-        Ok((ending, process_status)) => {
-            report.exit_code = process_status.and_then(|status| status.code());
-            report.signal = process_status
-                .and_then(|status| std::os::unix::process::ExitStatusExt::signal(&status))
-                .and_then(|number| Signal::try_from(number).ok())
-                .map(|signal| signal.to_string());
-            report.outcome = match ending {
-                Ending::Exited(status) if status.success() => TaskOutcome::Passed,
-                Ending::Exited(_) => TaskOutcome::Failed,
-                Ending::TimedOut => TaskOutcome::TimedOut,
-                Ending::Interrupted(_) => TaskOutcome::Interrupted,
-            };
-        }
-        Err(message) => {
-            tracing::error!("task {}: {message}", spec.name);
+        Ok((ending, status)) => record_ending(&mut report, ending, status),
+        Err(error) => {
             report.outcome = TaskOutcome::SpawnFailed;
-            report.error = Some(message);
+            report.error = Some(error.to_string());
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
-    match report.outcome {
-        TaskOutcome::Passed => {
-            tracing::info!("task {}: passed in {:.1}s", spec.name, report.seconds)
-        }
-        TaskOutcome::TimedOut => {
-            tracing::warn!("task {}: timed out after {:.1}s", spec.name, report.seconds)
-        }
-        _ => tracing::warn!(
-            "task {}: {} (exit {}) after {:.1}s; log: {}",
-            spec.name,
-            report.outcome.describe(),
-            report
-                .exit_code
-                .map(|code| code.to_string())
-                .or_else(|| report.signal.clone())
-                .unwrap_or_else(|| "-".into()),
-            report.seconds,
-            log_path.display()
-        ),
-    }
-
-    line.set_message("tearing down");
-    tracing::info!("task {}: tearing down", spec.name);
-    if context.docker.is_some() || context.daytona.is_some() {
-        // Its own tracked task: a cancelled caller cannot cut a teardown short.
-        let (docker, daytona) = (context.docker.clone(), context.daytona.clone());
-        let ledger = context.ledger.clone();
-        let removal = context.removal.clone();
-        let stop_timeout = context.stop_timeout;
-        let handle = context.teardowns.spawn(async move {
-            let deadline = removal.retry.deadline * 2 + Duration::from_secs(30);
-            let backends = Backends { docker: docker.as_ref(), daytona: daytona.as_deref() };
-            tokio::time::timeout(deadline, teardown::teardown(backends, &ledger, &claims, &removal, stop_timeout)).await
-        });
-        match handle.await {
-            Ok(Ok(Ok(torn))) => record_teardown(&mut report, &torn),
-            Ok(Ok(Err(error))) => report.teardown_error = Some(error.to_string()),
-            Ok(Err(_)) => report.teardown_error = Some("teardown passed its deadline".to_string()),
-            Err(join_error) => report.teardown_error = Some(format!("teardown task failed: {join_error}")),
-        }
-        if let Some(error) = &report.teardown_error {
-            tracing::error!("task {}: teardown: {error}; run `benchwarden recover` later", spec.name);
-        }
-    }
+    events.task(TaskEvent::Ended { report: &report });
+    events.task(TaskEvent::TearingDown { task: &spec.name });
+    tear_down(&context, claims, &mut report).await;
     if let Some(watcher) = &context.watcher {
         watcher.unregister(&spec.name);
     }
-    let failed = !matches!(report.outcome, TaskOutcome::Passed);
-    context.view.task_finished(failed, report.outcome == TaskOutcome::TimedOut);
+    events.task(TaskEvent::Finished { report: &report });
     report
+}
+
+fn record_ending(report: &mut TaskReport, ending: Ending, status: Option<ExitStatus>) {
+    report.outcome = ending.outcome();
+    report.exit_code = status.and_then(|status| status.code());
+    report.signal = status
+        .and_then(|status| std::os::unix::process::ExitStatusExt::signal(&status))
+        .and_then(|number| Signal::try_from(number).ok())
+        .map(|signal| signal.to_string());
+}
+
+/// Tears down what the task owns on its own tracked task, so that a
+/// cancelled caller cannot cut it short, and records how it went.
+async fn tear_down(context: &RunContext, claims: Claims, report: &mut TaskReport) {
+    if context.docker.is_none() && context.daytona.is_none() {
+        return;
+    }
+    let (docker, daytona) = (context.docker.clone(), context.daytona.clone());
+    let (ledger, options, events) = (context.ledger.clone(), context.teardown.clone(), context.events.clone());
+    let handle = context.teardowns.spawn(async move {
+        let deadline = options.removal.retry.deadline * 2 + Duration::from_secs(30);
+        let backends = Backends { docker: docker.as_ref(), daytona: daytona.as_deref() };
+        tokio::time::timeout(deadline, teardown::teardown(backends, &ledger, &claims, &options, &events)).await
+    });
+    match handle.await {
+        Ok(Ok(Ok(torn))) => record_teardown(report, &torn),
+        Ok(Ok(Err(error))) => report.teardown_error = Some(error.to_string()),
+        Ok(Err(_)) => report.teardown_error = Some("teardown passed its deadline".to_string()),
+        Err(join_error) => report.teardown_error = Some(format!("teardown task failed: {join_error}")),
+    }
 }
 
 fn record_teardown(report: &mut TaskReport, torn: &TeardownReport) {
@@ -247,18 +150,73 @@ fn record_teardown(report: &mut TaskReport, torn: &TeardownReport) {
     report.teardown_seconds = torn.seconds;
 }
 
+/// The harness as the lifecycle waits for it.
+impl Harness for tokio::process::Child {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        tokio::process::Child::wait(self).await
+    }
+}
+
+impl ProcessSet for TaskProcesses {
+    fn signal(&self, signal: Signal) -> usize {
+        TaskProcesses::signal(self, signal)
+    }
+
+    fn any_left(&self) -> bool {
+        process::reap_adopted();
+        !self.find().is_empty()
+    }
+}
+
 /// Spawns the harness and sees it through to the end of every process of
-/// the task. `Err` only when the harness could not be started.
+/// the task: why it ended, and the harness's exit status when known.
 async fn supervise(
     context: &RunContext,
     spec: &TaskSpec,
-    log_path: &std::path::Path,
-) -> Result<(Ending, Option<std::process::ExitStatus>), String> {
+    log_path: &Path,
+) -> Result<(Ending, Option<ExitStatus>), TaskStartError> {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_path)
-        .map_err(|error| format!("cannot open log file {}: {error}", log_path.display()))?;
+        .map_err(|source| TaskStartError::LogFile { what: "open", path: log_path.to_path_buf(), source })?;
+    let mut command = harness_command(context, spec);
+    let interceptors = Interceptors::start(context, spec, &mut command).await?;
+    let output = Output::wire(&mut command, log_file, context.echo_output, log_path)?;
+    let (mut child, pid) = process::spawn_harness(&mut command).map_err(|source| TaskStartError::Harness {
+        program: spec.program.clone(),
+        cwd: spec.cwd.as_ref().map(|cwd| format!(" in {}", cwd.display())).unwrap_or_default(),
+        source,
+    })?;
+    // Read now, while the harness surely runs: its start time bounds the search for its descendants.
+    let processes = TaskProcesses::new(pid, &context.run_id, &spec.name);
+    let copies = output.start(&mut child, &spec.name, &context.events);
+    tracing::debug!("task {}: harness pid {pid}", spec.name);
+    let watch = lifecycle::Watch {
+        task: &spec.name,
+        time_limit: spec.timeout,
+        shutdown: context.shutdown.clone(),
+        events: &context.events,
+    };
+    let stopped = lifecycle::stop_when_done(Lifecycle::new(spec.grace), &mut child, &processes, watch).await;
+    let status = match stopped.awaits_harness() {
+        true => child.wait().await.ok(),
+        false => stopped.status(),
+    };
+    process::unregister_tokio_child(pid);
+    interceptors.stop();
+    for copy in copies {
+        let _ = copy.await;
+    }
+    // Every way out of running sets an ending; a lifecycle without one was interrupted.
+    let ending = stopped.ending().unwrap_or(Ending::Interrupted(Signal::SIGTERM));
+    Ok((ending, status))
+}
+
+/// The harness's command: its own process group, the run and task ids in
+/// its environment (inherited by every descendant, so `setsid` cannot hide
+/// them), no stdin.
+fn harness_command(context: &RunContext, spec: &TaskSpec) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(&spec.program);
     command
         .args(&spec.args)
@@ -271,143 +229,106 @@ async fn supervise(
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
-    // The task's Docker clients go through its own proxy, which labels and records every create.
-    let proxy = match &context.docker_proxy {
-        Some(settings) => {
-            let policy = DockerPolicy {
-                labels: owner::owner_labels(&context.run_id, &spec.name, &settings.host, std::process::id()),
-            };
-            let proxy =
-                DockerProxy::start(&settings.socket_root, settings.upstream.clone(), policy, recorder(context, spec))
-                    .await
-                    .map_err(|error| {
-                        format!("cannot start the Docker proxy in {}: {error}", settings.socket_root.display())
-                    })?;
-            command.env("DOCKER_HOST", proxy.docker_host()).env_remove("DOCKER_CONTEXT");
-            Some(proxy)
-        }
-        None => None,
-    };
-    // Likewise its Daytona SDK, through a local HTTP proxy.
-    let daytona_proxy = match &context.daytona_proxy {
-        Some(settings) => {
-            // The pid label too, beyond the three the design asks for: it lets another state
-            // directory's cleanup tell that this run is alive.
-            let labels = owner::owner_labels(&context.run_id, &spec.name, &settings.host, std::process::id());
-            let policy = DaytonaPolicy {
-                target: settings.target.clone(),
-                labels,
-                auto_stop_minutes: settings.auto_stop_minutes,
-                auto_delete_minutes: settings.auto_delete_minutes,
-            };
-            let proxy = DaytonaProxy::start(policy, recorder(context, spec))
+    command
+}
+
+/// A task's proxies: its Docker and Daytona clients go through them, and
+/// every create is labelled and recorded before the harness learns its id.
+struct Interceptors {
+    docker: Option<DockerProxy>,
+    daytona: Option<DaytonaProxy>,
+}
+
+impl Interceptors {
+    async fn start(
+        context: &RunContext,
+        spec: &TaskSpec,
+        command: &mut tokio::process::Command,
+    ) -> Result<Self, TaskStartError> {
+        // The pid label lets another state directory's cleanup tell that this run is alive.
+        let labels = || owner_labels(&context.run_id, &spec.name, &context.host, std::process::id());
+        let recorder =
+            || Recorder { run_id: context.run_id.clone(), task_id: spec.name.clone(), ledger: context.ledger.clone() };
+        let mut interceptors = Interceptors { docker: None, daytona: None };
+        if let Some(settings) = &context.docker_proxy {
+            let proxy = DockerProxy::start_for_task(settings, labels(), recorder())
                 .await
-                .map_err(|error| format!("cannot start the Daytona proxy: {error}"))?;
-            command.env("DAYTONA_API_URL", proxy.api_url()).env_remove("DAYTONA_SERVER_URL");
-            Some(proxy)
+                .map_err(|source| TaskStartError::DockerProxy { root: settings.socket_root.clone(), source })?;
+            command.env("DOCKER_HOST", proxy.docker_host()).env_remove("DOCKER_CONTEXT");
+            interceptors.docker = Some(proxy);
         }
-        None => None,
-    };
-    if context.echo_output {
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else {
-        let stderr_file =
-            log_file.try_clone().map_err(|error| format!("cannot share log file {}: {error}", log_path.display()))?;
-        command.stdout(Stdio::from(log_file.try_clone().map_err(|error| error.to_string())?)).stderr(stderr_file);
+        if let Some(settings) = &context.daytona_proxy {
+            let proxy = DaytonaProxy::start_for_task(settings, labels(), recorder())
+                .await
+                .map_err(|source| TaskStartError::DaytonaProxy { source })?;
+            command.env("DAYTONA_API_URL", proxy.api_url()).env_remove("DAYTONA_SERVER_URL");
+            interceptors.daytona = Some(proxy);
+        }
+        Ok(interceptors)
     }
-    let (mut child, pid) = process::spawn_harness(&mut command).map_err(|error| {
-        let cwd = spec.cwd.as_ref().map(|cwd| format!(" in {}", cwd.display())).unwrap_or_default();
-        format!("cannot start harness `{}`{cwd}: {error}; check harness.command in the benchmark file", spec.program)
-    })?;
-    // Read now, while the harness surely runs: its start time bounds the search for its descendants.
-    let processes = TaskProcesses::new(pid, &context.run_id, &spec.name);
-    let mut copies = Vec::new();
-    if context.echo_output {
+
+    fn stop(self) {
+        if let Some(proxy) = self.docker {
+            proxy.stop();
+        }
+        if let Some(proxy) = self.daytona {
+            proxy.stop();
+        }
+    }
+}
+
+/// Where the harness's output goes: its log file, and with `-j 1` also the
+/// terminal, through the event stream.
+enum Output {
+    LogOnly,
+    Echoed(std::fs::File),
+}
+
+impl Output {
+    fn wire(
+        command: &mut tokio::process::Command,
+        log_file: std::fs::File,
+        echo: bool,
+        log_path: &Path,
+    ) -> Result<Self, TaskStartError> {
+        if echo {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            return Ok(Output::Echoed(log_file));
+        }
+        let shared = |file: &std::fs::File| {
+            file.try_clone().map_err(|source| TaskStartError::LogFile {
+                what: "share",
+                path: log_path.to_path_buf(),
+                source,
+            })
+        };
+        command.stdout(Stdio::from(shared(&log_file)?)).stderr(Stdio::from(log_file));
+        Ok(Output::LogOnly)
+    }
+
+    /// Starts copying piped output; the copies end when the harness's pipes close.
+    fn start(self, child: &mut tokio::process::Child, task: &str, events: &Events) -> Vec<tokio::task::JoinHandle<()>> {
+        let Output::Echoed(log_file) = self else {
+            return Vec::new();
+        };
         let log = Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(log_file)));
+        let mut copies = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            copies.push(tokio::spawn(tee(stdout, Arc::clone(&log))));
+            copies.push(tokio::spawn(tee(stdout, Arc::clone(&log), task.to_string(), events.clone())));
         }
         if let Some(stderr) = child.stderr.take() {
-            copies.push(tokio::spawn(tee(stderr, log)));
+            copies.push(tokio::spawn(tee(stderr, log, task.to_string(), events.clone())));
         }
-    }
-    tracing::debug!("task {}: harness pid {pid}", spec.name);
-
-    let mut shutdown = context.shutdown.clone();
-    let timeout = async {
-        match spec.timeout {
-            Some(limit) => tokio::time::sleep(limit).await,
-            None => std::future::pending().await,
-        }
-    };
-    let ending = tokio::select! {
-        status = child.wait() => match status {
-            Ok(status) => Ending::Exited(status),
-            Err(error) => {
-                tracing::error!("task {}: waiting for the harness failed: {error}", spec.name);
-                Ending::Interrupted(Signal::SIGTERM)
-            }
-        },
-        () = timeout => Ending::TimedOut,
-        Ok(state) = shutdown.wait_for(|state| state.is_requested()) => {
-            Ending::Interrupted(state.signal().unwrap_or(Signal::SIGTERM))
-        }
-    };
-
-    // Stop every process of the task, whatever the ending: a harness that exited
-    // may have left background processes that still create resources.
-    let first_signal = match ending {
-        Ending::Interrupted(signal) => signal,
-        _ => Signal::SIGTERM,
-    };
-    stop_all(context, spec, &processes, first_signal).await;
-    let status = match ending {
-        Ending::Exited(status) => Some(status),
-        _ => child.wait().await.ok(),
-    };
-    process::unregister_tokio_child(pid);
-    if let Some(proxy) = proxy {
-        proxy.stop();
-    }
-    if let Some(proxy) = daytona_proxy {
-        proxy.stop();
-    }
-    for copy in copies {
-        let _ = copy.await;
-    }
-    Ok((ending, status))
-}
-
-fn recorder(context: &RunContext, spec: &TaskSpec) -> Recorder {
-    Recorder { run_id: context.run_id.clone(), task_id: spec.name.clone(), ledger: context.ledger.clone() }
-}
-
-/// Signal, grace (cut short by a second Ctrl-C), SIGKILL, and wait until no
-/// process of the task is left.
-async fn stop_all(context: &RunContext, spec: &TaskSpec, processes: &TaskProcesses, first_signal: Signal) {
-    let task_id = &spec.name;
-    if processes.find().is_empty() {
-        return;
-    }
-    let signalled = processes.signal(first_signal);
-    tracing::debug!("task {task_id}: sent {first_signal} to {signalled} process(es)");
-    let mut shutdown = context.shutdown.clone();
-    let killed_now = async { shutdown.wait_for(|state| matches!(state, Shutdown::Kill(_))).await.map(drop) };
-    let gone = tokio::select! {
-        gone = processes.wait_gone(spec.grace) => gone,
-        Ok(()) = killed_now => false,
-    };
-    if gone {
-        return;
-    }
-    let killed = processes.signal(Signal::SIGKILL);
-    tracing::info!("task {task_id}: killed {killed} process(es) with SIGKILL");
-    if !processes.wait_gone(KILL_WAIT).await {
-        tracing::error!("task {task_id}: processes survive SIGKILL (uninterruptible sleep?); tearing down anyway");
+        copies
     }
 }
 
-async fn tee(mut source: impl AsyncRead + Unpin, log: Arc<tokio::sync::Mutex<tokio::fs::File>>) {
+async fn tee(
+    mut source: impl AsyncRead + Unpin,
+    log: Arc<tokio::sync::Mutex<tokio::fs::File>>,
+    task: String,
+    events: Events,
+) {
     let mut buffer = vec![0u8; 8192];
     loop {
         match source.read(&mut buffer).await {
@@ -420,7 +341,7 @@ async fn tee(mut source: impl AsyncRead + Unpin, log: Arc<tokio::sync::Mutex<tok
                     let _ = log.write_all(&buffer[..count]).await;
                     let _ = log.flush().await;
                 }
-                echo_harness_output(&buffer[..count]);
+                events.task(TaskEvent::Output { task: &task, bytes: &buffer[..count] });
             }
         }
     }

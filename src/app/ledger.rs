@@ -1,0 +1,93 @@
+//! The commands about what the ledger knows: `benchwarden recover` and
+//! `benchwarden status`.
+
+use super::{print_json, print_stdout};
+use crate::backend::daytona::DaytonaBackend;
+use crate::backend::docker::DockerBackend;
+use crate::backend::{RemovalOptions, DEFAULT_PARALLEL};
+use crate::clock::now_unix;
+use crate::errors::{Error, ExitStatus};
+use crate::events::Events;
+use crate::host;
+use crate::ledger::Ledger;
+use crate::recover::{recover_orphans, OrphanSource};
+use crate::report::text::{self, RunStatus};
+use crate::resource::Kind;
+use crate::settings::{GlobalSettings, RecoverSettings, StatusSettings};
+use crate::teardown::{Backends, TeardownOptions};
+
+/// The Daytona backend when credentials are in the environment. Without
+/// them, sandboxes recorded in the ledger cannot be recovered: say so.
+async fn daytona_if_configured(
+    global: &GlobalSettings,
+    ledger: &Ledger,
+    events: &Events,
+) -> Result<Option<DaytonaBackend>, Error> {
+    match &global.daytona {
+        Ok(config) => Ok(Some(DaytonaBackend::new(config.clone(), events.clone())?)),
+        Err(why) => {
+            let unreleased = ledger.all_unreleased().await?;
+            let sandboxes = unreleased.iter().filter(|record| record.resource.kind == Kind::Sandbox).count();
+            if sandboxes > 0 {
+                tracing::warn!("{sandboxes} Daytona sandbox(es) recorded in the ledger are left alone: {why}");
+            }
+            Ok(None)
+        }
+    }
+}
+
+pub async fn recover(
+    global: &GlobalSettings,
+    settings: &RecoverSettings,
+    events: &Events,
+) -> Result<ExitStatus, Error> {
+    let ledger = Ledger::open(&global.state_dir)?;
+    let docker = DockerBackend::connect(&global.docker).await?;
+    let daytona = daytona_if_configured(global, &ledger, events).await?;
+    let backends = Backends { docker: Some(&docker), daytona: daytona.as_ref() };
+    let options = TeardownOptions {
+        removal: RemovalOptions { parallel: DEFAULT_PARALLEL, fail_fast: false, retry: global.retry.clone() },
+        stop_timeout: None,
+    };
+    let source = if settings.from_labels { OrphanSource::LedgerAndLabels } else { OrphanSource::Ledger };
+    let recovered = recover_orphans(backends, &ledger, &options, settings.dry_run, source, events).await?;
+    if settings.json {
+        print_json(&recovered)?;
+    } else {
+        print_stdout(&text::recovery_summary(&recovered))?;
+    }
+    let left: usize = recovered.iter().map(|run| run.leaked.len() + run.pending.len()).sum();
+    Ok(if left > 0 { ExitStatus::Leaked } else { ExitStatus::Success })
+}
+
+pub async fn status(global: &GlobalSettings, settings: &StatusSettings) -> Result<ExitStatus, Error> {
+    let ledger = Ledger::open(&global.state_dir)?;
+    let this_host = host::host_name();
+    let unreleased = ledger.all_unreleased().await?;
+    let statuses: Vec<RunStatus> = ledger
+        .runs()
+        .await?
+        .into_iter()
+        .map(|run| {
+            let state = if run.ended_at.is_some() {
+                "finished"
+            } else if run.is_orphaned(&this_host) {
+                "orphaned"
+            } else {
+                "running"
+            };
+            let live_resources = unreleased
+                .iter()
+                .filter(|record| record.run_id == run.id)
+                .map(|record| record.resource.clone())
+                .collect();
+            RunStatus { run, state, live_resources }
+        })
+        .collect();
+    if settings.json {
+        print_json(&statuses)?;
+    } else {
+        print_stdout(&text::status_table(&statuses, now_unix(), &global.state_dir))?;
+    }
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,180 @@
+//! The Daytona API client: authenticated requests, paced by the rate-limit
+//! headers; cursor-paged listing (and the older bare-array answer); get,
+//! stop, and delete (which completes asynchronously).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::config::{Credentials, DaytonaConfig};
+use super::model::{DaytonaError, ListAnswer, Sandbox};
+use super::pacer::{retry_after, Pacer};
+use crate::errors::{error_chain, Error};
+use crate::events::Events;
+use crate::retry::{RetryPolicy, Success};
+
+const PAGE_LIMIT: u32 = 200;
+
+/// Retries of one page of the sandbox list.
+fn list_retry() -> RetryPolicy {
+    RetryPolicy {
+        retries: 5,
+        first_delay: Duration::from_millis(500),
+        factor: 2.0,
+        max_delay: Duration::from_secs(10),
+        jitter: true,
+        call_timeout: Duration::from_secs(60),
+        deadline: Duration::from_secs(120),
+    }
+}
+
+/// A Daytona API client.
+pub struct DaytonaBackend {
+    client: reqwest::Client,
+    config: DaytonaConfig,
+    pacer: Pacer,
+    /// Where the retries of list calls are told.
+    events: Events,
+}
+
+/// The API's throttlers: deletes and stops count against the lifecycle one,
+/// everything else here against the general one.
+const LIFECYCLE: &str = "sandbox-lifecycle";
+const AUTHENTICATED: &str = "authenticated";
+
+impl DaytonaBackend {
+    pub fn new(config: DaytonaConfig, events: Events) -> Result<Self, Error> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("benchwarden/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|error| Error::usage(format!("cannot build the Daytona HTTP client: {error}")))?;
+        Ok(DaytonaBackend { client, config, pacer: Pacer::default(), events })
+    }
+
+    pub fn api_url(&self) -> &str {
+        &self.config.api_url
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.client.request(method, format!("{}{path}", self.config.api_url));
+        match &self.config.credentials {
+            Credentials::ApiKey(key) => builder.bearer_auth(key),
+            Credentials::Jwt { token, organization_id } => {
+                builder.bearer_auth(token).header("X-Daytona-Organization-ID", organization_id)
+            }
+        }
+    }
+
+    async fn send(&self, throttler: &str, builder: reqwest::RequestBuilder) -> Result<reqwest::Response, DaytonaError> {
+        let mut permit = self.pacer.acquire(throttler).await;
+        // reqwest's text names the URL, never the Authorization header.
+        let response = builder.send().await.map_err(|error| DaytonaError::transport(error_chain(&error)))?;
+        self.pacer.observe(&mut permit, response.headers());
+        drop(permit);
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = retry_after(response.headers());
+        let body = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|value| value.get("message").map(|message| message.to_string().trim_matches('"').to_string()))
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+        Err(DaytonaError { status: Some(status.as_u16()), message, retry_after })
+    }
+
+    /// Every sandbox matching `labels` (all pages).
+    pub async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<Sandbox>, DaytonaError> {
+        let mut sandboxes = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut query: Vec<(&str, String)> = vec![("limit", PAGE_LIMIT.to_string())];
+            if !labels.is_empty() {
+                query.push(("labels", serde_json::to_string(labels).unwrap_or_default()));
+            }
+            if let Some(cursor) = &cursor {
+                query.push(("cursor", cursor.clone()));
+            }
+            // A page lost to a 5xx, a reset or a timeout is asked for again; a 429 waits as told.
+            let fetched = list_retry()
+                .run("list sandboxes", &self.events, || async {
+                    let response =
+                        self.send(AUTHENTICATED, self.request(reqwest::Method::GET, "/sandbox").query(&query)).await?;
+                    response
+                        .bytes()
+                        .await
+                        .map_err(|error| DaytonaError::transport(format!("reading the sandbox list: {error}")))
+                })
+                .await;
+            let body = match fetched {
+                Ok((Success::Done(body), _)) => body,
+                // A 404 on the list itself: not the API.
+                Ok((Success::AlreadyDone, _)) => {
+                    return Err(DaytonaError {
+                        status: Some(404),
+                        message: "the sandbox list answered 404; check that DAYTONA_API_URL ends in /api".to_string(),
+                        retry_after: None,
+                    })
+                }
+                Err(failure) => return Err(failure.error),
+            };
+            let answer: ListAnswer = serde_json::from_slice(&body).map_err(|error| {
+                DaytonaError::transport(format!(
+                    "the sandbox list is not what the API returns ({error}); check that DAYTONA_API_URL ends in /api"
+                ))
+            })?;
+            match answer {
+                ListAnswer::Bare(items) => {
+                    sandboxes.extend(items);
+                    return Ok(sandboxes);
+                }
+                ListAnswer::Page { items, next_cursor } => {
+                    sandboxes.extend(items);
+                    match next_cursor {
+                        Some(next) if !next.is_empty() => cursor = Some(next),
+                        _ => return Ok(sandboxes),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sandbox, or `None` once it is gone (404).
+    pub async fn get(&self, id: &str) -> Result<Option<Sandbox>, DaytonaError> {
+        let path = format!("/sandbox/{}", encode_segment(id));
+        match self.send(AUTHENTICATED, self.request(reqwest::Method::GET, &path)).await {
+            Ok(response) => response
+                .json::<Sandbox>()
+                .await
+                .map(Some)
+                .map_err(|error| DaytonaError::transport(format!("reading sandbox {id}: {error}"))),
+            Err(error) if error.status == Some(404) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Stops a sandbox (`force`: SIGKILL instead of SIGTERM inside it).
+    pub async fn stop(&self, id: &str, force: bool) -> Result<(), DaytonaError> {
+        let path = format!("/sandbox/{}/stop", encode_segment(id));
+        let request = self.request(reqwest::Method::POST, &path).query(&[("force", force.to_string())]);
+        self.send(LIFECYCLE, request).await.map(drop)
+    }
+
+    /// Starts deletion; it completes asynchronously (see [`Self::get`]).
+    pub async fn delete(&self, id: &str) -> Result<(), DaytonaError> {
+        let path = format!("/sandbox/{}", encode_segment(id));
+        self.send(LIFECYCLE, self.request(reqwest::Method::DELETE, &path)).await.map(drop)
+    }
+}
+
+fn encode_segment(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (byte as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,269 @@
+//! The event stream: what the lower layers (supervisor, teardown, sweeps,
+//! recovery, backends, retries) tell about their work, as typed events, and
+//! the handle they send them through. They never draw, print or format for
+//! people; one consumer (the reporter in `report`) turns events into
+//! progress bars, log lines and counts, and others (a metrics file) can
+//! listen beside it.
+//!
+//! Events borrow what they describe, so emitting one copies nothing; a sink
+//! that keeps data clones what it needs.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Serialize;
+
+use crate::resource::{RemovalOutcome, ResourceRef};
+
+/// One thing that happened.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// A run recorded itself in the ledger and is about to start its tasks.
+    RunStarted {
+        run_id: &'a str,
+        tasks: usize,
+        benchmark: &'a str,
+        source: &'a str,
+        jobs: usize,
+        log_dir: &'a Path,
+    },
+    /// Ctrl-C, SIGTERM or SIGHUP: `press` says which step of the shutdown this is.
+    ShutdownRequested {
+        signal: Signal,
+        press: Press,
+    },
+    Task(TaskEvent<'a>),
+    Removal(RemovalEvent<'a>),
+    /// One call failed and will be tried again after `delay`.
+    Retrying {
+        what: &'a str,
+        attempt: u32,
+        attempts: u32,
+        error: &'a str,
+        delay: Duration,
+    },
+    /// A resource a sweep selected but left alone, and why.
+    Protected {
+        resource: &'a ResourceRef,
+        reason: &'a str,
+    },
+    /// A dry run would remove this resource.
+    WouldRemove {
+        resource: &'a ResourceRef,
+    },
+    /// Still there after teardown, found by listing again.
+    Leaked {
+        resource: &'a ResourceRef,
+    },
+    /// A sweep before a run ended with these counts.
+    PreRunSweepFinished {
+        removed: usize,
+        failed: usize,
+        protected: usize,
+    },
+    Orphan(OrphanEvent<'a>),
+}
+
+/// Which press of Ctrl-C (or SIGTERM, SIGHUP) a shutdown request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Press {
+    /// No new tasks; harnesses get the signal, SIGKILL after the grace.
+    First,
+    /// SIGKILL every harness now; teardown goes on.
+    Second,
+}
+
+/// The life of one task, in order.
+#[derive(Debug, Clone, Copy)]
+pub enum TaskEvent<'a> {
+    Started {
+        task: &'a str,
+    },
+    /// The containers the task has live now, as the creation watcher sees them.
+    Live {
+        task: &'a str,
+        containers: usize,
+    },
+    /// The harness wrote this to its stdout or stderr (only when its output
+    /// is echoed, with `-j 1`); its log file already has it.
+    Output {
+        task: &'a str,
+        bytes: &'a [u8],
+    },
+    /// Processes of the task outlived the grace and got SIGKILL.
+    Killed {
+        task: &'a str,
+        processes: usize,
+    },
+    /// Processes of the task outlived SIGKILL; teardown starts anyway.
+    Unkillable {
+        task: &'a str,
+    },
+    /// Every process of the task is gone: its outcome is known.
+    Ended {
+        report: &'a TaskReport,
+    },
+    TearingDown {
+        task: &'a str,
+    },
+    /// Teardown is over: the report is complete.
+    Finished {
+        report: &'a TaskReport,
+    },
+}
+
+/// Removals by policy or by owner, resource by resource.
+#[derive(Debug, Clone, Copy)]
+pub enum RemovalEvent<'a> {
+    /// A batch of `total` removals that a person may want to follow.
+    Started { what: &'a str, total: usize },
+    /// One resource's removal ended (or was not attempted, or is still pending).
+    Outcome { resource: &'a ResourceRef, outcome: &'a RemovalOutcome },
+    /// The batch announced by the last `Started` is over.
+    Finished,
+}
+
+/// Recovery of runs whose benchwarden process is gone.
+#[derive(Debug, Clone, Copy)]
+pub enum OrphanEvent<'a> {
+    Recovering {
+        run_id: &'a str,
+        pid: Option<u32>,
+        from_labels: bool,
+    },
+    ProcessesKilled {
+        run_id: &'a str,
+        processes: usize,
+    },
+    /// Before a run: how many orphaned runs were recovered.
+    Recovered {
+        runs: usize,
+    },
+}
+
+/// Receives events; implementations must be quick and must not block, since
+/// events are sent from the middle of the work they describe.
+pub trait EventSink: Send + Sync {
+    fn event(&self, event: &Event<'_>);
+}
+
+/// The handle lower layers emit events through. Cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    sink: Arc<dyn EventSink>,
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Events")
+    }
+}
+
+struct Discard;
+
+impl EventSink for Discard {
+    fn event(&self, _: &Event<'_>) {}
+}
+
+impl Events {
+    pub fn new(sink: Arc<dyn EventSink>) -> Self {
+        Events { sink }
+    }
+
+    /// A handle whose events go nowhere: for callers nobody watches.
+    pub fn discard() -> Self {
+        Events { sink: Arc::new(Discard) }
+    }
+
+    pub fn emit(&self, event: Event<'_>) {
+        self.sink.event(&event);
+    }
+
+    pub fn task(&self, event: TaskEvent<'_>) {
+        self.emit(Event::Task(event));
+    }
+
+    pub fn removal(&self, event: RemovalEvent<'_>) {
+        self.emit(Event::Removal(event));
+    }
+
+    pub fn orphan(&self, event: OrphanEvent<'_>) {
+        self.emit(Event::Orphan(event));
+    }
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    Passed,
+    Failed,
+    TimedOut,
+    Interrupted,
+    /// The harness could not be started.
+    SpawnFailed,
+    /// Never started: the run was interrupted first.
+    NotStarted,
+}
+
+impl TaskOutcome {
+    pub fn describe(self) -> &'static str {
+        match self {
+            TaskOutcome::Passed => "passed",
+            TaskOutcome::Failed => "failed",
+            TaskOutcome::TimedOut => "timed out",
+            TaskOutcome::Interrupted => "interrupted",
+            TaskOutcome::SpawnFailed => "not started: spawn failed",
+            TaskOutcome::NotStarted => "not started",
+        }
+    }
+}
+
+/// Everything known about one task once it is over: the JSON report's
+/// `tasks` entries and the summary's rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskReport {
+    pub task: String,
+    pub outcome: TaskOutcome,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub error: Option<String>,
+    pub seconds: f64,
+    pub log: PathBuf,
+    pub resources_found: usize,
+    pub resources_removed: usize,
+    pub resources_leaked: Vec<String>,
+    /// Deletion accepted but not finished (sandboxes still `destroying`): kept for `recover`.
+    pub resources_pending: Vec<String>,
+    pub teardown_seconds: f64,
+    pub teardown_error: Option<String>,
+}
+
+impl TaskReport {
+    /// A report for a task that has not started: where every task's report begins.
+    pub fn unstarted(name: &str, log: PathBuf) -> Self {
+        TaskReport {
+            task: name.to_string(),
+            outcome: TaskOutcome::NotStarted,
+            exit_code: None,
+            signal: None,
+            error: None,
+            seconds: 0.0,
+            log,
+            resources_found: 0,
+            resources_removed: 0,
+            resources_leaked: Vec::new(),
+            resources_pending: Vec::new(),
+            teardown_seconds: 0.0,
+            teardown_error: None,
+        }
+    }
+
+    /// What is still there: leaked, pending, or unknown because teardown failed.
+    pub fn left_something(&self) -> bool {
+        !self.resources_leaked.is_empty() || !self.resources_pending.is_empty() || self.teardown_error.is_some()
+    }
+}

@@ -1,0 +1,112 @@
+//! Log lines for events: the plain record of a run on any output, a
+//! terminal or a file. Levels follow what a person must notice: removals
+//! and progress are info, retries and stopped tasks warnings, anything
+//! left behind an error.
+
+use crate::events::{Event, OrphanEvent, Press, RemovalEvent, TaskEvent, TaskOutcome, TaskReport};
+use crate::resource::RemovalOutcome;
+
+pub(super) fn log(event: &Event<'_>) {
+    match event {
+        Event::RunStarted { run_id, tasks, benchmark, source, jobs, log_dir } => tracing::info!(
+            "run {run_id}: {tasks} task(s) of {benchmark} ({source}), {jobs} at once; logs in {}",
+            log_dir.display()
+        ),
+        Event::ShutdownRequested { signal, press: Press::First } => {
+            tracing::warn!("{signal}: starting no new tasks; stopping running ones (again to kill them at once)")
+        }
+        Event::ShutdownRequested { signal, press: Press::Second } => {
+            tracing::warn!("{signal} again: killing every harness now; teardown goes on (again to exit at once)")
+        }
+        Event::Task(task) => log_task(task),
+        Event::Removal(RemovalEvent::Outcome { resource, outcome }) => match outcome {
+            RemovalOutcome::Removed { .. } => tracing::info!("removed {resource}"),
+            RemovalOutcome::AlreadyGone { .. } => tracing::info!("{resource} was already gone"),
+            RemovalOutcome::Failed { attempts, error } => {
+                tracing::error!("could not remove {resource} after {attempts} attempt(s): {error}")
+            }
+            RemovalOutcome::Pending { .. } => {
+                tracing::warn!("{resource} is still destroying; kept in the ledger for `benchwarden recover`")
+            }
+            RemovalOutcome::NotAttempted | RemovalOutcome::WouldRemove => {}
+        },
+        Event::Removal(_) => {}
+        Event::Retrying { what, attempt, attempts, error, delay } => {
+            let delay = std::time::Duration::from_millis(delay.as_millis() as u64);
+            tracing::warn!(
+                "{what}: attempt {attempt}/{attempts} failed: {error}; retrying in {}",
+                humantime::format_duration(delay)
+            )
+        }
+        Event::Protected { resource, reason } => tracing::info!("leaving {resource} alone: {reason}"),
+        Event::WouldRemove { resource } => tracing::info!("would remove {resource}"),
+        Event::Leaked { resource } => tracing::error!("leaked: {resource} is still there after teardown"),
+        Event::PreRunSweepFinished { removed, failed, protected } => {
+            if *removed > 0 || *failed > 0 {
+                tracing::info!(
+                    "pre-run sweep: {removed} leftover container(s) removed, {failed} failed, {protected} left alone"
+                );
+            }
+        }
+        Event::Orphan(orphan) => log_orphan(orphan),
+    }
+}
+
+fn log_task(event: &TaskEvent<'_>) {
+    match event {
+        TaskEvent::Started { task } => tracing::info!("task {task}: started"),
+        TaskEvent::Killed { task, processes } => {
+            tracing::info!("task {task}: killed {processes} process(es) with SIGKILL")
+        }
+        TaskEvent::Unkillable { task } => {
+            tracing::error!("task {task}: processes survive SIGKILL (uninterruptible sleep?); tearing down anyway")
+        }
+        TaskEvent::Ended { report } => log_task_ended(report),
+        TaskEvent::TearingDown { task } => tracing::info!("task {task}: tearing down"),
+        TaskEvent::Finished { report } => {
+            if let Some(error) = &report.teardown_error {
+                tracing::error!("task {}: teardown: {error}; run `benchwarden recover` later", report.task);
+            }
+        }
+        TaskEvent::Live { .. } | TaskEvent::Output { .. } => {}
+    }
+}
+
+fn log_task_ended(report: &TaskReport) {
+    let task = &report.task;
+    match report.outcome {
+        TaskOutcome::Passed => tracing::info!("task {task}: passed in {:.1}s", report.seconds),
+        TaskOutcome::TimedOut => tracing::warn!("task {task}: timed out after {:.1}s", report.seconds),
+        outcome => {
+            if let Some(error) = &report.error {
+                tracing::error!("task {task}: {error}");
+            }
+            let exit = report.exit_code.map(|code| code.to_string()).or_else(|| report.signal.clone());
+            tracing::warn!(
+                "task {task}: {} (exit {}) after {:.1}s; log: {}",
+                outcome.describe(),
+                exit.unwrap_or_else(|| "-".into()),
+                report.seconds,
+                report.log.display()
+            )
+        }
+    }
+}
+
+fn log_orphan(event: &OrphanEvent<'_>) {
+    match event {
+        OrphanEvent::Recovering { run_id, pid, from_labels } => {
+            let pid = pid.map_or_else(|| "unknown".to_string(), |pid| pid.to_string());
+            let known = if *from_labels { " (known from labels only)" } else { "" };
+            tracing::info!("run {run_id}{known} (pid {pid}) is gone: tearing down what it owns");
+        }
+        OrphanEvent::ProcessesKilled { run_id, processes } => {
+            tracing::info!("run {run_id}: killed {processes} process(es) it left running")
+        }
+        OrphanEvent::Recovered { runs } => {
+            if *runs > 0 {
+                tracing::info!("recovered {runs} orphaned run(s) before starting");
+            }
+        }
+    }
+}

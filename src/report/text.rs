@@ -1,0 +1,327 @@
+//! Text and JSON for people and scripts: tables, the closing summaries of
+//! cleanups, runs and recoveries, and the JSON report of a run. Pure
+//! functions from results to text; the commands print them.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::backend::daytona::Sandbox;
+use crate::backend::docker::Container;
+use crate::events::{TaskOutcome, TaskReport};
+use crate::ledger::RunRecord;
+use crate::owner::LabelledOwner;
+use crate::recover::RecoveredRun;
+use crate::resource::{short_id, RemovalOutcome, RemovalReport, ResourceRef};
+use crate::sweep::SweepResult;
+
+/// Formats an age for tables: `45s`, `12m`, `3h`, `2d`.
+pub fn format_age(seconds: i64) -> String {
+    let seconds = seconds.max(0);
+    match seconds {
+        0..=119 => format!("{seconds}s"),
+        120..=7199 => format!("{}m", seconds / 60),
+        7200..=172_799 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
+/// Renders rows as a left-aligned table with two spaces between columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|cell| cell.len()).collect();
+    for row in rows {
+        for (index, cell) in row.iter().enumerate() {
+            if index < widths.len() {
+                widths[index] = widths[index].max(cell.chars().count());
+            }
+        }
+    }
+    let mut text = String::new();
+    let mut push_row = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        for (index, cell) in cells.iter().enumerate() {
+            text.push_str(cell);
+            if index < last {
+                let padding = widths[index].saturating_sub(cell.chars().count()) + 2;
+                text.extend(std::iter::repeat_n(' ', padding));
+            }
+        }
+        text.push('\n');
+    };
+    push_row(header.to_vec());
+    for row in rows {
+        push_row(row.iter().map(String::as_str).collect());
+    }
+    text
+}
+
+/// `list --docker`: newest first, as the caller sorted them.
+pub fn container_table(containers: &[Container], now: i64) -> String {
+    let rows: Vec<Vec<String>> = containers
+        .iter()
+        .map(|container| {
+            vec![
+                short_id(&container.id).to_string(),
+                container.name.clone(),
+                container.image.clone(),
+                container.state.clone(),
+                format_age(now - container.created),
+                container.compose_project.clone().unwrap_or_else(|| "-".to_string()),
+                LabelledOwner::column(&container.labels),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "IMAGE", "STATE", "AGE", "PROJECT", "OWNER"], &rows)
+}
+
+/// `list --daytona`.
+pub fn sandbox_table(sandboxes: &[Sandbox], now: i64) -> String {
+    let rows: Vec<Vec<String>> = sandboxes
+        .iter()
+        .map(|sandbox| {
+            vec![
+                short_id(&sandbox.id).to_string(),
+                sandbox.name.clone().unwrap_or_default(),
+                sandbox.state.clone().unwrap_or_else(|| "?".to_string()),
+                sandbox.created_unix().map(|created| format_age(now - created)).unwrap_or_else(|| "?".to_string()),
+                sandbox.target.clone().unwrap_or_default(),
+                LabelledOwner::column(&sandbox.labels),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "STATE", "AGE", "TARGET", "OWNER"], &rows)
+}
+
+/// The closing lines of a Docker sweep: counts, then each failure with its reason.
+pub fn sweep_summary(result: &SweepResult) -> String {
+    removal_summary(
+        &[("containers", &result.containers), ("networks", &result.networks), ("volumes", &result.volumes)],
+        result.dry_run,
+        result.protected.len(),
+    )
+}
+
+/// Counts per kind (the first kind says when nothing matched), what was
+/// left alone, then each failure with its reason.
+pub fn removal_summary(reports: &[(&str, &RemovalReport)], dry_run: bool, protected: usize) -> String {
+    let mut text = String::new();
+    for (index, (label, report)) in reports.iter().enumerate() {
+        if report.results.is_empty() {
+            if index == 0 {
+                text.push_str(&format!("{label}: none matched\n"));
+            }
+            continue;
+        }
+        text.push_str(&removal_counts(label, report, dry_run));
+    }
+    if protected > 0 {
+        text.push_str(&format!("{protected} left alone because a live run owns them\n"));
+    }
+    for (resource, outcome) in reports.iter().flat_map(|(_, report)| &report.results) {
+        match outcome {
+            RemovalOutcome::Failed { error, attempts } => {
+                text.push_str(&format!("  failed: {resource}: {error} (after {attempts} attempt(s))\n"))
+            }
+            RemovalOutcome::Pending { .. } => text.push_str(&format!(
+                "  pending: {resource} is still being deleted; `benchwarden recover` or a later cleanup checks again\n"
+            )),
+            _ => {}
+        }
+    }
+    text
+}
+
+fn removal_counts(label: &str, report: &RemovalReport, dry_run: bool) -> String {
+    if dry_run {
+        return format!("{label}: {} would be removed (dry run)\n", report.would_remove());
+    }
+    let mut text = format!(
+        "{label}: {} removed, {} already gone, {} failed",
+        report.removed(),
+        report.already_gone(),
+        report.failed()
+    );
+    if report.pending() > 0 {
+        text.push_str(&format!(", {} still being deleted (pending)", report.pending()));
+    }
+    if report.not_attempted() > 0 {
+        text.push_str(&format!(", {} not attempted (--fail-fast)", report.not_attempted()));
+    }
+    text.push('\n');
+    text
+}
+
+/// The JSON report of a run.
+#[derive(Debug, Serialize)]
+pub struct RunReport<'a> {
+    pub run_id: &'a str,
+    pub benchmark: &'a str,
+    pub source: &'a str,
+    pub started_at: i64,
+    pub ended_at: i64,
+    pub exit_code: i32,
+    pub interrupted_by: Option<String>,
+    pub pre_run_sweep: Option<&'a SweepResult>,
+    pub tasks: &'a [TaskReport],
+}
+
+/// The summary of a run: a row per task, the counts, then what went wrong.
+pub fn run_summary(reports: &[TaskReport]) -> String {
+    let rows: Vec<Vec<String>> = reports.iter().map(task_row).collect();
+    let mut text = table(&["TASK", "RESULT", "EXIT", "TIME", "FOUND", "REMOVED", "LEAKED", "TEARDOWN"], &rows);
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for report in reports {
+        let key = match report.outcome {
+            TaskOutcome::Passed => "passed",
+            TaskOutcome::TimedOut => "timed out",
+            TaskOutcome::NotStarted => "not started",
+            TaskOutcome::Interrupted => "interrupted",
+            _ => "failed",
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    let leaked: usize = reports.iter().map(|report| report.resources_leaked.len()).sum();
+    let removed: usize = reports.iter().map(|report| report.resources_removed).sum();
+    let counts: Vec<String> = counts.iter().map(|(key, count)| format!("{count} {key}")).collect();
+    let pending: usize = reports.iter().map(|report| report.resources_pending.len()).sum();
+    let pending = if pending > 0 { format!(", {pending} still being deleted") } else { String::new() };
+    text.push_str(&format!("{}; {removed} resource(s) removed, {leaked} leaked{pending}\n", counts.join(", ")));
+    for report in reports {
+        text.push_str(&task_problems(report));
+    }
+    text
+}
+
+fn task_row(report: &TaskReport) -> Vec<String> {
+    let exit = match (&report.exit_code, &report.signal) {
+        (Some(code), _) => code.to_string(),
+        (None, Some(signal)) => signal.clone(),
+        (None, None) => "-".to_string(),
+    };
+    vec![
+        report.task.clone(),
+        report.outcome.describe().to_string(),
+        exit,
+        format!("{:.1}s", report.seconds),
+        report.resources_found.to_string(),
+        report.resources_removed.to_string(),
+        report.resources_leaked.len().to_string(),
+        format!("{:.1}s", report.teardown_seconds),
+    ]
+}
+
+fn task_problems(report: &TaskReport) -> String {
+    let task = &report.task;
+    let mut text = String::new();
+    if let Some(error) = &report.error {
+        text.push_str(&format!("  {task}: {error}\n"));
+    }
+    if let Some(error) = &report.teardown_error {
+        text.push_str(&format!("  {task}: teardown: {error}\n"));
+    }
+    for resource in &report.resources_leaked {
+        text.push_str(&format!("  {task}: leaked {resource}\n"));
+    }
+    for resource in &report.resources_pending {
+        text.push_str(&format!("  {task}: {resource} is still being deleted; `benchwarden recover` checks it again\n"));
+    }
+    text
+}
+
+/// What `recover` did (or would do), run by run.
+pub fn recovery_summary(recovered: &[RecoveredRun]) -> String {
+    if recovered.is_empty() {
+        return "no orphaned runs\n".to_string();
+    }
+    let mut text = String::new();
+    for run in recovered {
+        if run.dry_run {
+            text.push_str(&format!("run {}: {} resource(s) would be removed\n", run.run_id, run.found.len()));
+        } else {
+            text.push_str(&format!(
+                "run {}: {} resource(s) removed, {} left\n",
+                run.run_id,
+                run.removed,
+                run.leaked.len()
+            ));
+        }
+        for resource in &run.leaked {
+            text.push_str(&format!("  left: {resource}\n"));
+        }
+        for resource in &run.pending {
+            text.push_str(&format!(
+                "  pending: {resource} is still being deleted; `benchwarden recover` checks again\n"
+            ));
+        }
+    }
+    text
+}
+
+/// A run as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct RunStatus {
+    #[serde(flatten)]
+    pub run: RunRecord,
+    /// `running`, `orphaned` or `finished`.
+    pub state: &'static str,
+    pub live_resources: Vec<ResourceRef>,
+}
+
+/// `status`: a row per run, and how to recover orphans if there are any.
+pub fn status_table(statuses: &[RunStatus], now: i64, state_dir: &std::path::Path) -> String {
+    let rows: Vec<Vec<String>> = statuses
+        .iter()
+        .map(|status| {
+            vec![
+                status.run.id.clone(),
+                status.run.benchmark.clone(),
+                status.state.to_string(),
+                status.run.outcome.clone().unwrap_or_else(|| "-".to_string()),
+                status.run.pid.to_string(),
+                format_age(now - status.run.started_at),
+                status.live_resources.len().to_string(),
+            ]
+        })
+        .collect();
+    let mut text = table(&["RUN", "BENCHMARK", "STATE", "OUTCOME", "PID", "AGE", "RESOURCES"], &rows);
+    let orphans = statuses.iter().filter(|status| status.state == "orphaned").count();
+    if orphans > 0 {
+        text.push_str(&format!(
+            "{orphans} orphaned run(s): `benchwarden recover --state-dir {}` tears down what they own\n",
+            state_dir.display()
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(format_age(5), "5s");
+        assert_eq!(format_age(600), "10m");
+        assert_eq!(format_age(3 * 3600), "3h");
+        assert_eq!(format_age(5 * 86_400), "5d");
+    }
+
+    #[test]
+    fn tables_align() {
+        let text = table(&["ID", "NAME"], &[vec!["a".into(), "bb".into()], vec!["ccc".into(), "d".into()]]);
+        assert_eq!(text, "ID   NAME\na    bb\nccc  d\n");
+    }
+
+    #[test]
+    fn a_run_summary_counts_outcomes_and_names_what_was_left() {
+        let mut passed = TaskReport::unstarted("a", "a.log".into());
+        passed.outcome = TaskOutcome::Passed;
+        passed.resources_removed = 2;
+        let mut leaky = TaskReport::unstarted("b", "b.log".into());
+        leaky.outcome = TaskOutcome::TimedOut;
+        leaky.resources_leaked = vec!["container c".into()];
+        let text = run_summary(&[passed, leaky]);
+        assert!(text.contains("1 passed, 1 timed out; 2 resource(s) removed, 1 leaked\n"), "{text}");
+        assert!(text.contains("  b: leaked container c\n"), "{text}");
+    }
+}

@@ -1,0 +1,313 @@
+//! What benchwarden tears down, and what became of it: resource identities
+//! (kind and id, with a name for people), label selectors, and the outcome
+//! of each removal with the class of its error kept, so that decisions such
+//! as exit codes are made from types, never from message text.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::errors::ErrorClass;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Container,
+    Network,
+    Volume,
+    Sandbox,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Container => "container",
+            Kind::Network => "network",
+            Kind::Volume => "volume",
+            Kind::Sandbox => "sandbox",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Kind> {
+        match text {
+            "container" => Some(Kind::Container),
+            "network" => Some(Kind::Network),
+            "volume" => Some(Kind::Volume),
+            "sandbox" => Some(Kind::Sandbox),
+            _ => None,
+        }
+    }
+
+    /// The backend that owns this kind, as stored in the ledger.
+    pub fn backend(self) -> &'static str {
+        match self {
+            Kind::Container | Kind::Network | Kind::Volume => "docker",
+            Kind::Sandbox => "daytona",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One resource: enough to name it in messages and to find it. Identity is
+/// the kind and id; the name is for people (and may be unknown).
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceRef {
+    pub kind: Kind,
+    pub id: String,
+    pub name: String,
+}
+
+impl PartialEq for ResourceRef {
+    fn eq(&self, other: &Self) -> bool {
+        (self.kind, &self.id) == (other.kind, &other.id)
+    }
+}
+
+impl Eq for ResourceRef {}
+
+impl std::hash::Hash for ResourceRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.kind, &self.id).hash(state);
+    }
+}
+
+impl PartialOrd for ResourceRef {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ResourceRef {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.kind, &self.id).cmp(&(other.kind, &other.id))
+    }
+}
+
+impl ResourceRef {
+    /// Short id for people: 12 characters, as the docker CLI prints them.
+    pub fn short_id(&self) -> &str {
+        short_id(&self.id)
+    }
+}
+
+impl fmt::Display for ResourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.name.is_empty() || self.name == self.id {
+            write!(f, "{} {}", self.kind, self.short_id())
+        } else {
+            write!(f, "{} {} ({})", self.kind, self.name, self.short_id())
+        }
+    }
+}
+
+pub fn short_id(id: &str) -> &str {
+    if id.len() > 12 && id.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        &id[..12]
+    } else {
+        id
+    }
+}
+
+/// A label selector: `key=value`, or `key` alone for any value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelSelector {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+impl LabelSelector {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (key, value) = match text.split_once('=') {
+            Some((key, value)) => (key, Some(value.to_string())),
+            None => (text, None),
+        };
+        if key.is_empty() {
+            return Err(format!("invalid label selector {text:?}: expected K=V or K"));
+        }
+        Ok(LabelSelector { key: key.to_string(), value })
+    }
+
+    /// `key=value`: the form the Docker API's `label` filter takes.
+    pub fn to_filter(&self) -> String {
+        match &self.value {
+            Some(value) => format!("{}={}", self.key, value),
+            None => self.key.clone(),
+        }
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        match (labels.get(&self.key), &self.value) {
+            (Some(found), Some(wanted)) => found == wanted,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
+/// Why a removal failed for good: the backend's error, with the class the
+/// retry layer acted on.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{source}")]
+pub struct RemovalError {
+    pub class: ErrorClass,
+    source: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl RemovalError {
+    pub fn new(class: ErrorClass, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        RemovalError { class, source: Arc::new(source) }
+    }
+}
+
+impl PartialEq for RemovalError {
+    fn eq(&self, other: &Self) -> bool {
+        self.class == other.class && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for RemovalError {}
+
+fn as_text<S: Serializer>(error: &RemovalError, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(error)
+}
+
+/// How one removal ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RemovalOutcome {
+    Removed {
+        attempts: u32,
+    },
+    AlreadyGone {
+        attempts: u32,
+    },
+    Failed {
+        attempts: u32,
+        #[serde(serialize_with = "as_text")]
+        error: RemovalError,
+    },
+    /// Not attempted: `--fail-fast` stopped new removals.
+    NotAttempted,
+    /// A dry run: this would have been removed.
+    WouldRemove,
+    /// Deletion accepted but not finished by the deadline (a Daytona sandbox
+    /// still `destroying`); kept in the ledger for `recover`.
+    Pending {
+        attempts: u32,
+    },
+}
+
+/// What a batch of removals did, resource by resource, in input order.
+/// Serialized with its counts, so `--json` carries what the text summary says.
+#[derive(Debug, Clone, Default)]
+pub struct RemovalReport {
+    pub results: Vec<(ResourceRef, RemovalOutcome)>,
+}
+
+impl Serialize for RemovalReport {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut report = serializer.serialize_struct("RemovalReport", 6)?;
+        report.serialize_field("removed", &self.removed())?;
+        report.serialize_field("already_gone", &self.already_gone())?;
+        report.serialize_field("failed", &self.failed())?;
+        report.serialize_field("not_attempted", &self.not_attempted())?;
+        report.serialize_field("would_remove", &self.would_remove())?;
+        report.serialize_field("results", &self.results)?;
+        report.end()
+    }
+}
+
+impl RemovalReport {
+    pub fn count(&self, wanted: fn(&RemovalOutcome) -> bool) -> usize {
+        self.results.iter().filter(|(_, outcome)| wanted(outcome)).count()
+    }
+
+    pub fn removed(&self) -> usize {
+        self.count(|outcome| matches!(outcome, RemovalOutcome::Removed { .. }))
+    }
+
+    pub fn already_gone(&self) -> usize {
+        self.count(|outcome| matches!(outcome, RemovalOutcome::AlreadyGone { .. }))
+    }
+
+    pub fn failed(&self) -> usize {
+        self.count(|outcome| matches!(outcome, RemovalOutcome::Failed { .. }))
+    }
+
+    pub fn not_attempted(&self) -> usize {
+        self.count(|outcome| matches!(outcome, RemovalOutcome::NotAttempted))
+    }
+
+    pub fn pending(&self) -> usize {
+        self.count(|outcome| matches!(outcome, RemovalOutcome::Pending { .. }))
+    }
+
+    pub fn would_remove(&self) -> usize {
+        self.count(|outcome| matches!(outcome, RemovalOutcome::WouldRemove))
+    }
+
+    /// A dry run's report: every resource marked as one that would go.
+    pub fn planned(resources: Vec<ResourceRef>) -> Self {
+        RemovalReport {
+            results: resources.into_iter().map(|resource| (resource, RemovalOutcome::WouldRemove)).collect(),
+        }
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = (&ResourceRef, &RemovalError)> {
+        self.results.iter().filter_map(|(resource, outcome)| match outcome {
+            RemovalOutcome::Failed { error, .. } => Some((resource, error)),
+            _ => None,
+        })
+    }
+
+    /// Resources whose outcome `wanted` picks, in order.
+    pub fn resources(&self, wanted: fn(&RemovalOutcome) -> bool) -> Vec<ResourceRef> {
+        self.results.iter().filter(|(_, outcome)| wanted(outcome)).map(|(resource, _)| resource.clone()).collect()
+    }
+
+    pub fn extend(&mut self, other: RemovalReport) {
+        self.results.extend(other.results);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_selectors_parse_and_match() {
+        let selector = LabelSelector::parse("team=eval").unwrap();
+        let mut labels = BTreeMap::new();
+        assert!(!selector.matches(&labels));
+        labels.insert("team".to_string(), "eval".to_string());
+        assert!(selector.matches(&labels));
+        assert!(LabelSelector::parse("team").unwrap().matches(&labels));
+        assert!(!LabelSelector::parse("team=other").unwrap().matches(&labels));
+        assert!(LabelSelector::parse("=x").is_err());
+        assert_eq!(selector.to_filter(), "team=eval");
+    }
+
+    #[test]
+    fn short_ids_are_twelve_hex_characters() {
+        assert_eq!(short_id("0123456789abcdef0123"), "0123456789ab");
+        assert_eq!(short_id("my-volume-with-a-long-name"), "my-volume-with-a-long-name");
+    }
+
+    #[test]
+    fn a_failure_keeps_its_class_and_serializes_as_its_message() {
+        let error = RemovalError::new(ErrorClass::Denied, std::io::Error::other("no entry (HTTP 401)"));
+        let outcome = RemovalOutcome::Failed { attempts: 1, error };
+        let json = serde_json::to_value(&outcome).unwrap();
+        assert_eq!(json["error"], "no entry (HTTP 401)");
+        let RemovalOutcome::Failed { error, .. } = outcome else { unreachable!() };
+        assert_eq!(error.class, ErrorClass::Denied);
+    }
+}
