@@ -28,27 +28,27 @@ pub struct GlobalArgs {
     /// Where the ledger and run logs live [env: BENCHWARDEN_STATE_DIR]
     /// [default: $XDG_STATE_HOME/benchwarden, else ~/.local/state/benchwarden]
     #[arg(long, global = true, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
 
     /// Retries after a failed removal call (connection errors, timeouts, 5xx, 409 in progress)
     #[arg(long, global = true, value_name = "N")]
-    pub retries: Option<u32>,
+    pub(crate) retries: Option<u32>,
 
     /// First delay between retries; doubles each time, with jitter, up to 30s
     #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
-    pub retry_delay: Option<Duration>,
+    pub(crate) retry_delay: Option<Duration>,
 
     /// More log output (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
-    pub verbose: u8,
+    pub(crate) verbose: u8,
 
     /// Only warnings and errors; no progress bars
     #[arg(short, long, global = true)]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
 
     /// When to use colors and progress bars [env: NO_COLOR disables]
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
-    pub color: ColorChoice,
+    pub(crate) color: ColorChoice,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,66 +82,66 @@ pub struct RunArgs {
     /// Benchmark file (YAML); without one, `-- COMMAND` runs a single task, and with
     /// neither the embedded smoke benchmark runs
     #[arg(value_name = "BENCHMARK.yaml")]
-    pub benchmark: Option<PathBuf>,
+    pub(crate) benchmark: Option<PathBuf>,
 
     /// Run only these tasks (comma-separated names from the benchmark file)
     #[arg(long, value_delimiter = ',', value_name = "a,b")]
-    pub tasks: Vec<String>,
+    pub(crate) tasks: Vec<String>,
 
     /// Tasks at once [default: the benchmark's `concurrency`, else 1]
     #[arg(short = 'j', long = "jobs", value_name = "N")]
-    pub jobs: Option<usize>,
+    pub(crate) jobs: Option<usize>,
 
     /// Time limit per task; then SIGTERM, and SIGKILL after the grace [default: benchmark's, else none]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
 
     /// Time between SIGTERM and SIGKILL [default: benchmark's, else 10s]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub grace: Option<Duration>,
+    pub(crate) grace: Option<Duration>,
 
     /// Skip the pre-run recovery of orphaned runs and the sweep of old leftovers
     #[arg(long)]
-    pub skip_cleanup: bool,
+    pub(crate) skip_cleanup: bool,
 
     /// Pre-run sweep removes owned leftovers older than N days [default: 1]
     #[arg(long, value_name = "N", conflicts_with = "cleanup_age")]
-    pub cleanup_days: Option<u32>,
+    pub(crate) cleanup_days: Option<u32>,
 
     /// Pre-run sweep removes owned leftovers older than DUR (e.g. 36h)
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub cleanup_age: Option<Duration>,
+    pub(crate) cleanup_age: Option<Duration>,
 
     /// Where to write the JSON report [default: <state-dir>/runs/<run>/report.json]
     #[arg(long, value_name = "FILE")]
-    pub report: Option<PathBuf>,
+    pub(crate) report: Option<PathBuf>,
 
     /// Arguments appended to the harness command, or the whole command without a benchmark file
     #[arg(last = true, value_name = "HARNESS ARGS")]
-    pub harness_args: Vec<String>,
+    pub(crate) harness_args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// List Docker containers (the default)
     #[arg(long, conflicts_with = "daytona")]
-    pub docker: bool,
+    pub(crate) docker: bool,
 
     /// List Daytona sandboxes instead (credentials from DAYTONA_API_KEY)
     #[arg(long)]
-    pub daytona: bool,
+    pub(crate) daytona: bool,
 
     /// Only containers with this label (K=V, or K for any value); repeat to require several
     #[arg(long = "label", value_name = "K=V")]
-    pub labels: Vec<String>,
+    pub(crate) labels: Vec<String>,
 
     /// Include stopped containers, not only running ones
     #[arg(long)]
-    pub all: bool,
+    pub(crate) all: bool,
 
     /// One JSON array on stdout instead of a table
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,31 +165,31 @@ pub enum CleanupCommand {
 pub struct CleanupDaytonaArgs {
     /// Only sandboxes that are stopped, errored or failed to build
     #[arg(long)]
-    pub stopped: bool,
+    pub(crate) stopped: bool,
 
     /// Only sandboxes created more than DUR ago
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub older_than: Option<Duration>,
+    pub(crate) older_than: Option<Duration>,
 
     /// Only sandboxes with this label (K=V, or K for any value); repeat to require several
     #[arg(long = "label", value_name = "K=V")]
-    pub labels: Vec<String>,
+    pub(crate) labels: Vec<String>,
 
     /// Consider every sandbox of the organisation, not only those of benchwarden runs on this host
     #[arg(long)]
-    pub any_owner: bool,
+    pub(crate) any_owner: bool,
 
     /// Really delete; without it this only shows what would go
     #[arg(long)]
-    pub no_dry_run: bool,
+    pub(crate) no_dry_run: bool,
 
     /// Start no new deletion after the first one that fails for good
     #[arg(long)]
-    pub fail_fast: bool,
+    pub(crate) fail_fast: bool,
 
     /// Print the result as one JSON object on stdout
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -202,66 +202,66 @@ pub struct CleanupDaytonaArgs {
 pub struct CleanupDockerArgs {
     /// Only containers that are not running: exited, dead, or created but never started
     #[arg(long)]
-    pub exited: bool,
+    pub(crate) exited: bool,
 
     /// Only containers created more than DUR ago (90s, 30m, 24h, 2d), in any state
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub older_than: Option<Duration>,
+    pub(crate) older_than: Option<Duration>,
 
     /// Only containers with this label (K=V, or K for any value); repeat to require several
     #[arg(long = "label", value_name = "K=V")]
-    pub labels: Vec<String>,
+    pub(crate) labels: Vec<String>,
 
     /// Select every container the other filters match, running ones included (alone: all of them)
     #[arg(long)]
-    pub all: bool,
+    pub(crate) all: bool,
 
     /// Stop gracefully with this timeout before removing, instead of force-removing at once
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub stop_timeout: Option<Duration>,
+    pub(crate) stop_timeout: Option<Duration>,
 
     /// Also remove named volumes of removed compose projects (and, with --label, labelled volumes)
     #[arg(long)]
-    pub volumes: bool,
+    pub(crate) volumes: bool,
 
-    /// Removals at once
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    pub parallel: usize,
+    /// Removals at once [default: 16]
+    #[arg(long, value_name = "N")]
+    pub(crate) parallel: Option<usize>,
 
     /// Show what would be removed; remove nothing
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 
     /// Start no new removal after the first one that fails for good
     #[arg(long)]
-    pub fail_fast: bool,
+    pub(crate) fail_fast: bool,
 
     /// Print the result as one JSON object on stdout
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct RecoverArgs {
     /// Show what would be torn down; change nothing
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 
     /// Also find orphaned runs from owner labels on this host's containers, networks and
     /// volumes (for when the ledger file is lost): a run whose benchwarden pid is gone
     #[arg(long)]
-    pub from_labels: bool,
+    pub(crate) from_labels: bool,
 
     /// Print the result as one JSON object on stdout
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print the status as one JSON object on stdout
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// Parses human durations: `90s`, `30m`, `24h`, `2d`, `1h30m`.

@@ -10,89 +10,89 @@ use serde::{Deserialize, Deserializer};
 use crate::errors::Error;
 
 /// The embedded default benchmark and the harness it runs.
-pub const SMOKE_BENCHMARK: &str = include_str!("../benchmarks/smoke.yaml");
-pub const SMOKE_HARNESS: &str = include_str!("../scripts/smoke-harness.sh");
+pub(crate) const SMOKE_BENCHMARK: &str = include_str!("../benchmarks/smoke.yaml");
+pub(crate) const SMOKE_HARNESS: &str = include_str!("../scripts/smoke-harness.sh");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Benchmark {
-    pub name: String,
-    pub harness: Harness,
+pub(crate) struct Benchmark {
+    pub(crate) name: String,
+    pub(crate) harness: Harness,
     /// Task names; without any, one task named `main`.
     #[serde(default)]
-    pub tasks: Vec<String>,
+    pub(crate) tasks: Vec<String>,
     /// Tasks at once.
     #[serde(default)]
-    pub concurrency: Option<usize>,
+    pub(crate) concurrency: Option<usize>,
     #[serde(default)]
-    pub cleanup: Cleanup,
+    pub(crate) cleanup: Cleanup,
     #[serde(default)]
-    pub docker: DockerSection,
+    pub(crate) docker: DockerSection,
     #[serde(default)]
-    pub daytona: Option<DaytonaSection>,
+    pub(crate) daytona: Option<DaytonaSection>,
     /// Reserved for resource limits; accepted and ignored by this version.
     #[serde(default)]
-    pub limits: Option<serde_yaml::Value>,
+    pub(crate) limits: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Harness {
+pub(crate) struct Harness {
     /// Program and arguments, with placeholders `{task}`, `{run_id}`, `{task_index}`.
-    pub command: Vec<String>,
+    pub(crate) command: Vec<String>,
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     /// Working directory, relative to the benchmark file's directory.
     #[serde(default)]
-    pub cwd: Option<PathBuf>,
+    pub(crate) cwd: Option<PathBuf>,
     #[serde(default, deserialize_with = "optional_duration")]
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
     #[serde(default, deserialize_with = "optional_duration")]
-    pub grace: Option<Duration>,
+    pub(crate) grace: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Cleanup {
+pub(crate) struct Cleanup {
     #[serde(default)]
-    pub before_run: BeforeRun,
+    pub(crate) before_run: BeforeRun,
     #[serde(default)]
-    pub retry: RetrySection,
+    pub(crate) retry: RetrySection,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BeforeRun {
+pub(crate) struct BeforeRun {
     /// Owned leftovers older than this go before the run (default 1d).
     #[serde(default, deserialize_with = "optional_duration")]
-    pub age: Option<Duration>,
+    pub(crate) age: Option<Duration>,
     /// Container states that go regardless of age (e.g. `exited`, `dead`, `created`).
     #[serde(default)]
-    pub states: Vec<String>,
+    pub(crate) states: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RetrySection {
-    pub retries: Option<u32>,
+pub(crate) struct RetrySection {
+    pub(crate) retries: Option<u32>,
     #[serde(default, deserialize_with = "optional_duration")]
-    pub first_delay: Option<Duration>,
-    pub factor: Option<f32>,
+    pub(crate) first_delay: Option<Duration>,
+    pub(crate) factor: Option<f32>,
     #[serde(default, deserialize_with = "optional_duration")]
-    pub max_delay: Option<Duration>,
+    pub(crate) max_delay: Option<Duration>,
     #[serde(default, deserialize_with = "optional_duration")]
-    pub deadline: Option<Duration>,
+    pub(crate) deadline: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DockerSection {
+pub(crate) struct DockerSection {
     #[serde(default = "yes")]
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     #[serde(default, deserialize_with = "optional_duration")]
-    pub stop_timeout: Option<Duration>,
+    pub(crate) stop_timeout: Option<Duration>,
     #[serde(default)]
-    pub selectors: Vec<Selector>,
+    pub(crate) selectors: Vec<Selector>,
 }
 
 impl Default for DockerSection {
@@ -105,25 +105,25 @@ impl Default for DockerSection {
 /// named here, never the key itself), the rest may be set here.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DaytonaSection {
+pub(crate) struct DaytonaSection {
     #[serde(default = "yes")]
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// The API base, with `/api` (default: `DAYTONA_API_URL`, else the public API).
-    pub api_url: Option<String>,
+    pub(crate) api_url: Option<String>,
     /// The environment variable holding the API key (default `DAYTONA_API_KEY`).
-    pub api_key_env: Option<String>,
-    pub target: Option<String>,
+    pub(crate) api_key_env: Option<String>,
+    pub(crate) target: Option<String>,
     /// Set on every sandbox a task creates without one, so the provider stops it if we are gone.
-    pub auto_stop_minutes: Option<u32>,
+    pub(crate) auto_stop_minutes: Option<u32>,
     /// Likewise for deletion after stopping (0: delete at once when stopped).
-    pub auto_delete_minutes: Option<i64>,
+    pub(crate) auto_delete_minutes: Option<i64>,
 }
 
 /// Says which resources a task owns when the harness does not label them.
 /// Values may hold `{task}` and `{run_id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "SelectorEntry")]
-pub enum Selector {
+pub(crate) enum Selector {
     /// `key=value`: containers, networks and volumes with this label.
     Label(String),
     /// Compose projects whose name starts with this: their containers, networks and volumes.
@@ -132,7 +132,7 @@ pub enum Selector {
 
 impl Selector {
     /// The same kind of selector with its value passed through `fill` (placeholders filled).
-    pub fn map(&self, fill: impl Fn(&str) -> String) -> Selector {
+    pub(crate) fn map(&self, fill: impl Fn(&str) -> String) -> Selector {
         match self {
             Selector::Label(label) => Selector::Label(fill(label)),
             Selector::ComposeProjectPrefix(prefix) => Selector::ComposeProjectPrefix(fill(prefix)),
@@ -199,7 +199,7 @@ fn optional_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Optio
 
 impl Benchmark {
     /// Reads and checks a benchmark file.
-    pub fn load(path: &Path) -> Result<Self, Error> {
+    pub(crate) fn load(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             what: "read benchmark file",
             path: path.to_path_buf(),
@@ -208,7 +208,7 @@ impl Benchmark {
         Self::parse(&text, path)
     }
 
-    pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Self, Error> {
         let config_error = |message: String| Error::Config { path: path.to_path_buf(), message };
         let benchmark: Benchmark = serde_yaml::from_str(text).map_err(|error| {
             let message = match error.location() {
@@ -250,13 +250,13 @@ fn strip_location(message: &str) -> String {
 }
 
 /// Fills `{task}`, `{run_id}` and `{task_index}` in a harness argument or selector.
-pub fn fill(template: &str, task: &str, run_id: &str, task_index: usize) -> String {
+pub(crate) fn fill(template: &str, task: &str, run_id: &str, task_index: usize) -> String {
     template.replace("{task}", task).replace("{run_id}", run_id).replace("{task_index}", &task_index.to_string())
 }
 
 /// Whether `value` fits a template whose placeholders stand for any
 /// non-empty text. Fill `{run_id}` first to ask "does this belong to run R?".
-pub fn matches_template(template: &str, value: &str) -> bool {
+pub(crate) fn matches_template(template: &str, value: &str) -> bool {
     let mut literals: Vec<&str> = Vec::new();
     let mut rest = template;
     loop {

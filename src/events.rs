@@ -20,7 +20,7 @@ use crate::resource::{RemovalOutcome, ResourceRef};
 
 /// One thing that happened.
 #[derive(Debug, Clone, Copy)]
-pub enum Event<'a> {
+pub(crate) enum Event<'a> {
     /// A run recorded itself in the ledger and is about to start its tasks.
     RunStarted {
         run_id: &'a str,
@@ -69,7 +69,7 @@ pub enum Event<'a> {
 
 /// Which press of Ctrl-C (or SIGTERM, SIGHUP) a shutdown request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Press {
+pub(crate) enum Press {
     /// No new tasks; harnesses get the signal, SIGKILL after the grace.
     First,
     /// SIGKILL every harness now; teardown goes on.
@@ -78,7 +78,7 @@ pub enum Press {
 
 /// The life of one task, in order.
 #[derive(Debug, Clone, Copy)]
-pub enum TaskEvent<'a> {
+pub(crate) enum TaskEvent<'a> {
     Started {
         task: &'a str,
     },
@@ -90,7 +90,6 @@ pub enum TaskEvent<'a> {
     /// The harness wrote this to its stdout or stderr (only when its output
     /// is echoed, with `-j 1`); its log file already has it.
     Output {
-        task: &'a str,
         bytes: &'a [u8],
     },
     /// Processes of the task outlived the grace and got SIGKILL.
@@ -117,7 +116,7 @@ pub enum TaskEvent<'a> {
 
 /// Removals by policy or by owner, resource by resource.
 #[derive(Debug, Clone, Copy)]
-pub enum RemovalEvent<'a> {
+pub(crate) enum RemovalEvent<'a> {
     /// A batch of `total` removals that a person may want to follow.
     Started { what: &'a str, total: usize },
     /// One resource's removal ended (or was not attempted, or is still pending).
@@ -128,7 +127,7 @@ pub enum RemovalEvent<'a> {
 
 /// Recovery of runs whose benchwarden process is gone.
 #[derive(Debug, Clone, Copy)]
-pub enum OrphanEvent<'a> {
+pub(crate) enum OrphanEvent<'a> {
     Recovering {
         run_id: &'a str,
         pid: Option<u32>,
@@ -146,7 +145,7 @@ pub enum OrphanEvent<'a> {
 
 /// Receives events; implementations must be quick and must not block, since
 /// events are sent from the middle of the work they describe.
-pub trait EventSink: Send + Sync {
+pub(crate) trait EventSink: Send + Sync {
     fn event(&self, event: &Event<'_>);
 }
 
@@ -169,7 +168,7 @@ impl EventSink for Discard {
 }
 
 impl Events {
-    pub fn new(sink: Arc<dyn EventSink>) -> Self {
+    pub(crate) fn new(sink: Arc<dyn EventSink>) -> Self {
         Events { sink }
     }
 
@@ -178,19 +177,19 @@ impl Events {
         Events { sink: Arc::new(Discard) }
     }
 
-    pub fn emit(&self, event: Event<'_>) {
+    pub(crate) fn emit(&self, event: Event<'_>) {
         self.sink.event(&event);
     }
 
-    pub fn task(&self, event: TaskEvent<'_>) {
+    pub(crate) fn task(&self, event: TaskEvent<'_>) {
         self.emit(Event::Task(event));
     }
 
-    pub fn removal(&self, event: RemovalEvent<'_>) {
+    pub(crate) fn removal(&self, event: RemovalEvent<'_>) {
         self.emit(Event::Removal(event));
     }
 
-    pub fn orphan(&self, event: OrphanEvent<'_>) {
+    pub(crate) fn orphan(&self, event: OrphanEvent<'_>) {
         self.emit(Event::Orphan(event));
     }
 }
@@ -198,7 +197,7 @@ impl Events {
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum TaskOutcome {
+pub(crate) enum TaskOutcome {
     Passed,
     Failed,
     TimedOut,
@@ -210,7 +209,7 @@ pub enum TaskOutcome {
 }
 
 impl TaskOutcome {
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             TaskOutcome::Passed => "passed",
             TaskOutcome::Failed => "failed",
@@ -225,26 +224,26 @@ impl TaskOutcome {
 /// Everything known about one task once it is over: the JSON report's
 /// `tasks` entries and the summary's rows.
 #[derive(Debug, Clone, Serialize)]
-pub struct TaskReport {
-    pub task: String,
-    pub outcome: TaskOutcome,
-    pub exit_code: Option<i32>,
-    pub signal: Option<String>,
-    pub error: Option<String>,
-    pub seconds: f64,
-    pub log: PathBuf,
-    pub resources_found: usize,
-    pub resources_removed: usize,
-    pub resources_leaked: Vec<String>,
+pub(crate) struct TaskReport {
+    pub(crate) task: String,
+    pub(crate) outcome: TaskOutcome,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) signal: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) seconds: f64,
+    pub(crate) log: PathBuf,
+    pub(crate) resources_found: usize,
+    pub(crate) resources_removed: usize,
+    pub(crate) resources_leaked: Vec<String>,
     /// Deletion accepted but not finished (sandboxes still `destroying`): kept for `recover`.
-    pub resources_pending: Vec<String>,
-    pub teardown_seconds: f64,
-    pub teardown_error: Option<String>,
+    pub(crate) resources_pending: Vec<String>,
+    pub(crate) teardown_seconds: f64,
+    pub(crate) teardown_error: Option<String>,
 }
 
 impl TaskReport {
     /// A report for a task that has not started: where every task's report begins.
-    pub fn unstarted(name: &str, log: PathBuf) -> Self {
+    pub(crate) fn unstarted(name: &str, log: PathBuf) -> Self {
         TaskReport {
             task: name.to_string(),
             outcome: TaskOutcome::NotStarted,
@@ -263,7 +262,7 @@ impl TaskReport {
     }
 
     /// What is still there: leaked, pending, or unknown because teardown failed.
-    pub fn left_something(&self) -> bool {
+    pub(crate) fn left_something(&self) -> bool {
         !self.resources_leaked.is_empty() || !self.resources_pending.is_empty() || self.teardown_error.is_some()
     }
 }

@@ -4,7 +4,7 @@
 //! died), name and inherited environment.
 
 /// This machine's host name, as stamped in `benchwarden.host`.
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())
@@ -13,24 +13,24 @@ pub fn host_name() -> String {
 
 /// What `/proc/<pid>/stat` says of a process, as far as we need it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcessStat {
-    pub pid: u32,
+pub(crate) struct ProcessStat {
+    pub(crate) pid: u32,
     /// `R`, `S`, `D`, `Z` (zombie), ...
-    pub state: char,
-    pub parent: u32,
-    pub group: u32,
+    pub(crate) state: char,
+    pub(crate) parent: u32,
+    pub(crate) group: u32,
     /// Clock ticks since boot (field 22).
-    pub start_time: u64,
+    pub(crate) start_time: u64,
 }
 
 impl ProcessStat {
-    pub fn is_zombie(&self) -> bool {
+    pub(crate) fn is_zombie(&self) -> bool {
         self.state == 'Z'
     }
 }
 
 /// Reads `/proc/<pid>/stat`; `None` when there is no such process.
-pub fn process_stat(pid: u32) -> Option<ProcessStat> {
+pub(crate) fn process_stat(pid: u32) -> Option<ProcessStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces; count after it.
     let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
@@ -42,7 +42,7 @@ pub fn process_stat(pid: u32) -> Option<ProcessStat> {
 }
 
 /// Every process on the machine, as far as `/proc` lets us see.
-pub fn all_processes() -> Vec<ProcessStat> {
+pub(crate) fn all_processes() -> Vec<ProcessStat> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -51,14 +51,14 @@ pub fn all_processes() -> Vec<ProcessStat> {
 
 /// The start time of a process in clock ticks since boot, or `None` when
 /// there is no such process.
-pub fn process_start_time(pid: u32) -> Option<u64> {
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
     process_stat(pid).map(|stat| stat.start_time)
 }
 
 /// Whether the process `pid` exists and is the one that started at
 /// `start_time` (not a later process that reused the pid). Zombies count as
 /// gone: they can no longer tear anything down.
-pub fn process_is_alive(pid: u32, start_time: Option<u64>) -> bool {
+pub(crate) fn process_is_alive(pid: u32, start_time: Option<u64>) -> bool {
     match process_stat(pid) {
         Some(stat) if !stat.is_zombie() => start_time.is_none_or(|expected| stat.start_time == expected),
         _ => false,
@@ -66,14 +66,14 @@ pub fn process_is_alive(pid: u32, start_time: Option<u64>) -> bool {
 }
 
 /// The command name of a process (`/proc/<pid>/comm`).
-pub fn process_name(pid: u32) -> Option<String> {
+pub(crate) fn process_name(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|name| name.trim().to_string())
 }
 
 /// Whether a process's environment holds every one of `entries`
 /// (`NAME=value`): how a task's descendants are known after they leave its
 /// process group, since the environment is inherited across `setsid`.
-pub fn environment_has(pid: u32, entries: &[&str]) -> bool {
+pub(crate) fn environment_has(pid: u32, entries: &[&str]) -> bool {
     let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };

@@ -53,28 +53,28 @@ CREATE INDEX IF NOT EXISTS resources_by_run ON resources (run_id, task_id);
 ";
 
 #[derive(Clone)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     connection: Arc<Mutex<Connection>>,
     path: PathBuf,
 }
 
 /// A run as the ledger knows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct RunRecord {
-    pub id: String,
-    pub pid: u32,
-    pub start_time: Option<u64>,
-    pub host: String,
-    pub benchmark: String,
-    pub started_at: i64,
-    pub ended_at: Option<i64>,
-    pub outcome: Option<String>,
+pub(crate) struct RunRecord {
+    pub(crate) id: String,
+    pub(crate) pid: u32,
+    pub(crate) start_time: Option<u64>,
+    pub(crate) host: String,
+    pub(crate) benchmark: String,
+    pub(crate) started_at: i64,
+    pub(crate) ended_at: Option<i64>,
+    pub(crate) outcome: Option<String>,
 }
 
 impl RunRecord {
     /// Alive: same host and its process (pid and start time) still runs.
     /// Another host's run cannot be judged from here and counts as alive.
-    pub fn is_alive(&self, this_host: &str) -> bool {
+    pub(crate) fn is_alive(&self, this_host: &str) -> bool {
         if self.host != this_host {
             return true;
         }
@@ -82,26 +82,26 @@ impl RunRecord {
     }
 
     /// Orphaned: on this host, its process is gone, and it never finished.
-    pub fn is_orphaned(&self, this_host: &str) -> bool {
+    pub(crate) fn is_orphaned(&self, this_host: &str) -> bool {
         self.host == this_host && !self.is_alive(this_host) && self.ended_at.is_none()
     }
 }
 
 /// A resource row.
 #[derive(Debug, Clone, Serialize)]
-pub struct ResourceRecord {
-    pub resource: ResourceRef,
-    pub run_id: String,
-    pub task_id: String,
-    pub created_at: i64,
-    pub released_at: Option<i64>,
-    pub attempts: u32,
-    pub last_error: Option<String>,
+pub(crate) struct ResourceRecord {
+    pub(crate) resource: ResourceRef,
+    pub(crate) run_id: String,
+    pub(crate) task_id: String,
+    pub(crate) created_at: i64,
+    pub(crate) released_at: Option<i64>,
+    pub(crate) attempts: u32,
+    pub(crate) last_error: Option<String>,
 }
 
 impl Ledger {
     /// Opens (creating if needed) `<state_dir>/ledger.sqlite`.
-    pub fn open(state_dir: &Path) -> Result<Self, Error> {
+    pub(crate) fn open(state_dir: &Path) -> Result<Self, Error> {
         let path = state_dir.join("ledger.sqlite");
         let ledger_error =
             |source: Box<dyn std::error::Error + Send + Sync>| Error::Ledger { path: path.clone(), source };
@@ -123,7 +123,7 @@ impl Ledger {
         Ok(Ledger { connection: Arc::new(Mutex::new(connection)), path })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -148,7 +148,7 @@ impl Ledger {
         }
     }
 
-    pub async fn start_run(&self, run: RunRecord) -> Result<(), Error> {
+    pub(crate) async fn start_run(&self, run: RunRecord) -> Result<(), Error> {
         self.on_blocking_pool(move |connection| {
             connection.execute(
                 "INSERT INTO runs (id, pid, start_time, host, benchmark, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -168,7 +168,7 @@ impl Ledger {
 
     /// Records a run known only from labels (its ledger was lost), so that
     /// its resources can be recorded and its recovery marked.
-    pub async fn adopt_run(&self, run_id: &str, pid: Option<u32>, host: &str) -> Result<(), Error> {
+    pub(crate) async fn adopt_run(&self, run_id: &str, pid: Option<u32>, host: &str) -> Result<(), Error> {
         let (run_id, host) = (run_id.to_string(), host.to_string());
         self.on_blocking_pool(move |connection| {
             connection.execute(
@@ -180,7 +180,7 @@ impl Ledger {
         .map(drop)
     }
 
-    pub async fn end_run(&self, run_id: &str, outcome: &str) -> Result<(), Error> {
+    pub(crate) async fn end_run(&self, run_id: &str, outcome: &str) -> Result<(), Error> {
         let (run_id, outcome) = (run_id.to_string(), outcome.to_string());
         self.on_blocking_pool(move |connection| {
             connection.execute(
@@ -194,7 +194,7 @@ impl Ledger {
 
     /// Records the selectors a task claims, so `recover` can find what they
     /// matched after a crash.
-    pub async fn record_claims(&self, run_id: &str, task_id: &str, selectors: &[Selector]) -> Result<(), Error> {
+    pub(crate) async fn record_claims(&self, run_id: &str, task_id: &str, selectors: &[Selector]) -> Result<(), Error> {
         let selectors: Vec<String> = selectors.iter().map(ToString::to_string).collect();
         let (run_id, task_id) = (run_id.to_string(), task_id.to_string());
         self.on_blocking_pool(move |connection| {
@@ -212,7 +212,7 @@ impl Ledger {
 
     /// The selectors every task of a run claimed; a row a newer version
     /// wrote in a form this one does not know is left to that version.
-    pub async fn claims(&self, run_id: &str) -> Result<Vec<Selector>, Error> {
+    pub(crate) async fn claims(&self, run_id: &str) -> Result<Vec<Selector>, Error> {
         let run_id = run_id.to_string();
         let texts: Vec<String> = self
             .on_blocking_pool(move |connection| {
@@ -226,7 +226,7 @@ impl Ledger {
 
     /// Records resources as owned by a task. Idempotent: a resource already
     /// recorded keeps its first owner.
-    pub async fn record_resources(
+    pub(crate) async fn record_resources(
         &self,
         run_id: &str,
         task_id: &str,
@@ -261,7 +261,7 @@ impl Ledger {
     }
 
     /// Marks resources as released (gone), or records a failed attempt.
-    pub async fn record_outcomes(&self, outcomes: Vec<(ResourceRef, u32, Option<String>)>) -> Result<(), Error> {
+    pub(crate) async fn record_outcomes(&self, outcomes: Vec<(ResourceRef, u32, Option<String>)>) -> Result<(), Error> {
         self.on_blocking_pool(move |connection| {
             let transaction = connection.transaction()?;
             for (resource, attempts, error) in outcomes {
@@ -285,17 +285,17 @@ impl Ledger {
     }
 
     /// Resources not yet released, of one run (and one task, if given).
-    pub async fn unreleased(&self, run_id: &str, task_id: Option<&str>) -> Result<Vec<ResourceRecord>, Error> {
+    pub(crate) async fn unreleased(&self, run_id: &str, task_id: Option<&str>) -> Result<Vec<ResourceRecord>, Error> {
         let (run_id, task_id) = (run_id.to_string(), task_id.map(str::to_string));
         self.on_blocking_pool(move |connection| query_unreleased(connection, Some(&run_id), task_id.as_deref())).await
     }
 
     /// Every unreleased resource, across runs.
-    pub async fn all_unreleased(&self) -> Result<Vec<ResourceRecord>, Error> {
+    pub(crate) async fn all_unreleased(&self) -> Result<Vec<ResourceRecord>, Error> {
         self.on_blocking_pool(|connection| query_unreleased(connection, None, None)).await
     }
 
-    pub async fn runs(&self) -> Result<Vec<RunRecord>, Error> {
+    pub(crate) async fn runs(&self) -> Result<Vec<RunRecord>, Error> {
         self.on_blocking_pool(|connection| {
             let mut statement = connection.prepare(
                 "SELECT id, pid, start_time, host, benchmark, started_at, ended_at, outcome FROM runs ORDER BY started_at, id",
@@ -315,11 +315,6 @@ impl Ledger {
             rows.collect()
         })
         .await
-    }
-
-    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, Error> {
-        let run_id = run_id.to_string();
-        Ok(self.runs().await?.into_iter().find(|run| run.id == run_id))
     }
 }
 
@@ -357,7 +352,7 @@ fn resource_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Resourc
 
 /// Unreleased resources of a run, read synchronously on a fresh connection:
 /// for the moment when benchwarden exits at once and no runtime is left to ask.
-pub fn unreleased_now(path: &Path, run_id: &str) -> rusqlite::Result<Vec<ResourceRecord>> {
+pub(crate) fn unreleased_now(path: &Path, run_id: &str) -> rusqlite::Result<Vec<ResourceRecord>> {
     let connection = Connection::open(path)?;
     connection.busy_timeout(Duration::from_secs(2))?;
     query_unreleased(&connection, Some(run_id), None)
@@ -417,7 +412,8 @@ mod tests {
         let orphaned: Vec<&str> = runs.iter().filter(|run| run.is_orphaned(&host)).map(|run| run.id.as_str()).collect();
         assert_eq!(orphaned, ["dead"]);
         ledger.end_run("dead", "recovered").await.unwrap();
-        assert!(!ledger.run("dead").await.unwrap().unwrap().is_orphaned(&host));
+        let runs = ledger.runs().await.unwrap();
+        assert!(!runs.iter().any(|run| run.id == "dead" && run.is_orphaned(&host)));
     }
 
     #[tokio::test]

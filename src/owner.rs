@@ -11,15 +11,15 @@ use crate::ledger::RunRecord;
 use crate::resource::LabelSelector;
 
 /// Owner labels stamped on everything a task creates.
-pub const LABEL_RUN: &str = "benchwarden.run";
-pub const LABEL_TASK: &str = "benchwarden.task";
-pub const LABEL_HOST: &str = "benchwarden.host";
-pub const LABEL_PID: &str = "benchwarden.pid";
+pub(crate) const LABEL_RUN: &str = "benchwarden.run";
+pub(crate) const LABEL_TASK: &str = "benchwarden.task";
+pub(crate) const LABEL_HOST: &str = "benchwarden.host";
+pub(crate) const LABEL_PID: &str = "benchwarden.pid";
 /// The label docker compose puts on everything of a project.
-pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
+pub(crate) const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
 
 /// The owner labels for a resource that `task` of `run` creates.
-pub fn owner_labels(run_id: &str, task_id: &str, host: &str, pid: u32) -> BTreeMap<String, String> {
+pub(crate) fn owner_labels(run_id: &str, task_id: &str, host: &str, pid: u32) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_RUN.to_string(), run_id.to_string()),
         (LABEL_TASK.to_string(), task_id.to_string()),
@@ -30,15 +30,15 @@ pub fn owner_labels(run_id: &str, task_id: &str, host: &str, pid: u32) -> BTreeM
 
 /// The owner named by a resource's labels, if it carries benchwarden's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelledOwner {
-    pub run_id: String,
-    pub task_id: Option<String>,
-    pub host: Option<String>,
-    pub pid: Option<u32>,
+pub(crate) struct LabelledOwner {
+    pub(crate) run_id: String,
+    pub(crate) task_id: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) pid: Option<u32>,
 }
 
 impl LabelledOwner {
-    pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<Self> {
+    pub(crate) fn from_labels(labels: &BTreeMap<String, String>) -> Option<Self> {
         Some(LabelledOwner {
             run_id: labels.get(LABEL_RUN)?.clone(),
             task_id: labels.get(LABEL_TASK).cloned(),
@@ -48,7 +48,7 @@ impl LabelledOwner {
     }
 
     /// The owner as list tables show it: `run/task`, or `-` for a resource no run labelled.
-    pub fn column(labels: &BTreeMap<String, String>) -> String {
+    pub(crate) fn column(labels: &BTreeMap<String, String>) -> String {
         match Self::from_labels(labels) {
             Some(owner) => format!("{}/{}", owner.run_id, owner.task_id.as_deref().unwrap_or("?")),
             None => "-".to_string(),
@@ -58,7 +58,7 @@ impl LabelledOwner {
     /// Whether the run that owns this resource may still be alive, judged
     /// from labels alone: same host and its pid runs a benchwarden. Another
     /// host's run cannot be judged from here, so it counts as alive.
-    pub fn may_be_alive(&self, this_host: &str) -> bool {
+    pub(crate) fn may_be_alive(&self, this_host: &str) -> bool {
         match (&self.host, self.pid) {
             (Some(host), Some(pid)) if host == this_host => {
                 host::process_is_alive(pid, None)
@@ -73,7 +73,7 @@ impl LabelledOwner {
 
 /// Whether the run that labelled a resource may still be alive. The ledger,
 /// when it knows the run, is the better judge; else the labels are.
-pub fn owner_is_alive(owner: &LabelledOwner, runs: &[RunRecord], this_host: &str) -> bool {
+pub(crate) fn owner_is_alive(owner: &LabelledOwner, runs: &[RunRecord], this_host: &str) -> bool {
     match runs.iter().find(|run| run.id == owner.run_id) {
         Some(run) => run.ended_at.is_none() && run.is_alive(this_host),
         None => owner.may_be_alive(this_host),
@@ -81,7 +81,11 @@ pub fn owner_is_alive(owner: &LabelledOwner, runs: &[RunRecord], this_host: &str
 }
 
 /// Why a resource with these labels must be left alone, if a live run owns it.
-pub fn protected_by_live_run(labels: &BTreeMap<String, String>, runs: &[RunRecord], this_host: &str) -> Option<String> {
+pub(crate) fn protected_by_live_run(
+    labels: &BTreeMap<String, String>,
+    runs: &[RunRecord],
+    this_host: &str,
+) -> Option<String> {
     let owner = LabelledOwner::from_labels(labels)?;
     owner_is_alive(&owner, runs, this_host).then(|| format!("owned by run {}, which is still alive", owner.run_id))
 }
@@ -89,16 +93,16 @@ pub fn protected_by_live_run(labels: &BTreeMap<String, String>, runs: &[RunRecor
 /// What an owner claims: owner labels, plus selectors already filled with
 /// the run id and task name.
 #[derive(Debug, Clone)]
-pub struct Claims {
-    pub run_id: String,
+pub(crate) struct Claims {
+    pub(crate) run_id: String,
     /// `None`: every task of the run.
-    pub task_id: Option<String>,
-    pub selectors: Vec<Selector>,
+    pub(crate) task_id: Option<String>,
+    pub(crate) selectors: Vec<Selector>,
 }
 
 impl Claims {
     /// The owner labels every claimed resource carries, as selectors.
-    pub fn owner_labels(&self) -> Vec<LabelSelector> {
+    pub(crate) fn owner_labels(&self) -> Vec<LabelSelector> {
         let mut labels = vec![LabelSelector { key: LABEL_RUN.to_string(), value: Some(self.run_id.clone()) }];
         if let Some(task_id) = &self.task_id {
             labels.push(LabelSelector { key: LABEL_TASK.to_string(), value: Some(task_id.clone()) });
@@ -107,7 +111,7 @@ impl Claims {
     }
 
     /// The label selectors among the claims.
-    pub fn label_selectors(&self) -> Vec<LabelSelector> {
+    pub(crate) fn label_selectors(&self) -> Vec<LabelSelector> {
         self.selectors
             .iter()
             .filter_map(|selector| match selector {
@@ -118,7 +122,7 @@ impl Claims {
     }
 
     /// The compose-project prefixes among the claims.
-    pub fn project_prefixes(&self) -> Vec<&str> {
+    pub(crate) fn project_prefixes(&self) -> Vec<&str> {
         self.selectors
             .iter()
             .filter_map(|selector| match selector {
@@ -130,14 +134,14 @@ impl Claims {
 
     /// Whether a resource with these labels is claimed: it carries the
     /// owner labels, or a selector matches.
-    pub fn claims_labels(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub(crate) fn claims_labels(&self, labels: &BTreeMap<String, String>) -> bool {
         self.owner_labels().iter().all(|selector| selector.matches(labels))
             || self.label_selectors().iter().any(|selector| selector.matches(labels))
             || self.in_claimed_project(labels)
     }
 
     /// Whether the labels put a resource in a compose project the claims' prefixes name.
-    pub fn in_claimed_project(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub(crate) fn in_claimed_project(&self, labels: &BTreeMap<String, String>) -> bool {
         let prefixes = self.project_prefixes();
         labels
             .get(COMPOSE_PROJECT_LABEL)
@@ -149,7 +153,7 @@ impl Claims {
 /// `{run_id}` filled when `run_id` is given) claims a resource with these
 /// labels: how a sweep knows leftovers of any run, or of one run, of the
 /// benchmark.
-pub fn template_claims(selector: &Selector, labels: &BTreeMap<String, String>, run_id: Option<&str>) -> bool {
+pub(crate) fn template_claims(selector: &Selector, labels: &BTreeMap<String, String>, run_id: Option<&str>) -> bool {
     let fill_run = |template: &str| match run_id {
         Some(run_id) => template.replace("{run_id}", run_id),
         None => template.to_string(),

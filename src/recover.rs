@@ -20,19 +20,19 @@ use crate::teardown::{self, Backends, TeardownOptions};
 
 /// What recovery did for one orphaned run.
 #[derive(Debug, Clone, Serialize)]
-pub struct RecoveredRun {
-    pub run_id: String,
-    pub found: Vec<ResourceRef>,
-    pub removed: usize,
-    pub leaked: Vec<ResourceRef>,
+pub(crate) struct RecoveredRun {
+    pub(crate) run_id: String,
+    pub(crate) found: Vec<ResourceRef>,
+    pub(crate) removed: usize,
+    pub(crate) leaked: Vec<ResourceRef>,
     /// Sandboxes whose deletion was accepted but has not finished: the run stays open.
-    pub pending: Vec<ResourceRef>,
-    pub dry_run: bool,
+    pub(crate) pending: Vec<ResourceRef>,
+    pub(crate) dry_run: bool,
 }
 
 /// Where orphaned runs are looked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrphanSource {
+pub(crate) enum OrphanSource {
     /// Runs in the ledger.
     Ledger,
     /// Also runs known only from owner labels on this host's resources
@@ -102,7 +102,7 @@ async fn labels_on_this_host(backends: Backends<'_>, this_host: &str) -> Result<
 /// Tears down everything every orphaned run owns (ledger rows, owner
 /// labels, recorded selectors), kills what it left running, and marks
 /// those runs recovered. With `dry_run`, only finds and tells.
-pub async fn recover_orphans(
+pub(crate) async fn recover_orphans(
     backends: Backends<'_>,
     ledger: &Ledger,
     options: &TeardownOptions,

@@ -21,7 +21,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Container => "container",
             Kind::Network => "network",
@@ -30,7 +30,7 @@ impl Kind {
         }
     }
 
-    pub fn parse(text: &str) -> Option<Kind> {
+    pub(crate) fn parse(text: &str) -> Option<Kind> {
         match text {
             "container" => Some(Kind::Container),
             "network" => Some(Kind::Network),
@@ -41,7 +41,7 @@ impl Kind {
     }
 
     /// The backend that owns this kind, as stored in the ledger.
-    pub fn backend(self) -> &'static str {
+    pub(crate) fn backend(self) -> &'static str {
         match self {
             Kind::Container | Kind::Network | Kind::Volume => "docker",
             Kind::Sandbox => "daytona",
@@ -92,7 +92,7 @@ impl Ord for ResourceRef {
 
 impl ResourceRef {
     /// Short id for people: 12 characters, as the docker CLI prints them.
-    pub fn short_id(&self) -> &str {
+    pub(crate) fn short_id(&self) -> &str {
         short_id(&self.id)
     }
 }
@@ -107,7 +107,7 @@ impl fmt::Display for ResourceRef {
     }
 }
 
-pub fn short_id(id: &str) -> &str {
+pub(crate) fn short_id(id: &str) -> &str {
     if id.len() > 12 && id.bytes().all(|byte| byte.is_ascii_hexdigit()) {
         &id[..12]
     } else {
@@ -117,13 +117,13 @@ pub fn short_id(id: &str) -> &str {
 
 /// A label selector: `key=value`, or `key` alone for any value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelSelector {
-    pub key: String,
-    pub value: Option<String>,
+pub(crate) struct LabelSelector {
+    pub(crate) key: String,
+    pub(crate) value: Option<String>,
 }
 
 impl LabelSelector {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let (key, value) = match text.split_once('=') {
             Some((key, value)) => (key, Some(value.to_string())),
             None => (text, None),
@@ -135,14 +135,14 @@ impl LabelSelector {
     }
 
     /// `key=value`: the form the Docker API's `label` filter takes.
-    pub fn to_filter(&self) -> String {
+    pub(crate) fn to_filter(&self) -> String {
         match &self.value {
             Some(value) => format!("{}={}", self.key, value),
             None => self.key.clone(),
         }
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub(crate) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         match (labels.get(&self.key), &self.value) {
             (Some(found), Some(wanted)) => found == wanted,
             (Some(_), None) => true,
@@ -156,12 +156,12 @@ impl LabelSelector {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{source}")]
 pub struct RemovalError {
-    pub class: ErrorClass,
+    pub(crate) class: ErrorClass,
     source: Arc<dyn std::error::Error + Send + Sync>,
 }
 
 impl RemovalError {
-    pub fn new(class: ErrorClass, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(class: ErrorClass, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         RemovalError { class, source: Arc::new(source) }
     }
 }
@@ -226,42 +226,42 @@ impl Serialize for RemovalReport {
 }
 
 impl RemovalReport {
-    pub fn count(&self, wanted: fn(&RemovalOutcome) -> bool) -> usize {
+    pub(crate) fn count(&self, wanted: fn(&RemovalOutcome) -> bool) -> usize {
         self.results.iter().filter(|(_, outcome)| wanted(outcome)).count()
     }
 
-    pub fn removed(&self) -> usize {
+    pub(crate) fn removed(&self) -> usize {
         self.count(|outcome| matches!(outcome, RemovalOutcome::Removed { .. }))
     }
 
-    pub fn already_gone(&self) -> usize {
+    pub(crate) fn already_gone(&self) -> usize {
         self.count(|outcome| matches!(outcome, RemovalOutcome::AlreadyGone { .. }))
     }
 
-    pub fn failed(&self) -> usize {
+    pub(crate) fn failed(&self) -> usize {
         self.count(|outcome| matches!(outcome, RemovalOutcome::Failed { .. }))
     }
 
-    pub fn not_attempted(&self) -> usize {
+    pub(crate) fn not_attempted(&self) -> usize {
         self.count(|outcome| matches!(outcome, RemovalOutcome::NotAttempted))
     }
 
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.count(|outcome| matches!(outcome, RemovalOutcome::Pending { .. }))
     }
 
-    pub fn would_remove(&self) -> usize {
+    pub(crate) fn would_remove(&self) -> usize {
         self.count(|outcome| matches!(outcome, RemovalOutcome::WouldRemove))
     }
 
     /// A dry run's report: every resource marked as one that would go.
-    pub fn planned(resources: Vec<ResourceRef>) -> Self {
+    pub(crate) fn planned(resources: Vec<ResourceRef>) -> Self {
         RemovalReport {
             results: resources.into_iter().map(|resource| (resource, RemovalOutcome::WouldRemove)).collect(),
         }
     }
 
-    pub fn failures(&self) -> impl Iterator<Item = (&ResourceRef, &RemovalError)> {
+    pub(crate) fn failures(&self) -> impl Iterator<Item = (&ResourceRef, &RemovalError)> {
         self.results.iter().filter_map(|(resource, outcome)| match outcome {
             RemovalOutcome::Failed { error, .. } => Some((resource, error)),
             _ => None,
@@ -269,11 +269,11 @@ impl RemovalReport {
     }
 
     /// Resources whose outcome `wanted` picks, in order.
-    pub fn resources(&self, wanted: fn(&RemovalOutcome) -> bool) -> Vec<ResourceRef> {
+    pub(crate) fn resources(&self, wanted: fn(&RemovalOutcome) -> bool) -> Vec<ResourceRef> {
         self.results.iter().filter(|(_, outcome)| wanted(outcome)).map(|(resource, _)| resource.clone()).collect()
     }
 
-    pub fn extend(&mut self, other: RemovalReport) {
+    pub(crate) fn extend(&mut self, other: RemovalReport) {
         self.results.extend(other.results);
     }
 }

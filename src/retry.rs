@@ -56,7 +56,7 @@ impl Default for RetryPolicy {
 
 /// How an operation under retry ended well.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Success<T> {
+pub(crate) enum Success<T> {
     /// The operation did it.
     Done(T),
     /// Someone else had done it already (the error was classified `Done`).
@@ -65,10 +65,10 @@ pub enum Success<T> {
 
 /// How an operation under retry ended badly.
 #[derive(Debug)]
-pub struct Failure<E> {
-    pub error: E,
-    pub attempts: u32,
-    pub class: ErrorClass,
+pub(crate) struct Failure<E> {
+    pub(crate) error: E,
+    pub(crate) attempts: u32,
+    pub(crate) class: ErrorClass,
 }
 
 impl RetryPolicy {
@@ -86,7 +86,7 @@ impl RetryPolicy {
     }
 
     /// Lets one call take `duration` (a graceful stop's timeout) plus a margin.
-    pub fn allowing_calls_of(mut self, duration: Option<Duration>) -> Self {
+    pub(crate) fn allowing_calls_of(mut self, duration: Option<Duration>) -> Self {
         if let Some(duration) = duration {
             self.call_timeout = self.call_timeout.max(duration + Duration::from_secs(30));
         }
@@ -97,7 +97,7 @@ impl RetryPolicy {
     /// `Denied` error, runs out of retries, or would pass the deadline. `what`
     /// names the operation and its target for the events ("remove container
     /// 3f2a…").
-    pub async fn run<T, E, F, Fut>(
+    pub(crate) async fn run<T, E, F, Fut>(
         &self,
         what: &str,
         events: &Events,

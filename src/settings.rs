@@ -25,22 +25,22 @@ fn var(name: &str) -> Option<String> {
 
 /// `--retries` and `--retry-delay` as given, so they can win over a benchmark file.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RetryFlags {
-    pub retries: Option<u32>,
-    pub first_delay: Option<Duration>,
+pub(crate) struct RetryFlags {
+    pub(crate) retries: Option<u32>,
+    pub(crate) first_delay: Option<Duration>,
 }
 
 /// Settings every command shares.
 #[derive(Debug, Clone)]
 pub struct GlobalSettings {
-    pub state_dir: PathBuf,
-    pub retry: RetryPolicy,
-    pub retry_flags: RetryFlags,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) retry_flags: RetryFlags,
     pub output: OutputSettings,
     /// The Docker daemon, from `DOCKER_HOST` and `DOCKER_TLS_VERIFY`.
-    pub docker: DockerEndpoint,
+    pub(crate) docker: DockerEndpoint,
     /// Daytona as the environment describes it, or why it cannot be used.
-    pub daytona: Result<DaytonaConfig, String>,
+    pub(crate) daytona: Result<DaytonaConfig, String>,
 }
 
 impl GlobalSettings {
@@ -75,7 +75,7 @@ impl GlobalSettings {
     }
 
     /// Daytona's configuration, for the commands that cannot do without it.
-    pub fn require_daytona(&self) -> Result<DaytonaConfig, Error> {
+    pub(crate) fn require_daytona(&self) -> Result<DaytonaConfig, Error> {
         self.daytona.clone().map_err(Error::Usage)
     }
 }
@@ -133,17 +133,17 @@ fn daytona_config(section: &DaytonaSection) -> Result<DaytonaConfig, Error> {
     })
 }
 
-pub fn parse_labels(texts: &[String]) -> Result<Vec<crate::resource::LabelSelector>, Error> {
+pub(crate) fn parse_labels(texts: &[String]) -> Result<Vec<crate::resource::LabelSelector>, Error> {
     texts.iter().map(|text| crate::resource::LabelSelector::parse(text).map_err(Error::Usage)).collect()
 }
 
 /// `list`.
 #[derive(Debug, Clone)]
 pub struct ListSettings {
-    pub daytona: bool,
-    pub labels: Vec<crate::resource::LabelSelector>,
-    pub all: bool,
-    pub json: bool,
+    pub(crate) daytona: bool,
+    pub(crate) labels: Vec<crate::resource::LabelSelector>,
+    pub(crate) all: bool,
+    pub(crate) json: bool,
 }
 
 impl ListSettings {
@@ -155,14 +155,14 @@ impl ListSettings {
 /// `cleanup daytona`.
 #[derive(Debug, Clone)]
 pub struct DaytonaCleanupSettings {
-    pub stopped: bool,
-    pub older_than: Option<Duration>,
-    pub labels: Vec<crate::resource::LabelSelector>,
-    pub any_owner: bool,
+    pub(crate) stopped: bool,
+    pub(crate) older_than: Option<Duration>,
+    pub(crate) labels: Vec<crate::resource::LabelSelector>,
+    pub(crate) any_owner: bool,
     /// A dry run unless `--no-dry-run`: the organisation may be shared.
-    pub dry_run: bool,
-    pub fail_fast: bool,
-    pub json: bool,
+    pub(crate) dry_run: bool,
+    pub(crate) fail_fast: bool,
+    pub(crate) json: bool,
 }
 
 impl DaytonaCleanupSettings {
@@ -182,16 +182,15 @@ impl DaytonaCleanupSettings {
 /// `cleanup docker`.
 #[derive(Debug, Clone)]
 pub struct DockerCleanupSettings {
-    pub exited: bool,
-    pub older_than: Option<Duration>,
-    pub labels: Vec<crate::resource::LabelSelector>,
-    pub all: bool,
-    pub stop_timeout: Option<Duration>,
-    pub volumes: bool,
-    pub parallel: usize,
-    pub dry_run: bool,
-    pub fail_fast: bool,
-    pub json: bool,
+    pub(crate) exited: bool,
+    pub(crate) older_than: Option<Duration>,
+    pub(crate) labels: Vec<crate::resource::LabelSelector>,
+    pub(crate) stop_timeout: Option<Duration>,
+    pub(crate) volumes: bool,
+    pub(crate) parallel: usize,
+    pub(crate) dry_run: bool,
+    pub(crate) fail_fast: bool,
+    pub(crate) json: bool,
 }
 
 impl DockerCleanupSettings {
@@ -203,17 +202,17 @@ impl DockerCleanupSettings {
                  or --all (every container on the host); add --dry-run to preview",
             ));
         }
-        if args.parallel == 0 {
+        let parallel = args.parallel.unwrap_or(DEFAULT_PARALLEL);
+        if parallel == 0 {
             return Err(Error::usage("--parallel must be at least 1"));
         }
         Ok(DockerCleanupSettings {
             exited: args.exited,
             older_than: args.older_than,
             labels,
-            all: args.all,
             stop_timeout: args.stop_timeout,
             volumes: args.volumes,
-            parallel: args.parallel,
+            parallel,
             dry_run: args.dry_run,
             fail_fast: args.fail_fast,
             json: args.json,
@@ -224,9 +223,9 @@ impl DockerCleanupSettings {
 /// `recover`.
 #[derive(Debug, Clone)]
 pub struct RecoverSettings {
-    pub dry_run: bool,
-    pub from_labels: bool,
-    pub json: bool,
+    pub(crate) dry_run: bool,
+    pub(crate) from_labels: bool,
+    pub(crate) json: bool,
 }
 
 impl RecoverSettings {
@@ -238,7 +237,7 @@ impl RecoverSettings {
 /// `status`.
 #[derive(Debug, Clone)]
 pub struct StatusSettings {
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 impl StatusSettings {
@@ -250,33 +249,33 @@ impl StatusSettings {
 /// Daytona for a run: where the API is and how the tasks' proxies label
 /// and bound what they create.
 #[derive(Debug, Clone)]
-pub struct RunDaytona {
-    pub config: DaytonaConfig,
-    pub proxy: DaytonaProxySettings,
+pub(crate) struct RunDaytona {
+    pub(crate) config: DaytonaConfig,
+    pub(crate) proxy: DaytonaProxySettings,
 }
 
 /// `run`: the command line merged over the benchmark file, once.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
-    pub benchmark: Benchmark,
+    pub(crate) benchmark: Benchmark,
     /// Where the benchmark came from, for messages and the report.
-    pub source: String,
+    pub(crate) source: String,
     /// Directory relative paths in the benchmark file are resolved against.
-    pub base_dir: PathBuf,
-    pub tasks: Vec<String>,
-    pub jobs: usize,
-    pub timeout: Option<Duration>,
-    pub grace: Duration,
-    pub skip_cleanup: bool,
-    pub cleanup_age: Duration,
-    pub cleanup_states: Vec<String>,
-    pub report: Option<PathBuf>,
-    pub harness_args: Vec<String>,
-    pub retry: RetryPolicy,
+    pub(crate) base_dir: PathBuf,
+    pub(crate) tasks: Vec<String>,
+    pub(crate) jobs: usize,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) grace: Duration,
+    pub(crate) skip_cleanup: bool,
+    pub(crate) cleanup_age: Duration,
+    pub(crate) cleanup_states: Vec<String>,
+    pub(crate) report: Option<PathBuf>,
+    pub(crate) harness_args: Vec<String>,
+    pub(crate) retry: RetryPolicy,
     /// Removals at once in teardowns and sweeps.
-    pub parallel: usize,
+    pub(crate) parallel: usize,
     /// `None` when the benchmark does not use Daytona.
-    pub daytona: Option<RunDaytona>,
+    pub(crate) daytona: Option<RunDaytona>,
 }
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -332,7 +331,7 @@ impl RunSettings {
     }
 
     /// The task specs of this run, placeholders filled.
-    pub fn task_specs(&self, run_id: &str) -> Vec<TaskSpec> {
+    pub(crate) fn task_specs(&self, run_id: &str) -> Vec<TaskSpec> {
         let harness = &self.benchmark.harness;
         let cwd = harness.cwd.as_ref().map(|cwd| self.base_dir.join(cwd));
         self.tasks

@@ -20,16 +20,16 @@ use crate::resource::{LabelSelector, RemovalOutcome, RemovalReport, ResourceRef}
 
 /// Which containers a sweep picks. Every set filter must match.
 #[derive(Debug, Clone, Default)]
-pub struct ContainerSelection {
+pub(crate) struct ContainerSelection {
     /// Only exited, dead, or never-started containers.
-    pub exited: bool,
+    pub(crate) exited: bool,
     /// Only containers created longer ago than this.
-    pub older_than: Option<Duration>,
-    pub labels: Vec<LabelSelector>,
+    pub(crate) older_than: Option<Duration>,
+    pub(crate) labels: Vec<LabelSelector>,
 }
 
 impl ContainerSelection {
-    pub fn matches(&self, container: &Container, now_unix: i64) -> bool {
+    pub(crate) fn matches(&self, container: &Container, now_unix: i64) -> bool {
         if self.exited && !container.is_exited() {
             return false;
         }
@@ -43,18 +43,18 @@ impl ContainerSelection {
 }
 
 #[derive(Debug, Clone)]
-pub struct DockerSweep {
-    pub selection: ContainerSelection,
-    pub stop_timeout: Option<Duration>,
+pub(crate) struct DockerSweep {
+    pub(crate) selection: ContainerSelection,
+    pub(crate) stop_timeout: Option<Duration>,
     /// Remove named volumes of emptied compose projects (and labelled ones).
-    pub volumes: bool,
-    pub dry_run: bool,
-    pub removal: RemovalOptions,
+    pub(crate) volumes: bool,
+    pub(crate) dry_run: bool,
+    pub(crate) removal: RemovalOptions,
 }
 
 /// What a sweep does with one listed container.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Not selected.
     Skip,
     /// Selected, but a live run owns it: left alone, and said so.
@@ -64,22 +64,22 @@ pub enum Verdict {
 
 /// A container left alone because a run that is still alive owns it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Protected {
-    pub resource: ResourceRef,
-    pub reason: String,
+pub(crate) struct Protected {
+    pub(crate) resource: ResourceRef,
+    pub(crate) reason: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct SweepResult {
-    pub dry_run: bool,
-    pub containers: RemovalReport,
-    pub networks: RemovalReport,
-    pub volumes: RemovalReport,
-    pub protected: Vec<Protected>,
+pub(crate) struct SweepResult {
+    pub(crate) dry_run: bool,
+    pub(crate) containers: RemovalReport,
+    pub(crate) networks: RemovalReport,
+    pub(crate) volumes: RemovalReport,
+    pub(crate) protected: Vec<Protected>,
 }
 
 impl SweepResult {
-    pub fn failed(&self) -> usize {
+    pub(crate) fn failed(&self) -> usize {
         self.containers.failed() + self.networks.failed() + self.volumes.failed()
     }
 }
@@ -87,7 +87,7 @@ impl SweepResult {
 /// Runs one sweep. `verdict` decides for each listed container; the
 /// selection's labels narrow the listing and say which labelled networks
 /// and volumes may go.
-pub async fn sweep_docker(
+pub(crate) async fn sweep_docker(
     backend: &DockerBackend,
     sweep: &DockerSweep,
     events: &Events,
@@ -213,24 +213,24 @@ async fn sweep_unused_networks_and_volumes(
 
 /// The sweep before a run: what it may take.
 #[derive(Debug, Clone)]
-pub struct PreRunSweep<'a> {
+pub(crate) struct PreRunSweep<'a> {
     /// The benchmark's selectors, as templates: they claim leftovers of any of its runs.
-    pub selectors: &'a [Selector],
+    pub(crate) selectors: &'a [Selector],
     /// Claimed leftovers created longer ago than this go.
-    pub age: Duration,
+    pub(crate) age: Duration,
     /// Claimed leftovers in these states go whatever their age.
-    pub states: &'a [String],
+    pub(crate) states: &'a [String],
     /// The run about to start, which is alive but owns nothing yet.
-    pub own_run: &'a str,
-    pub stop_timeout: Option<Duration>,
-    pub removal: RemovalOptions,
+    pub(crate) own_run: &'a str,
+    pub(crate) stop_timeout: Option<Duration>,
+    pub(crate) removal: RemovalOptions,
 }
 
 impl PreRunSweep<'_> {
     /// What happens to one container. `live_runs` are the ids of the other
     /// runs that are alive; `runs` is the ledger, for the liveness of runs
     /// known by their labels.
-    pub fn verdict(
+    pub(crate) fn verdict(
         &self,
         container: &Container,
         now: i64,
@@ -262,7 +262,7 @@ impl PreRunSweep<'_> {
 
 /// Sweeps claimed leftovers before a run, never touching a live run's
 /// containers, and tells the counts.
-pub async fn pre_run(
+pub(crate) async fn pre_run(
     docker: &DockerBackend,
     runs: &[RunRecord],
     sweep: &PreRunSweep<'_>,

@@ -24,38 +24,38 @@ const TEARDOWN_ROUNDS: usize = 3;
 
 /// How a teardown ended.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct TeardownReport {
-    pub removal: RemovalReport,
+pub(crate) struct TeardownReport {
+    pub(crate) removal: RemovalReport,
     /// Still there after teardown, found by listing again.
-    pub leaked: Vec<ResourceRef>,
+    pub(crate) leaked: Vec<ResourceRef>,
     /// Deletion accepted, not finished by the deadline (sandboxes); kept in the ledger.
-    pub pending: Vec<ResourceRef>,
-    pub seconds: f64,
+    pub(crate) pending: Vec<ResourceRef>,
+    pub(crate) seconds: f64,
 }
 
 impl TeardownReport {
-    pub fn found(&self) -> usize {
+    pub(crate) fn found(&self) -> usize {
         self.removal.results.len()
     }
 }
 
 /// The backends a teardown may use; a missing one is not asked.
 #[derive(Clone, Copy, Default)]
-pub struct Backends<'a> {
-    pub docker: Option<&'a DockerBackend>,
-    pub daytona: Option<&'a DaytonaBackend>,
+pub(crate) struct Backends<'a> {
+    pub(crate) docker: Option<&'a DockerBackend>,
+    pub(crate) daytona: Option<&'a DaytonaBackend>,
 }
 
 /// How a teardown goes about its work.
 #[derive(Debug, Clone)]
-pub struct TeardownOptions {
-    pub removal: RemovalOptions,
+pub(crate) struct TeardownOptions {
+    pub(crate) removal: RemovalOptions,
     /// Stop containers gracefully with this timeout before removing them.
-    pub stop_timeout: Option<Duration>,
+    pub(crate) stop_timeout: Option<Duration>,
 }
 
 /// Everything the claims point at now, containers first, sandboxes last.
-pub async fn discover(
+pub(crate) async fn discover(
     backends: Backends<'_>,
     ledger: &Ledger,
     claims: &Claims,
@@ -166,7 +166,7 @@ async fn claimed_containers(backend: &DockerBackend, claims: &Claims) -> Result<
 /// Tears down what `claims` own and verifies by listing again. Every
 /// resource found is written to the ledger first, so a crash mid-teardown
 /// leaves a record for `recover`.
-pub async fn teardown(
+pub(crate) async fn teardown(
     backends: Backends<'_>,
     ledger: &Ledger,
     claims: &Claims,

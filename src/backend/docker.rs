@@ -21,7 +21,7 @@ use crate::resource::{Kind, LabelSelector, ResourceRef};
 use crate::retry::{CallTimeout, Classify};
 
 /// The label docker compose puts on everything of a project.
-pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
+pub(crate) const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
 
 /// bollard's bound on one request, in seconds; our retry policy bounds calls more tightly.
 const CLIENT_TIMEOUT_SECONDS: u64 = 120;
@@ -35,40 +35,40 @@ pub struct DockerBackend {
 
 /// A container as `list` shows it and the filters see it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Container {
-    pub id: String,
-    pub name: String,
-    pub image: String,
-    pub state: String,
+pub(crate) struct Container {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) image: String,
+    pub(crate) state: String,
     /// Unix seconds, from the list API's `Created`.
-    pub created: i64,
-    pub labels: BTreeMap<String, String>,
-    pub compose_project: Option<String>,
+    pub(crate) created: i64,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) compose_project: Option<String>,
 }
 
 impl Container {
-    pub fn resource(&self) -> ResourceRef {
+    pub(crate) fn resource(&self) -> ResourceRef {
         ResourceRef { kind: Kind::Container, id: self.id.clone(), name: self.name.clone() }
     }
 
     /// Not running: exited, dead, or created and never started.
-    pub fn is_exited(&self) -> bool {
+    pub(crate) fn is_exited(&self) -> bool {
         matches!(self.state.as_str(), "exited" | "dead" | "created")
     }
 }
 
 /// A network or volume, with its labels.
 #[derive(Debug, Clone, Serialize)]
-pub struct LabelledResource {
-    pub resource: ResourceRef,
-    pub labels: BTreeMap<String, String>,
+pub(crate) struct LabelledResource {
+    pub(crate) resource: ResourceRef,
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
 /// What a Docker call failed with, already sorted for the retry policy.
 #[derive(Debug, Clone)]
 pub struct DockerError {
-    pub status: Option<u16>,
-    pub message: String,
+    pub(crate) status: Option<u16>,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for DockerError {
@@ -84,7 +84,7 @@ impl std::error::Error for DockerError {}
 
 impl DockerError {
     /// The error that ends a command when `operation` failed for good.
-    pub fn during(self, operation: impl Into<String>) -> Error {
+    pub(crate) fn during(self, operation: impl Into<String>) -> Error {
         Error::call(Service::Docker, operation, self.class(), self)
     }
 }
@@ -129,10 +129,10 @@ impl CallTimeout for DockerError {
 /// Which containers to list. Label selectors go to the daemon; the rest is
 /// applied here so that the semantics do not depend on the engine version.
 #[derive(Debug, Clone, Default)]
-pub struct ContainerQuery {
-    pub labels: Vec<LabelSelector>,
+pub(crate) struct ContainerQuery {
+    pub(crate) labels: Vec<LabelSelector>,
     /// Include containers that are not running.
-    pub all: bool,
+    pub(crate) all: bool,
 }
 
 impl DockerBackend {
@@ -168,15 +168,15 @@ impl DockerBackend {
         Ok(DockerBackend { client, endpoint: endpoint.clone() })
     }
 
-    pub fn endpoint(&self) -> &DockerEndpoint {
+    pub(crate) fn endpoint(&self) -> &DockerEndpoint {
         &self.endpoint
     }
 
-    pub fn client(&self) -> &Docker {
+    pub(crate) fn client(&self) -> &Docker {
         &self.client
     }
 
-    pub async fn list_containers(&self, query: &ContainerQuery) -> Result<Vec<Container>, DockerError> {
+    pub(crate) async fn list_containers(&self, query: &ContainerQuery) -> Result<Vec<Container>, DockerError> {
         let mut filters = HashMap::new();
         if !query.labels.is_empty() {
             filters.insert("label".to_string(), query.labels.iter().map(LabelSelector::to_filter).collect());
@@ -206,7 +206,7 @@ impl DockerBackend {
             .collect())
     }
 
-    pub async fn list_networks(&self, labels: &[LabelSelector]) -> Result<Vec<LabelledResource>, DockerError> {
+    pub(crate) async fn list_networks(&self, labels: &[LabelSelector]) -> Result<Vec<LabelledResource>, DockerError> {
         let options = ListNetworksOptions { filters: Some(label_filters(labels)) };
         let networks = self.client.list_networks(Some(options)).await?;
         Ok(networks
@@ -221,7 +221,7 @@ impl DockerBackend {
             .collect())
     }
 
-    pub async fn list_volumes(&self, labels: &[LabelSelector]) -> Result<Vec<LabelledResource>, DockerError> {
+    pub(crate) async fn list_volumes(&self, labels: &[LabelSelector]) -> Result<Vec<LabelledResource>, DockerError> {
         let options = ListVolumesOptions { filters: Some(label_filters(labels)) };
         let response = self.client.list_volumes(Some(options)).await?;
         Ok(response
@@ -236,7 +236,7 @@ impl DockerBackend {
     }
 
     /// Whether the resource still exists. Used to verify teardown by listing.
-    pub async fn exists(&self, resource: &ResourceRef) -> Result<bool, DockerError> {
+    pub(crate) async fn exists(&self, resource: &ResourceRef) -> Result<bool, DockerError> {
         let result = match resource.kind {
             Kind::Container => self.client.inspect_container(&resource.id, None).await.map(drop),
             Kind::Network => self.client.inspect_network(&resource.id, None).await.map(drop),

@@ -21,17 +21,17 @@ use crate::resource::Kind;
 
 /// Where the real API is, split for forwarding.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiTarget {
-    pub upstream: Upstream,
+pub(crate) struct ApiTarget {
+    pub(crate) upstream: Upstream,
     /// The `Host` header the API expects.
-    pub host: String,
+    pub(crate) host: String,
     /// The API's path prefix, e.g. `/api`.
-    pub base_path: String,
+    pub(crate) base_path: String,
 }
 
 impl ApiTarget {
     /// From an API base URL such as `https://app.daytona.io/api`.
-    pub fn parse(api_url: &str) -> Result<Self, String> {
+    pub(crate) fn parse(api_url: &str) -> Result<Self, String> {
         let (scheme, rest) = api_url.split_once("://").ok_or_else(|| format!("{api_url}: not an http(s) URL"))?;
         let (authority, path) = match rest.find('/') {
             Some(index) => (&rest[..index], &rest[index..]),
@@ -57,19 +57,19 @@ impl ApiTarget {
 
 /// How the tasks' Daytona proxies are set up.
 #[derive(Debug, Clone)]
-pub struct DaytonaProxySettings {
-    pub target: ApiTarget,
+pub(crate) struct DaytonaProxySettings {
+    pub(crate) target: ApiTarget,
     /// Set on created sandboxes that do not set one, so the provider collects them if we are gone.
-    pub auto_stop_minutes: Option<u32>,
-    pub auto_delete_minutes: Option<i64>,
+    pub(crate) auto_stop_minutes: Option<u32>,
+    pub(crate) auto_delete_minutes: Option<i64>,
 }
 
 /// The Daytona side of the proxy.
-pub struct DaytonaPolicy {
-    pub target: ApiTarget,
-    pub labels: BTreeMap<String, String>,
-    pub auto_stop_minutes: Option<u32>,
-    pub auto_delete_minutes: Option<i64>,
+pub(crate) struct DaytonaPolicy {
+    pub(crate) target: ApiTarget,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) auto_stop_minutes: Option<u32>,
+    pub(crate) auto_delete_minutes: Option<i64>,
 }
 
 /// The path our clients use; the upstream's own prefix replaces it.
@@ -114,13 +114,13 @@ impl Policy for DaytonaPolicy {
 }
 
 /// A running proxy for one task.
-pub struct DaytonaProxy {
+pub(crate) struct DaytonaProxy {
     api_url: String,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl DaytonaProxy {
-    pub async fn start(policy: DaytonaPolicy, recorder: Recorder) -> std::io::Result<Self> {
+    pub(crate) async fn start(policy: DaytonaPolicy, recorder: Recorder) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let api_url = format!("http://{}{LOCAL_PREFIX}", listener.local_addr()?);
         let upstream = policy.target.upstream.clone();
@@ -139,7 +139,7 @@ impl DaytonaProxy {
     }
 
     /// A proxy for one task, labelling what it creates with `labels`.
-    pub async fn start_for_task(
+    pub(crate) async fn start_for_task(
         settings: &DaytonaProxySettings,
         labels: BTreeMap<String, String>,
         recorder: Recorder,
@@ -154,11 +154,11 @@ impl DaytonaProxy {
     }
 
     /// The value for the harness's `DAYTONA_API_URL`.
-    pub fn api_url(&self) -> &str {
+    pub(crate) fn api_url(&self) -> &str {
         &self.api_url
     }
 
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         self.server.abort();
     }
 }

@@ -22,16 +22,16 @@ use crate::resource::Kind;
 
 /// How the tasks' Docker proxies are set up.
 #[derive(Debug, Clone)]
-pub struct DockerProxySettings {
+pub(crate) struct DockerProxySettings {
     /// Where the daemon is.
-    pub upstream: Upstream,
+    pub(crate) upstream: Upstream,
     /// Each task gets a private directory with its socket under this.
-    pub socket_root: PathBuf,
+    pub(crate) socket_root: PathBuf,
 }
 
 /// The Docker side of the proxy: which calls create, how to label them.
-pub struct DockerPolicy {
-    pub labels: BTreeMap<String, String>,
+pub(crate) struct DockerPolicy {
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
 impl Policy for DockerPolicy {
@@ -62,7 +62,7 @@ impl Policy for DockerPolicy {
 
 /// A running proxy for one task. Dropping it stops it; [`DockerProxy::stop`]
 /// also removes its directory.
-pub struct DockerProxy {
+pub(crate) struct DockerProxy {
     socket: PathBuf,
     directory: PathBuf,
     server: tokio::task::JoinHandle<()>,
@@ -71,7 +71,7 @@ pub struct DockerProxy {
 impl DockerProxy {
     /// Binds a socket in a fresh private directory (0700, socket 0600) under
     /// `root` and starts serving.
-    pub async fn start(
+    pub(crate) async fn start(
         root: &Path,
         upstream: Upstream,
         policy: DockerPolicy,
@@ -95,7 +95,7 @@ impl DockerProxy {
     }
 
     /// A proxy for one task, labelling what it creates with `labels`.
-    pub async fn start_for_task(
+    pub(crate) async fn start_for_task(
         settings: &DockerProxySettings,
         labels: BTreeMap<String, String>,
         recorder: Recorder,
@@ -104,12 +104,12 @@ impl DockerProxy {
     }
 
     /// The value for the harness's `DOCKER_HOST`.
-    pub fn docker_host(&self) -> String {
+    pub(crate) fn docker_host(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
 
     /// Stops serving, closes every connection, removes the socket and its directory.
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         self.server.abort();
         let _ = std::fs::remove_dir_all(&self.directory);
     }
@@ -161,7 +161,7 @@ fn may_hijack(head: &Head) -> bool {
 }
 
 /// Adds the owner labels to a create body. `Err` when it is not a JSON object.
-pub fn label_body(body: &[u8], labels: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+pub(crate) fn label_body(body: &[u8], labels: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
     label_create_body(body, "Labels", labels, |_| {})
 }
 

@@ -3,6 +3,6 @@
 //! labelled with its owner and recorded in the ledger before the harness
 //! learns its id.
 
-pub mod daytona_proxy;
-pub mod docker_proxy;
-pub mod proxy;
+pub(crate) mod daytona_proxy;
+pub(crate) mod docker_proxy;
+pub(crate) mod proxy;

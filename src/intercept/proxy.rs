@@ -17,7 +17,7 @@ use crate::net::{BoxRead, BoxWrite, Upstream};
 use crate::resource::{Kind, ResourceRef};
 
 /// What differs between the Docker and the Daytona proxy.
-pub trait Policy: Send + Sync + 'static {
+pub(crate) trait Policy: Send + Sync + 'static {
     /// The kind a request creates, if it is a create call to intercept.
     fn create_kind(&self, head: &Head) -> Option<Kind>;
     /// The create body with owner labels (and defaults) added; `Err` for a body we refuse.
@@ -42,7 +42,7 @@ pub trait Policy: Send + Sync + 'static {
 /// A create body with `labels` merged into its `field` object (made when
 /// missing or null), then `finish` applied to the whole object. `Err` for a
 /// body that is not a JSON object, which the proxy refuses with a 400.
-pub fn label_create_body(
+pub(crate) fn label_create_body(
     body: &[u8],
     field: &str,
     labels: &BTreeMap<String, String>,
@@ -64,10 +64,10 @@ pub fn label_create_body(
 }
 
 /// Who owns what the proxied clients create, and where that is recorded.
-pub struct Recorder {
-    pub run_id: String,
-    pub task_id: String,
-    pub ledger: Ledger,
+pub(crate) struct Recorder {
+    pub(crate) run_id: String,
+    pub(crate) task_id: String,
+    pub(crate) ledger: Ledger,
 }
 
 impl Recorder {
@@ -82,7 +82,7 @@ impl Recorder {
 
 /// Accepts connections with `accept` and serves each on its own task until
 /// the returned handle is aborted, which also ends every connection.
-pub fn spawn_server<P, A, Fut>(
+pub(crate) fn spawn_server<P, A, Fut>(
     mut accept: A,
     upstream: Upstream,
     policy: P,
@@ -117,7 +117,7 @@ enum Next {
 }
 
 /// Serves one client connection until either side closes it.
-pub async fn serve<P: Policy>(
+pub(crate) async fn serve<P: Policy>(
     client_read: BoxRead,
     mut client_out: BoxWrite,
     upstream: Upstream,
@@ -236,10 +236,10 @@ impl Streams<'_> {
         let framing = head.request_framing()?;
         self.upstream_out.write_all(&policy.upstream_head(&head, None)).await?;
         self.upstream_out.flush().await?;
-        // The server may answer before it has read the whole body (a build that fails early).
-        // A client that goes away mid-body ends the exchange at once, which closes the upstream
-        // side too: waiting for the answer would wait for ever on a server that still expects
-        // the rest of the body (a cut-short `POST /build` held both connections until task end).
+        // The server may answer before it has read the whole body (a build that fails early), so
+        // sending and receiving race. A client that goes away mid-body ends the exchange at once,
+        // which closes the upstream side too: an answer would never come from a server that still
+        // expects the rest of the body.
         let response = {
             let send = self.client_in.copy_body(framing, &mut *self.upstream_out, false);
             let receive = self.upstream_in.read_head(false);

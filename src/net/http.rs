@@ -6,13 +6,13 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A head larger than this is refused (431) rather than buffered.
-pub const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Bodies read whole (create requests and responses) are bounded.
-pub const MAX_BUFFERED_BODY: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_BUFFERED_BODY: usize = 16 * 1024 * 1024;
 const MAX_HEADERS: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     #[error("connection closed")]
     Closed,
     #[error("message head larger than {MAX_HEAD} bytes")]
@@ -27,7 +27,7 @@ pub enum HttpError {
 
 /// How a body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     None,
     Length(u64),
     Chunked,
@@ -37,19 +37,19 @@ pub enum Framing {
 
 /// A parsed message head, with its raw bytes kept for forwarding.
 #[derive(Debug, Clone)]
-pub struct Head {
-    pub raw: Vec<u8>,
+pub(crate) struct Head {
+    pub(crate) raw: Vec<u8>,
     /// Request: method; response: empty.
-    pub method: String,
+    pub(crate) method: String,
     /// Request: path with query; response: empty.
-    pub target: String,
+    pub(crate) target: String,
     /// Response: status code; request: 0.
-    pub status: u16,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Head {
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
+    pub(crate) fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_slice())
     }
 
@@ -60,16 +60,16 @@ impl Head {
     }
 
     /// `Connection: Upgrade` with an `Upgrade` header (attach, exec, BuildKit session).
-    pub fn is_upgrade(&self) -> bool {
+    pub(crate) fn is_upgrade(&self) -> bool {
         self.header("upgrade").is_some() && self.header_has_token("connection", "upgrade")
     }
 
-    pub fn wants_close(&self) -> bool {
+    pub(crate) fn wants_close(&self) -> bool {
         self.header_has_token("connection", "close")
     }
 
     /// The body framing of a request.
-    pub fn request_framing(&self) -> Result<Framing, HttpError> {
+    pub(crate) fn request_framing(&self) -> Result<Framing, HttpError> {
         if self.header_has_token("transfer-encoding", "chunked") {
             return Ok(Framing::Chunked);
         }
@@ -80,7 +80,7 @@ impl Head {
     }
 
     /// The body framing of a response to a request with `request_method`.
-    pub fn response_framing(&self, request_method: &str) -> Result<Framing, HttpError> {
+    pub(crate) fn response_framing(&self, request_method: &str) -> Result<Framing, HttpError> {
         if request_method.eq_ignore_ascii_case("HEAD")
             || (100..200).contains(&self.status)
             || self.status == 204
@@ -109,14 +109,14 @@ impl Head {
     }
 
     /// The head again with framing headers replaced by `Content-Length: length`.
-    pub fn with_content_length(&self, length: usize) -> Vec<u8> {
+    pub(crate) fn with_content_length(&self, length: usize) -> Vec<u8> {
         self.rewritten(None, None, Some(length))
     }
 
     /// The request head again with, where given, another target, another
     /// `Host`, and framing replaced by a `Content-Length`. Other header lines
     /// are kept as they were sent.
-    pub fn rewritten(&self, target: Option<&str>, host: Option<&str>, content_length: Option<usize>) -> Vec<u8> {
+    pub(crate) fn rewritten(&self, target: Option<&str>, host: Option<&str>, content_length: Option<usize>) -> Vec<u8> {
         let text = String::from_utf8_lossy(&self.raw);
         let mut lines = text.split("\r\n");
         let mut out = String::new();
@@ -154,18 +154,18 @@ impl Head {
 }
 
 /// A reader with a buffer of bytes read but not yet consumed.
-pub struct Buffered<R> {
-    pub inner: R,
-    pub buffer: Vec<u8>,
+pub(crate) struct Buffered<R> {
+    pub(crate) inner: R,
+    pub(crate) buffer: Vec<u8>,
 }
 
 impl<R: AsyncRead + Unpin> Buffered<R> {
-    pub fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         Buffered { inner, buffer: Vec::new() }
     }
 
     /// Reads more into the buffer; 0 at end of file.
-    pub async fn fill(&mut self) -> std::io::Result<usize> {
+    pub(crate) async fn fill(&mut self) -> std::io::Result<usize> {
         let mut chunk = [0u8; 16 * 1024];
         let count = self.inner.read(&mut chunk).await?;
         self.buffer.extend_from_slice(&chunk[..count]);
@@ -173,7 +173,7 @@ impl<R: AsyncRead + Unpin> Buffered<R> {
     }
 
     /// Reads one message head (request when `request`, else response).
-    pub async fn read_head(&mut self, request: bool) -> Result<Head, HttpError> {
+    pub(crate) async fn read_head(&mut self, request: bool) -> Result<Head, HttpError> {
         loop {
             if let Some(end) = find_head_end(&self.buffer) {
                 let raw: Vec<u8> = self.buffer.drain(..end).collect();
@@ -194,7 +194,7 @@ impl<R: AsyncRead + Unpin> Buffered<R> {
 
     /// Copies a body with `framing` to `sink` byte for byte, as it arrives.
     /// With `keep`, also returns the decoded body (bounded).
-    pub async fn copy_body<W: AsyncWrite + Unpin>(
+    pub(crate) async fn copy_body<W: AsyncWrite + Unpin>(
         &mut self,
         framing: Framing,
         sink: &mut W,
@@ -323,7 +323,7 @@ fn parse_head(raw: Vec<u8>, request: bool) -> Result<Head, HttpError> {
 }
 
 /// A minimal response benchwarden itself sends (errors), then closes.
-pub fn error_response(status: u16, reason: &str, message: &str) -> Vec<u8> {
+pub(crate) fn error_response(status: u16, reason: &str, message: &str) -> Vec<u8> {
     let body = serde_json::json!({ "message": format!("benchwarden proxy: {message}") }).to_string();
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

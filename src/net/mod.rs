@@ -3,7 +3,7 @@
 //! names the Docker daemon, and (in [`http`]) just enough HTTP/1.1 to proxy
 //! byte for byte.
 
-pub mod http;
+pub(crate) mod http;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,12 +11,12 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
-pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Where requests go.
 #[derive(Debug, Clone)]
-pub enum Upstream {
+pub(crate) enum Upstream {
     Unix(PathBuf),
     /// `host:port`, plain TCP.
     Tcp(String),
@@ -36,7 +36,7 @@ impl PartialEq for Upstream {
 impl Eq for Upstream {}
 
 impl Upstream {
-    pub async fn connect(&self) -> std::io::Result<(BoxRead, BoxWrite)> {
+    pub(crate) async fn connect(&self) -> std::io::Result<(BoxRead, BoxWrite)> {
         match self {
             Upstream::Unix(path) => {
                 let (read, write) = UnixStream::connect(path).await?.into_split();
@@ -68,12 +68,12 @@ impl Upstream {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerEndpoint {
     /// `unix://…`, `tcp://…`, `ssh://…`, as given.
-    pub address: String,
-    pub tls: bool,
+    pub(crate) address: String,
+    pub(crate) tls: bool,
 }
 
 impl DockerEndpoint {
-    pub const DEFAULT_SOCKET: &'static str = "unix:///var/run/docker.sock";
+    pub(crate) const DEFAULT_SOCKET: &'static str = "unix:///var/run/docker.sock";
 
     /// From the values of `DOCKER_HOST` and `DOCKER_TLS_VERIFY`; an unset or
     /// empty `DOCKER_HOST` is the default socket.
@@ -84,7 +84,7 @@ impl DockerEndpoint {
 
     /// A plain stream to the daemon; `None` for what only the client library
     /// speaks (TLS, ssh).
-    pub fn upstream(&self) -> Option<Upstream> {
+    pub(crate) fn upstream(&self) -> Option<Upstream> {
         if let Some(path) = self.address.strip_prefix("unix://") {
             return Some(Upstream::Unix(PathBuf::from(path)));
         }

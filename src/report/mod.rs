@@ -5,7 +5,7 @@
 
 mod lines;
 mod terminal;
-pub mod text;
+pub(crate) mod text;
 mod view;
 
 use std::sync::Arc;
@@ -30,7 +30,7 @@ impl Reporter {
     }
 
     /// Clears what the terminal view still draws, before a summary is printed.
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.view.clear();
     }
 }

@@ -29,15 +29,15 @@ pub enum Verbosity {
 /// Output settings, resolved once.
 #[derive(Debug, Clone, Copy)]
 pub struct OutputSettings {
-    pub verbosity: Verbosity,
-    pub color: bool,
+    pub(crate) verbosity: Verbosity,
+    pub(crate) color: bool,
     /// Progress bars are drawn only on a terminal, and never with `-q`.
-    pub progress: bool,
+    pub(crate) progress: bool,
 }
 
 impl OutputSettings {
     /// `no_color`: whether `NO_COLOR` is set (read once, by settings).
-    pub fn resolve(verbosity: Verbosity, color: Color, no_color: bool) -> Self {
+    pub(crate) fn resolve(verbosity: Verbosity, color: Color, no_color: bool) -> Self {
         let terminal = std::io::stderr().is_terminal();
         let color = match color {
             Color::Always => true,

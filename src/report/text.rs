@@ -16,7 +16,7 @@ use crate::resource::{short_id, RemovalOutcome, RemovalReport, ResourceRef};
 use crate::sweep::SweepResult;
 
 /// Formats an age for tables: `45s`, `12m`, `3h`, `2d`.
-pub fn format_age(seconds: i64) -> String {
+pub(crate) fn format_age(seconds: i64) -> String {
     let seconds = seconds.max(0);
     match seconds {
         0..=119 => format!("{seconds}s"),
@@ -27,7 +27,7 @@ pub fn format_age(seconds: i64) -> String {
 }
 
 /// Renders rows as a left-aligned table with two spaces between columns.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|cell| cell.len()).collect();
     for row in rows {
         for (index, cell) in row.iter().enumerate() {
@@ -56,7 +56,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// `list --docker`: newest first, as the caller sorted them.
-pub fn container_table(containers: &[Container], now: i64) -> String {
+pub(crate) fn container_table(containers: &[Container], now: i64) -> String {
     let rows: Vec<Vec<String>> = containers
         .iter()
         .map(|container| {
@@ -75,7 +75,7 @@ pub fn container_table(containers: &[Container], now: i64) -> String {
 }
 
 /// `list --daytona`.
-pub fn sandbox_table(sandboxes: &[Sandbox], now: i64) -> String {
+pub(crate) fn sandbox_table(sandboxes: &[Sandbox], now: i64) -> String {
     let rows: Vec<Vec<String>> = sandboxes
         .iter()
         .map(|sandbox| {
@@ -93,7 +93,7 @@ pub fn sandbox_table(sandboxes: &[Sandbox], now: i64) -> String {
 }
 
 /// The closing lines of a Docker sweep: counts, then each failure with its reason.
-pub fn sweep_summary(result: &SweepResult) -> String {
+pub(crate) fn sweep_summary(result: &SweepResult) -> String {
     removal_summary(
         &[("containers", &result.containers), ("networks", &result.networks), ("volumes", &result.volumes)],
         result.dry_run,
@@ -103,7 +103,7 @@ pub fn sweep_summary(result: &SweepResult) -> String {
 
 /// Counts per kind (the first kind says when nothing matched), what was
 /// left alone, then each failure with its reason.
-pub fn removal_summary(reports: &[(&str, &RemovalReport)], dry_run: bool, protected: usize) -> String {
+pub(crate) fn removal_summary(reports: &[(&str, &RemovalReport)], dry_run: bool, protected: usize) -> String {
     let mut text = String::new();
     for (index, (label, report)) in reports.iter().enumerate() {
         if report.results.is_empty() {
@@ -153,20 +153,20 @@ fn removal_counts(label: &str, report: &RemovalReport, dry_run: bool) -> String 
 
 /// The JSON report of a run.
 #[derive(Debug, Serialize)]
-pub struct RunReport<'a> {
-    pub run_id: &'a str,
-    pub benchmark: &'a str,
-    pub source: &'a str,
-    pub started_at: i64,
-    pub ended_at: i64,
-    pub exit_code: i32,
-    pub interrupted_by: Option<String>,
-    pub pre_run_sweep: Option<&'a SweepResult>,
-    pub tasks: &'a [TaskReport],
+pub(crate) struct RunReport<'a> {
+    pub(crate) run_id: &'a str,
+    pub(crate) benchmark: &'a str,
+    pub(crate) source: &'a str,
+    pub(crate) started_at: i64,
+    pub(crate) ended_at: i64,
+    pub(crate) exit_code: i32,
+    pub(crate) interrupted_by: Option<String>,
+    pub(crate) pre_run_sweep: Option<&'a SweepResult>,
+    pub(crate) tasks: &'a [TaskReport],
 }
 
 /// The summary of a run: a row per task, the counts, then what went wrong.
-pub fn run_summary(reports: &[TaskReport]) -> String {
+pub(crate) fn run_summary(reports: &[TaskReport]) -> String {
     let rows: Vec<Vec<String>> = reports.iter().map(task_row).collect();
     let mut text = table(&["TASK", "RESULT", "EXIT", "TIME", "FOUND", "REMOVED", "LEAKED", "TEARDOWN"], &rows);
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -229,7 +229,7 @@ fn task_problems(report: &TaskReport) -> String {
 }
 
 /// What `recover` did (or would do), run by run.
-pub fn recovery_summary(recovered: &[RecoveredRun]) -> String {
+pub(crate) fn recovery_summary(recovered: &[RecoveredRun]) -> String {
     if recovered.is_empty() {
         return "no orphaned runs\n".to_string();
     }
@@ -259,16 +259,16 @@ pub fn recovery_summary(recovered: &[RecoveredRun]) -> String {
 
 /// A run as `status` shows it.
 #[derive(Debug, Serialize)]
-pub struct RunStatus {
+pub(crate) struct RunStatus {
     #[serde(flatten)]
-    pub run: RunRecord,
+    pub(crate) run: RunRecord,
     /// `running`, `orphaned` or `finished`.
-    pub state: &'static str,
-    pub live_resources: Vec<ResourceRef>,
+    pub(crate) state: &'static str,
+    pub(crate) live_resources: Vec<ResourceRef>,
 }
 
 /// `status`: a row per run, and how to recover orphans if there are any.
-pub fn status_table(statuses: &[RunStatus], now: i64, state_dir: &std::path::Path) -> String {
+pub(crate) fn status_table(statuses: &[RunStatus], now: i64, state_dir: &std::path::Path) -> String {
     let rows: Vec<Vec<String>> = statuses
         .iter()
         .map(|status| {

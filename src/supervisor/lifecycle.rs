@@ -17,21 +17,21 @@ use super::signal::Shutdown;
 use crate::events::{Events, TaskEvent, TaskOutcome};
 
 /// After SIGKILL, how long to wait for the task's processes to vanish.
-pub const KILL_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How often process exits are looked for while stopping: exits of
 /// processes that are not our children raise no event we can await.
 const LOOK_EVERY: Duration = Duration::from_millis(20);
 
 /// Why a task stopped running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
+pub(crate) enum Ending {
     Exited(ExitStatus),
     TimedOut,
     Interrupted(Signal),
 }
 
 impl Ending {
-    pub fn outcome(self) -> TaskOutcome {
+    pub(crate) fn outcome(self) -> TaskOutcome {
         match self {
             Ending::Exited(status) if status.success() => TaskOutcome::Passed,
             Ending::Exited(_) => TaskOutcome::Failed,
@@ -43,7 +43,7 @@ impl Ending {
 
 /// Where a task's processes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// The harness runs: waiting for its exit, its time limit, or a shutdown.
     Running,
     /// Every process of the task got a signal; SIGKILL follows after the grace.
@@ -56,7 +56,7 @@ pub enum Phase {
 
 /// What can happen to a task's processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Happening {
+pub(crate) enum Happening {
     HarnessExited(ExitStatus),
     /// Waiting for the harness failed: its status will never be known.
     HarnessLost,
@@ -71,7 +71,7 @@ pub enum Happening {
 
 /// What the driver must do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Send this signal to every process of the task.
     Signal(Signal),
     /// SIGKILL every process of the task.
@@ -80,7 +80,7 @@ pub enum Action {
 
 /// One task's processes, from spawn to the last one gone.
 #[derive(Debug, Clone)]
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     phase: Phase,
     grace: Duration,
     ending: Option<Ending>,
@@ -89,31 +89,31 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub fn new(grace: Duration) -> Self {
+    pub(crate) fn new(grace: Duration) -> Self {
         Lifecycle { phase: Phase::Running, grace, ending: None, status: None, harness_done: false }
     }
 
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         self.phase
     }
 
     /// Why the task stopped running, once it has.
-    pub fn ending(&self) -> Option<Ending> {
+    pub(crate) fn ending(&self) -> Option<Ending> {
         self.ending
     }
 
     /// The harness's own exit status, once it has exited.
-    pub fn status(&self) -> Option<ExitStatus> {
+    pub(crate) fn status(&self) -> Option<ExitStatus> {
         self.status
     }
 
     /// Whether the harness is still to be waited for.
-    pub fn awaits_harness(&self) -> bool {
+    pub(crate) fn awaits_harness(&self) -> bool {
         !self.harness_done
     }
 
     /// How long the current phase may last before [`Happening::PhaseTimeOver`].
-    pub fn phase_time(&self) -> Option<Duration> {
+    pub(crate) fn phase_time(&self) -> Option<Duration> {
         match self.phase {
             Phase::Stopping => Some(self.grace),
             Phase::Killing => Some(KILL_WAIT),
@@ -122,7 +122,7 @@ impl Lifecycle {
     }
 
     /// Takes in what happened; returns what to do about it.
-    pub fn on(&mut self, happening: Happening) -> Vec<Action> {
+    pub(crate) fn on(&mut self, happening: Happening) -> Vec<Action> {
         match happening {
             Happening::HarnessExited(status) => {
                 self.status = Some(status);
@@ -173,13 +173,13 @@ impl Lifecycle {
 }
 
 /// The harness process, as the driver waits for it.
-pub trait Harness {
+pub(crate) trait Harness {
     /// Waits for the harness to exit. Must be cancel-safe.
     fn wait(&mut self) -> impl Future<Output = std::io::Result<ExitStatus>> + Send;
 }
 
 /// Every process of a task: its group, and descendants that left it.
-pub trait ProcessSet {
+pub(crate) trait ProcessSet {
     /// Sends `signal` to every process of the task; returns how many there were.
     fn signal(&self, signal: Signal) -> usize;
     /// Reaps adopted orphans, then says whether any process of the task is left.
@@ -187,11 +187,11 @@ pub trait ProcessSet {
 }
 
 /// What the driver waits on besides the processes.
-pub struct Watch<'a> {
-    pub task: &'a str,
-    pub time_limit: Option<Duration>,
-    pub shutdown: watch::Receiver<Shutdown>,
-    pub events: &'a Events,
+pub(crate) struct Watch<'a> {
+    pub(crate) task: &'a str,
+    pub(crate) time_limit: Option<Duration>,
+    pub(crate) shutdown: watch::Receiver<Shutdown>,
+    pub(crate) events: &'a Events,
 }
 
 /// The driver's clocks and the shutdown state it has acted on.
@@ -205,7 +205,7 @@ struct Waits {
 
 /// Waits for the task to end, then stops every process of it (signal,
 /// grace, SIGKILL), and returns the lifecycle once no process is left.
-pub async fn stop_when_done(
+pub(crate) async fn stop_when_done(
     mut lifecycle: Lifecycle,
     harness: &mut impl Harness,
     processes: &impl ProcessSet,

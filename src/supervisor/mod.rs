@@ -2,9 +2,9 @@
 //! scheduled at most `-j` at once, stopped on timeout or interrupt (the
 //! lifecycle), and followed by teardown of what the task owns.
 
-pub mod lifecycle;
-pub mod process;
-pub mod scheduler;
-pub mod signal;
-pub mod task;
-pub mod watch;
+pub(crate) mod lifecycle;
+pub(crate) mod process;
+pub(crate) mod scheduler;
+pub(crate) mod signal;
+pub(crate) mod task;
+pub(crate) mod watch;

@@ -14,8 +14,8 @@ use nix::unistd::Pid;
 
 use crate::host::{self, all_processes as proc_stats};
 
-pub const ENV_RUN_ID: &str = "BENCHWARDEN_RUN_ID";
-pub const ENV_TASK_ID: &str = "BENCHWARDEN_TASK_ID";
+pub(crate) const ENV_RUN_ID: &str = "BENCHWARDEN_RUN_ID";
+pub(crate) const ENV_TASK_ID: &str = "BENCHWARDEN_TASK_ID";
 
 /// How often `recover` looks again for processes of a run it is killing.
 const EXIT_POLL: Duration = Duration::from_millis(20);
@@ -30,7 +30,7 @@ fn tokio_children() -> &'static Mutex<HashSet<u32>> {
 /// Spawns a harness and registers its pid as tokio's before the orphan
 /// reaper can look: a harness that exits at once must not be taken for an
 /// adopted orphan and have its exit status stolen.
-pub fn spawn_harness(command: &mut tokio::process::Command) -> std::io::Result<(tokio::process::Child, u32)> {
+pub(crate) fn spawn_harness(command: &mut tokio::process::Command) -> std::io::Result<(tokio::process::Child, u32)> {
     let mut children = tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let child = command.spawn()?;
     let pid = child.id().ok_or_else(|| std::io::Error::other("the harness exited before its pid could be read"))?;
@@ -38,19 +38,19 @@ pub fn spawn_harness(command: &mut tokio::process::Command) -> std::io::Result<(
     Ok((child, pid))
 }
 
-pub fn unregister_tokio_child(pid: u32) {
+pub(crate) fn unregister_tokio_child(pid: u32) {
     tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&pid);
 }
 
 /// Makes this process a child subreaper, so that a harness's double-forked
 /// descendants are re-parented to us instead of to init.
-pub fn become_subreaper() -> Result<(), Errno> {
+pub(crate) fn become_subreaper() -> Result<(), Errno> {
     nix::sys::prctl::set_child_subreaper(true)
 }
 
 /// Reaps zombie children of ours that tokio does not own (adopted orphans).
 /// Waits on specific pids only, never `waitpid(-1)`.
-pub fn reap_adopted() {
+pub(crate) fn reap_adopted() {
     let me = std::process::id();
     let owned = tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
     for stat in proc_stats() {
@@ -62,7 +62,7 @@ pub fn reap_adopted() {
 
 /// Runs [`reap_adopted`] whenever a child changes state, until the runtime
 /// shuts down.
-pub fn spawn_reaper() {
+pub(crate) fn spawn_reaper() {
     tokio::spawn(async {
         let Ok(mut child_signals) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) else {
             tracing::warn!("cannot listen for SIGCHLD: adopted orphans are reaped only when their task ends");
@@ -77,8 +77,8 @@ pub fn spawn_reaper() {
 /// One task's processes: its group, and every descendant that escaped it
 /// (found by the `BENCHWARDEN_RUN_ID`/`BENCHWARDEN_TASK_ID` it inherited).
 #[derive(Debug, Clone)]
-pub struct TaskProcesses {
-    pub process_group: u32,
+pub(crate) struct TaskProcesses {
+    pub(crate) process_group: u32,
     /// `BENCHWARDEN_RUN_ID=…` and `BENCHWARDEN_TASK_ID=…`, as found in `/proc/<pid>/environ`.
     run_entry: String,
     task_entry: String,
@@ -88,7 +88,7 @@ pub struct TaskProcesses {
 }
 
 impl TaskProcesses {
-    pub fn new(harness_pid: u32, run_id: &str, task_id: &str) -> Self {
+    pub(crate) fn new(harness_pid: u32, run_id: &str, task_id: &str) -> Self {
         TaskProcesses {
             process_group: harness_pid,
             run_entry: format!("{ENV_RUN_ID}={run_id}"),
@@ -98,7 +98,7 @@ impl TaskProcesses {
     }
 
     /// Live (not zombie) processes of the task, wherever they went.
-    pub fn find(&self) -> Vec<u32> {
+    pub(crate) fn find(&self) -> Vec<u32> {
         let me = std::process::id();
         proc_stats()
             .into_iter()
@@ -114,7 +114,7 @@ impl TaskProcesses {
 
     /// Sends `signal` to the group and to every process of the task found
     /// elsewhere; returns how many processes there were.
-    pub fn signal(&self, signal: Signal) -> usize {
+    pub(crate) fn signal(&self, signal: Signal) -> usize {
         let processes = self.find();
         if processes.is_empty() {
             // The group is empty too: its id may already belong to someone else.
@@ -130,7 +130,7 @@ impl TaskProcesses {
 
 /// SIGKILL every harness process group we are still waiting for: the
 /// last resort of a third Ctrl-C.
-pub fn kill_all_harnesses() {
+pub(crate) fn kill_all_harnesses() {
     let groups = tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
     for group in groups {
         let _ = killpg(Pid::from_raw(group as i32), Signal::SIGKILL);
@@ -140,7 +140,7 @@ pub fn kill_all_harnesses() {
 /// Kills every process left of a run whose supervisor is gone (found by
 /// their inherited `BENCHWARDEN_RUN_ID`), so that nothing creates resources
 /// while `recover` tears them down. Returns how many were killed.
-pub async fn kill_orphaned_run(run_id: &str) -> usize {
+pub(crate) async fn kill_orphaned_run(run_id: &str) -> usize {
     let run_entry = format!("{ENV_RUN_ID}={run_id}");
     let me = std::process::id();
     let find = || -> Vec<u32> {

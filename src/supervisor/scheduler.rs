@@ -10,7 +10,7 @@ use super::task::{run_task, RunContext, TaskSpec};
 use crate::events::TaskReport;
 
 /// Runs every task and returns their reports in the benchmark's order.
-pub async fn run_all(context: Arc<RunContext>, specs: Vec<TaskSpec>, jobs: usize) -> Vec<TaskReport> {
+pub(crate) async fn run_all(context: Arc<RunContext>, specs: Vec<TaskSpec>, jobs: usize) -> Vec<TaskReport> {
     let semaphore = Arc::new(Semaphore::new(jobs.max(1)));
     let mut running = JoinSet::new();
     let mut reports: Vec<Option<TaskReport>> = vec![None; specs.len()];

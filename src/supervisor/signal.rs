@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use crate::events::{Event, Events, Press};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shutdown {
+pub(crate) enum Shutdown {
     Running,
     /// First press: start no new task; signal harness groups; kill after the grace.
     Graceful(Signal),
@@ -18,12 +18,12 @@ pub enum Shutdown {
 }
 
 impl Shutdown {
-    pub fn is_requested(self) -> bool {
+    pub(crate) fn is_requested(self) -> bool {
         !matches!(self, Shutdown::Running)
     }
 
     /// The signal that started the shutdown, if any.
-    pub fn signal(self) -> Option<Signal> {
+    pub(crate) fn signal(self) -> Option<Signal> {
         match self {
             Shutdown::Running => None,
             Shutdown::Graceful(signal) | Shutdown::Kill(signal) => Some(signal),
@@ -33,7 +33,7 @@ impl Shutdown {
 
 /// Listens for SIGINT, SIGTERM and SIGHUP, telling each press. `on_third`
 /// runs on the third press and must not return (it exits the process).
-pub fn install(
+pub(crate) fn install(
     on_third: impl Fn(Signal) + Send + 'static,
     events: Events,
 ) -> std::io::Result<watch::Receiver<Shutdown>> {

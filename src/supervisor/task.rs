@@ -31,44 +31,44 @@ use crate::teardown::{self, Backends, TeardownOptions, TeardownReport};
 
 /// Everything needed to run one task, resolved.
 #[derive(Debug, Clone)]
-pub struct TaskSpec {
-    pub name: String,
-    pub index: usize,
-    pub program: String,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub cwd: Option<PathBuf>,
-    pub timeout: Option<Duration>,
-    pub grace: Duration,
-    pub selectors: Vec<Selector>,
+pub(crate) struct TaskSpec {
+    pub(crate) name: String,
+    pub(crate) index: usize,
+    pub(crate) program: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) cwd: Option<PathBuf>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) grace: Duration,
+    pub(crate) selectors: Vec<Selector>,
 }
 
 /// What every task of a run shares.
-pub struct RunContext {
-    pub run_id: String,
+pub(crate) struct RunContext {
+    pub(crate) run_id: String,
     /// This host's name, stamped in the owner labels.
-    pub host: String,
-    pub ledger: Ledger,
-    pub docker: Option<DockerBackend>,
-    pub daytona: Option<Arc<DaytonaBackend>>,
-    pub teardown: TeardownOptions,
-    pub log_dir: PathBuf,
+    pub(crate) host: String,
+    pub(crate) ledger: Ledger,
+    pub(crate) docker: Option<DockerBackend>,
+    pub(crate) daytona: Option<Arc<DaytonaBackend>>,
+    pub(crate) teardown: TeardownOptions,
+    pub(crate) log_dir: PathBuf,
     /// Harness output also goes to the terminal (with `-j 1`).
-    pub echo_output: bool,
-    pub shutdown: watch::Receiver<Shutdown>,
-    pub events: Events,
-    pub teardowns: TaskTracker,
+    pub(crate) echo_output: bool,
+    pub(crate) shutdown: watch::Receiver<Shutdown>,
+    pub(crate) events: Events,
+    pub(crate) teardowns: TaskTracker,
     /// Records claimed containers as they are created; `None` without Docker.
-    pub watcher: Option<Watcher>,
+    pub(crate) watcher: Option<Watcher>,
     /// Where each task's Docker proxy listens and forwards; `None` without Docker.
-    pub docker_proxy: Option<DockerProxySettings>,
+    pub(crate) docker_proxy: Option<DockerProxySettings>,
     /// Where each task's Daytona proxy forwards; `None` without Daytona.
-    pub daytona_proxy: Option<DaytonaProxySettings>,
+    pub(crate) daytona_proxy: Option<DaytonaProxySettings>,
 }
 
 /// Why a harness could not be started.
 #[derive(Debug, thiserror::Error)]
-pub enum TaskStartError {
+pub(crate) enum TaskStartError {
     #[error("cannot {what} log file {path}: {source}")]
     LogFile { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("cannot start the Docker proxy in {root}: {source}")]
@@ -80,7 +80,7 @@ pub enum TaskStartError {
 }
 
 /// Runs one task from start to teardown and returns its report.
-pub async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskReport {
+pub(crate) async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskReport {
     let events = &context.events;
     let started = Instant::now();
     let log_path = context.log_dir.join(format!("{}.log", spec.name));
@@ -190,7 +190,7 @@ async fn supervise(
     })?;
     // Read now, while the harness surely runs: its start time bounds the search for its descendants.
     let processes = TaskProcesses::new(pid, &context.run_id, &spec.name);
-    let copies = output.start(&mut child, &spec.name, &context.events);
+    let copies = output.start(&mut child, &context.events);
     tracing::debug!("task {}: harness pid {pid}", spec.name);
     let watch = lifecycle::Watch {
         task: &spec.name,
@@ -307,28 +307,23 @@ impl Output {
     }
 
     /// Starts copying piped output; the copies end when the harness's pipes close.
-    fn start(self, child: &mut tokio::process::Child, task: &str, events: &Events) -> Vec<tokio::task::JoinHandle<()>> {
+    fn start(self, child: &mut tokio::process::Child, events: &Events) -> Vec<tokio::task::JoinHandle<()>> {
         let Output::Echoed(log_file) = self else {
             return Vec::new();
         };
         let log = Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(log_file)));
         let mut copies = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            copies.push(tokio::spawn(tee(stdout, Arc::clone(&log), task.to_string(), events.clone())));
+            copies.push(tokio::spawn(tee(stdout, Arc::clone(&log), events.clone())));
         }
         if let Some(stderr) = child.stderr.take() {
-            copies.push(tokio::spawn(tee(stderr, log, task.to_string(), events.clone())));
+            copies.push(tokio::spawn(tee(stderr, log, events.clone())));
         }
         copies
     }
 }
 
-async fn tee(
-    mut source: impl AsyncRead + Unpin,
-    log: Arc<tokio::sync::Mutex<tokio::fs::File>>,
-    task: String,
-    events: Events,
-) {
+async fn tee(mut source: impl AsyncRead + Unpin, log: Arc<tokio::sync::Mutex<tokio::fs::File>>, events: Events) {
     let mut buffer = vec![0u8; 8192];
     loop {
         match source.read(&mut buffer).await {
@@ -341,7 +336,7 @@ async fn tee(
                     let _ = log.write_all(&buffer[..count]).await;
                     let _ = log.flush().await;
                 }
-                events.task(TaskEvent::Output { task: &task, bytes: &buffer[..count] });
+                events.task(TaskEvent::Output { bytes: &buffer[..count] });
             }
         }
     }

@@ -30,25 +30,25 @@ type Registry = Arc<Mutex<HashMap<String, Watched>>>;
 
 /// Handle to the watcher of one run.
 #[derive(Clone)]
-pub struct Watcher {
+pub(crate) struct Watcher {
     registry: Registry,
 }
 
 impl Watcher {
     /// Starts following events from `since_unix` on (so nothing created
     /// between now and the first poll is missed). Ends with the runtime.
-    pub fn spawn(docker: DockerBackend, ledger: Ledger, since_unix: i64, events: Events) -> Self {
+    pub(crate) fn spawn(docker: DockerBackend, ledger: Ledger, since_unix: i64, events: Events) -> Self {
         let registry: Registry = Arc::default();
         tokio::spawn(follow(docker, ledger, Arc::clone(&registry), since_unix, events));
         Watcher { registry }
     }
 
     /// Starts attributing creations to `task`.
-    pub fn register(&self, task: &str, claims: Claims) {
+    pub(crate) fn register(&self, task: &str, claims: Claims) {
         lock(&self.registry).insert(task.to_string(), Watched { claims, live: HashSet::new() });
     }
 
-    pub fn unregister(&self, task: &str) {
+    pub(crate) fn unregister(&self, task: &str) {
         lock(&self.registry).remove(task);
     }
 }

@@ -53,10 +53,6 @@ impl DaytonaBackend {
         Ok(DaytonaBackend { client, config, pacer: Pacer::default(), events })
     }
 
-    pub fn api_url(&self) -> &str {
-        &self.config.api_url
-    }
-
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let builder = self.client.request(method, format!("{}{path}", self.config.api_url));
         match &self.config.credentials {

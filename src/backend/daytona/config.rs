@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-pub const DEFAULT_API_URL: &str = "https://app.daytona.io/api";
+pub(crate) const DEFAULT_API_URL: &str = "https://app.daytona.io/api";
 
 /// How we authenticate; never printed.
 #[derive(Clone)]

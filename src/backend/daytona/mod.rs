@@ -9,6 +9,7 @@ mod pacer;
 mod remove;
 
 pub use client::DaytonaBackend;
-pub use config::{Credentials, DaytonaConfig, DEFAULT_API_URL};
+pub(crate) use config::DEFAULT_API_URL;
+pub use config::{Credentials, DaytonaConfig};
 pub use model::{DaytonaError, Sandbox};
-pub use remove::{remove_sandboxes, DaytonaRemover, VERIFY_FOR};
+pub(crate) use remove::{remove_sandboxes, VERIFY_FOR};

@@ -24,17 +24,17 @@ pub struct Sandbox {
     #[serde(default)]
     pub state: Option<String>,
     #[serde(default)]
-    pub desired_state: Option<String>,
+    pub(crate) desired_state: Option<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     #[serde(default)]
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     #[serde(default)]
-    pub created_at: Option<String>,
+    pub(crate) created_at: Option<String>,
     #[serde(default)]
-    pub auto_stop_interval: Option<f64>,
+    pub(crate) auto_stop_interval: Option<f64>,
     #[serde(default)]
-    pub auto_delete_interval: Option<f64>,
+    pub(crate) auto_delete_interval: Option<f64>,
 }
 
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error> {
@@ -42,22 +42,22 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<BT
 }
 
 impl Sandbox {
-    pub fn resource(&self) -> ResourceRef {
+    pub(crate) fn resource(&self) -> ResourceRef {
         ResourceRef { kind: Kind::Sandbox, id: self.id.clone(), name: self.name.clone().unwrap_or_default() }
     }
 
     /// Stopped for cleanup purposes: stopped, error, build_failed.
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         matches!(self.state.as_deref(), Some("stopped" | "error" | "build_failed"))
     }
 
     /// Deletion already started: `destroying`, or desired state `destroyed`.
-    pub fn is_being_deleted(&self) -> bool {
+    pub(crate) fn is_being_deleted(&self) -> bool {
         self.state.as_deref() == Some("destroying") || self.desired_state.as_deref() == Some("destroyed")
     }
 
     /// Unix seconds of `createdAt`, when present and readable.
-    pub fn created_unix(&self) -> Option<i64> {
+    pub(crate) fn created_unix(&self) -> Option<i64> {
         let text = self.created_at.as_deref()?;
         let time = humantime::parse_rfc3339_weak(text.trim_end_matches('Z')).ok()?;
         time.duration_since(std::time::UNIX_EPOCH).ok().map(|elapsed| elapsed.as_secs() as i64)
@@ -79,10 +79,10 @@ pub(super) enum ListAnswer {
 /// What a Daytona call failed with.
 #[derive(Debug, Clone)]
 pub struct DaytonaError {
-    pub status: Option<u16>,
-    pub message: String,
+    pub(crate) status: Option<u16>,
+    pub(crate) message: String,
     /// From `Retry-After-<throttler>` (or a plain `Retry-After`) on a 429.
-    pub retry_after: Option<Duration>,
+    pub(crate) retry_after: Option<Duration>,
 }
 
 impl fmt::Display for DaytonaError {
@@ -130,12 +130,12 @@ impl std::error::Error for DaytonaError {}
 
 impl DaytonaError {
     /// An error without an HTTP status: the connection, or an answer we cannot read.
-    pub fn transport(message: impl Into<String>) -> Self {
+    pub(crate) fn transport(message: impl Into<String>) -> Self {
         DaytonaError { status: None, message: message.into(), retry_after: None }
     }
 
     /// The error that ends a command when `operation` failed for good.
-    pub fn during(self, operation: impl Into<String>) -> Error {
+    pub(crate) fn during(self, operation: impl Into<String>) -> Error {
         Error::call(Service::Daytona, operation, self.class(), self)
     }
 }

@@ -13,11 +13,11 @@ use crate::events::{Events, RemovalEvent};
 use crate::resource::{RemovalOutcome, RemovalReport, ResourceRef};
 
 /// How long accepted deletes are polled for 404 before they count as pending.
-pub const VERIFY_FOR: Duration = Duration::from_secs(120);
+pub(crate) const VERIFY_FOR: Duration = Duration::from_secs(120);
 
 /// Deletes one sandbox per call, for [`remove_all`].
-pub struct DaytonaRemover<'a> {
-    pub backend: &'a DaytonaBackend,
+pub(crate) struct DaytonaRemover<'a> {
+    pub(crate) backend: &'a DaytonaBackend,
 }
 
 impl Remover for DaytonaRemover<'_> {
@@ -66,7 +66,7 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(2);
 /// `Pending` (deletion is asynchronous: `destroying` can last). Deletes and
 /// polls count against different throttlers, so overlapping them costs
 /// nothing against the rate limits.
-pub async fn remove_sandboxes(
+pub(crate) async fn remove_sandboxes(
     backend: &DaytonaBackend,
     sandboxes: Vec<ResourceRef>,
     options: &RemovalOptions,
