@@ -4,8 +4,6 @@
 //! in `target/py-venv`, which `scripts/test.sh` creates) as a real client of
 //! it.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +15,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::common;
 
 const KEY: &str = "test-key";
 

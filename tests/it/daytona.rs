@@ -10,19 +10,18 @@
 //! fixture harness creates sandboxes with it and exits, crashes, hangs past
 //! the timeout, or outlives a SIGKILLed benchwarden.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{benchwarden_command_in, run_cli, wait_cli, CliOutput, Running};
 use daytona_contract::{ContractConfig, ContractServer, SeedSandbox};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tempfile::TempDir;
+
+use crate::common::{self, benchwarden_command_in, run_cli, wait_cli, CliOutput, Running};
 
 /// A run id no ledger knows and no process owns: a dead run of this host.
 const DEAD_RUN: &str = "20200101-0000-dead";
