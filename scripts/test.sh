@@ -24,7 +24,7 @@ if ! docker info >/dev/null 2>&1; then
     exit 2
 fi
 
-# The compose test (tests/docker_proxy.rs) needs a compose tool.
+# The compose test (tests/it/docker_proxy.rs) needs a compose tool.
 if ! docker compose version >/dev/null 2>&1 && ! docker-compose version >/dev/null 2>&1; then
     echo "installing docker-compose (the compose test needs a compose tool)"
     as_root apt-get update -qq
@@ -32,8 +32,8 @@ if ! docker compose version >/dev/null 2>&1 && ! docker-compose version >/dev/nu
 fi
 
 # The Python clients of the tests live in one virtualenv, target/py-venv: the
-# docker-py test (tests/docker_proxy.rs) and the official Daytona SDK
-# (`daytona`, tests/daytona_contract.rs and the Daytona proxy tests); quick
+# docker-py test (tests/it/docker_proxy.rs) and the official Daytona SDK
+# (`daytona`, tests/it/daytona_contract.rs and the Daytona proxy tests); quick
 # when both are already there.
 venv=target/py-venv
 if ! "$venv/bin/python" -c 'import docker, daytona' >/dev/null 2>&1; then

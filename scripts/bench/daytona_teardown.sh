@@ -4,13 +4,13 @@
 #
 #   scripts/bench/daytona_teardown.sh [SANDBOXES [ROUNDS]]     # defaults 500 3
 #
-# Each round starts a fresh contract server (examples/daytona_contract_server,
-# release build) with 20 ms latency on every call and a `sandbox-lifecycle`
-# limit of 6,000 a minute (which the server also enforces as 100 a second),
-# seeded with SANDBOXES sandboxes that carry benchwarden's owner labels of
-# this host and a run id that no ledger knows and no process owns (so they
-# are candidates of a plain `cleanup daytona`). Then it times, on that
-# server, one of:
+# Each round starts a fresh contract server (`daytona-contract-server`, the
+# program of the workspace crate crates/daytona-contract, release build) with
+# 20 ms latency on every call and a `sandbox-lifecycle` limit of 6,000 a
+# minute (which the server also enforces as 100 a second), seeded with
+# SANDBOXES sandboxes that carry benchwarden's owner labels of this host and a
+# run id that no ledger knows and no process owns (so they are candidates of
+# a plain `cleanup daytona`). Then it times, on that server, one of:
 #
 # - benchwarden: `benchwarden cleanup daytona --no-dry-run` (list, parallel
 #   deletes paced by the rate-limit headers, then polling until every
@@ -32,9 +32,9 @@ rounds=${2:-3}
 latency_ms=20
 lifecycle_limit=6000
 root=$(cd "$(dirname "$0")/../.." && pwd)
-(cd "$root" && cargo build --release --quiet --bin benchwarden --example daytona_contract_server)
+(cd "$root" && cargo build --release --quiet --bin benchwarden && cargo build --release --quiet -p daytona-contract)
 bin=$root/target/release/benchwarden
-server=$root/target/release/examples/daytona_contract_server
+server=$root/target/release/daytona-contract-server
 python=$root/target/py-venv/bin/python
 [[ -x $python ]] || python=python3
 "$python" -c 'import requests' 2>/dev/null || {

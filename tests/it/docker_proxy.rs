@@ -11,8 +11,6 @@
 //! `await_gate` blocks until the test opens the task's gate. So the tests
 //! wait for events, never for a guessed time.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -22,10 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
-use common::{CliOutput, Leftovers, TestScope, SCOPE_LABEL};
 use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
+
+use crate::common::{self, CliOutput, Leftovers, TestScope, SCOPE_LABEL};
 
 /// The virtualenv with docker-py that `scripts/test.sh` creates.
 /// How long a test waits for one event (a harness line, a teardown).

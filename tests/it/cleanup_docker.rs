@@ -3,8 +3,6 @@
 //! can never touch anything else on the host), and proves its outcome by
 //! listing what is left.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -13,9 +11,10 @@ use benchwarden::backend::{remove_all, Kind, RemovalOptions, RemovalOutcome, Res
 use benchwarden::report::Progress;
 use benchwarden::retry::RetryPolicy;
 use bollard::query_parameters::{EventsOptions, RemoveContainerOptions};
-use common::*;
 use futures_util::StreamExt;
 use serde_json::Value;
+
+use crate::common::*;
 
 fn set(ids: &[&String]) -> BTreeSet<String> {
     ids.iter().map(|id| id.to_string()).collect()

@@ -2,13 +2,12 @@
 //! exit, fail, hang, ignore SIGTERM and double-fork, and with signals sent to
 //! the real binary. Every test ends by listing: nothing with its label is left.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{CliOutput, Running, TestScope, SCOPE_LABEL};
 use nix::sys::signal::Signal;
+
+use crate::common::{self, CliOutput, Running, TestScope, SCOPE_LABEL};
 
 /// A benchmark file and its harness script, written for one test. The
 /// harness runs `case "$1"` over the given task bodies; `start_container`

@@ -1,23 +1,22 @@
-//! Tests of the Daytona contract server itself (`tests/common/daytona_server.rs`)
-//! against `../shared/daytona/CONTRACT.md`, and a run of the official Python
-//! SDK (`daytona` from PyPI, in `target/py-venv`, which `scripts/test.sh`
-//! creates) as a real client of it.
-
-mod common;
-#[path = "common/daytona_server.rs"]
-mod daytona_server;
+//! Tests of the Daytona contract server itself (the workspace crate
+//! `daytona-contract`, which follows the Daytona API v0.190 as the official
+//! Python SDK 0.226.1 sees it), and a run of that SDK (`daytona` from PyPI,
+//! in `target/py-venv`, which `scripts/test.sh` creates) as a real client of
+//! it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use daytona_server::{ContractConfig, ContractServer, SeedSandbox, CREATING_PHASE, TRANSITION};
+use daytona_contract::{ContractConfig, ContractServer, SeedSandbox, CREATING_PHASE, TRANSITION};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::common;
 
 const KEY: &str = "test-key";
 
@@ -872,9 +871,9 @@ for name, call in [("refresh", sandbox.refresh_data), ("create", lambda: daytona
 print(json.dumps(out))
 "#;
 
-/// CONTRACT.md §8: after a connection reset the SDK silently re-sends GET
-/// and DELETE (3 more times), never POST; the reset DELETE and POST still
-/// took effect on the server.
+/// How the SDK 0.226.1 retries: after a connection reset it silently
+/// re-sends GET and DELETE (3 more times), never POST; the reset DELETE and
+/// POST still took effect on the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_python_sdk_retries_get_and_delete_after_resets_but_not_post() {
     use tokio::io::AsyncBufReadExt;

@@ -2,9 +2,7 @@
 //! up after themselves, and the static-binary check tells static from
 //! dynamic.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn the_test_image_runs_busybox_applets() {

@@ -1,18 +1,14 @@
 //! `benchwarden list --daytona`, `cleanup daytona`, `run` with a `daytona:`
 //! section and `recover`, as the real binary, against the Daytona contract
-//! server (`tests/common/daytona_server.rs`, CONTRACT.md) on 127.0.0.1. Each
-//! test has its own server and its own state directory, and asserts by asking
-//! the server what is left (and what it was sent), not by trusting
-//! benchwarden's own counters.
+//! server (the workspace crate `daytona-contract`) on 127.0.0.1. Each test
+//! has its own server and its own state directory, and asserts by asking the
+//! server what is left (and what it was sent), not by trusting benchwarden's
+//! own counters.
 //!
 //! The official Python SDK (`daytona`, in `target/py-venv`, which
 //! `scripts/test.sh` creates) is the real client of the per-task proxy: a
 //! fixture harness creates sandboxes with it and exits, crashes, hangs past
 //! the timeout, or outlives a SIGKILLed benchwarden.
-
-mod common;
-#[path = "common/daytona_server.rs"]
-mod daytona_server;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -20,11 +16,12 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{benchwarden_command_in, run_cli, wait_cli, CliOutput, Running};
-use daytona_server::{ContractConfig, ContractServer, SeedSandbox};
+use daytona_contract::{ContractConfig, ContractServer, SeedSandbox};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tempfile::TempDir;
+
+use crate::common::{self, benchwarden_command_in, run_cli, wait_cli, CliOutput, Running};
 
 /// A run id no ledger knows and no process owns: a dead run of this host.
 const DEAD_RUN: &str = "20200101-0000-dead";

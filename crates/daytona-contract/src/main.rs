@@ -1,8 +1,8 @@
-//! The Daytona contract server of the tests as a program, for benchmarks and
-//! for trying a client by hand:
+//! The Daytona API server of the tests as a program (`daytona-contract-server`),
+//! for benchmarks and for trying a client by hand:
 //!
 //! ```sh
-//! cargo run --release --example daytona_contract_server -- \
+//! cargo run --release -p daytona-contract -- \
 //!     --latency-ms 20 --lifecycle-limit 6000 --seed 500 --label bench=teardown
 //! ```
 //!
@@ -12,18 +12,18 @@
 //! counters as JSON on stderr and exits 0. `GET /__contract/stats` answers
 //! the same counters while it runs.
 
-#[path = "../tests/common/daytona_server.rs"]
-mod daytona_server;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
 use clap::Parser;
-use daytona_server::{ContractConfig, ContractServer, SeedSandbox};
+use daytona_contract::{ContractConfig, ContractServer, SeedSandbox};
 
 #[derive(Parser, Debug)]
-#[command(about = "Serve the Daytona API contract (CONTRACT.md) on 127.0.0.1 for tests and benchmarks")]
+#[command(
+    name = "daytona-contract-server",
+    about = "Serve the Daytona API v0.190 (as the Python SDK 0.226.1 sees it) on 127.0.0.1 for tests and benchmarks"
+)]
 struct Args {
     /// Port on 127.0.0.1 (0: a random free one).
     #[arg(long, default_value_t = 0)]

@@ -1,0 +1,168 @@
+//! Running programs from tests: the `benchwarden` binary with a state
+//! directory of its own (so runs never touch the user's ledger), what one
+//! invocation did ([`CliOutput`]), a running one whose stderr a test can wait
+//! on ([`Running`]), and the docker CLI for doing things behind
+//! benchwarden's back.
+
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// How long one CLI invocation may take before the test fails.
+const CLI_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The `benchwarden` binary with `--state-dir` set to a fresh directory
+/// under Cargo's target tmp dir (so runs never touch the user's ledger), and
+/// `NO_COLOR=1`. Add the subcommand and its arguments.
+pub fn benchwarden_command() -> Command {
+    let state_dir = tempfile::Builder::new()
+        .prefix("state-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("create a state directory for benchwarden")
+        .keep();
+    benchwarden_command_in(&state_dir)
+}
+
+/// The `benchwarden` binary with `--state-dir DIR` and `NO_COLOR=1`.
+pub fn benchwarden_command_in(state_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_benchwarden"));
+    command
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("NO_COLOR", "1")
+        .env_remove("BENCHWARDEN_STATE_DIR")
+        .stdin(Stdio::null());
+    command
+}
+
+/// What one CLI invocation did.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Panics, showing stdout and stderr, unless the exit code is `expected`.
+    #[track_caller]
+    pub fn assert_code(&self, expected: i32) -> &Self {
+        assert_eq!(self.status.code(), Some(expected), "unexpected exit status\n{self}");
+        self
+    }
+
+    /// stdout parsed as one JSON value; panics, showing the output, otherwise.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("stdout is not one JSON value: {error}\n{self}"))
+    }
+}
+
+impl std::fmt::Display for CliOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.status, self.stdout, self.stderr)
+    }
+}
+
+/// Runs a prepared command to completion (with a time limit) without blocking
+/// the test's runtime.
+pub async fn run_cli(command: Command) -> CliOutput {
+    let description = format!("{command:?}");
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(true);
+    let output = tokio::time::timeout(CLI_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{description} took longer than {CLI_TIMEOUT:?}"))
+        .unwrap_or_else(|error| panic!("start {description}: {error}"));
+    CliOutput {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Collects a spawned child (see [`TestScope::cli_spawn`]).
+pub async fn wait_cli(child: tokio::process::Child) -> CliOutput {
+    let output = tokio::time::timeout(CLI_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("benchwarden took longer than {CLI_TIMEOUT:?}"))
+        .expect("wait for benchwarden");
+    CliOutput {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs the docker CLI (for doing things "behind benchwarden's back");
+/// panics with its output when it fails.
+pub fn docker_cli(args: &[&str]) -> String {
+    let output =
+        Command::new("docker").args(args).output().unwrap_or_else(|error| panic!("run docker {args:?}: {error}"));
+    assert!(output.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A running `benchwarden` whose stderr is read line by line, so a test
+/// can wait for what it says (its log lines, and with `-j 1` the harness's
+/// echoed output).
+pub struct Running {
+    pub child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: String,
+}
+
+impl Running {
+    pub fn start(command: std::process::Command) -> Self {
+        let mut command = tokio::process::Command::from(command);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = command.spawn().expect("start benchwarden");
+        let stderr = child.stderr.take().unwrap();
+        let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+            while let Ok(Some(line)) = reader.next_line().await {
+                let _ = sender.send(line);
+            }
+        });
+        Running { child, lines, seen: String::new() }
+    }
+
+    /// Waits until a line of stderr contains `text`; returns that line.
+    pub async fn wait_for(&mut self, text: &str) -> String {
+        let found = tokio::time::timeout(Duration::from_secs(90), async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push_str(&line);
+                self.seen.push('\n');
+                if line.contains(text) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!("benchwarden never said {text:?}:\n{}", self.seen),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("benchwarden is running")
+    }
+
+    pub fn send(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
+    }
+
+    pub async fn finish(mut self) -> CliOutput {
+        let mut output = wait_cli(self.child).await;
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+        }
+        output.stderr = self.seen + &output.stderr;
+        output
+    }
+}

@@ -1,0 +1,23 @@
+//! Shared support for the integration tests, which run against the real
+//! Docker engine of the machine (no mocks, no registry), by purpose:
+//!
+//! - `image`: the engine connection, and the test image made of a static
+//!   busybox;
+//! - `cli`: running the `benchwarden` binary ([`CliOutput`], [`Running`]) and
+//!   the docker CLI;
+//! - `scope`: [`TestScope`], one test's labelled corner of the engine, and
+//!   what it leaves ([`Leftovers`]);
+//! - `python`: the virtualenv Python of docker-py and the Daytona SDK.
+//!
+//! Tests that need the engine panic with a clear message when it cannot be
+//! reached; nothing here skips silently.
+
+mod cli;
+mod image;
+mod python;
+mod scope;
+
+pub use cli::{benchwarden_command, benchwarden_command_in, docker_cli, run_cli, wait_cli, CliOutput, Running};
+pub use image::{busybox_path, connect, elf_is_dynamic, test_image};
+pub use python::venv_python;
+pub use scope::{leftovers, ContainerSpec, Leftovers, TestScope, COMPOSE_PROJECT, COMPOSE_SERVICE, SCOPE_LABEL};
