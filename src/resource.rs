@@ -230,27 +230,27 @@ impl RemovalReport {
         self.results.iter().filter(|(_, outcome)| wanted(outcome)).count()
     }
 
-    pub(crate) fn removed(&self) -> usize {
+    pub fn removed(&self) -> usize {
         self.count(|outcome| matches!(outcome, RemovalOutcome::Removed { .. }))
     }
 
-    pub(crate) fn already_gone(&self) -> usize {
+    pub fn already_gone(&self) -> usize {
         self.count(|outcome| matches!(outcome, RemovalOutcome::AlreadyGone { .. }))
     }
 
-    pub(crate) fn failed(&self) -> usize {
+    pub fn failed(&self) -> usize {
         self.count(|outcome| matches!(outcome, RemovalOutcome::Failed { .. }))
     }
 
-    pub(crate) fn not_attempted(&self) -> usize {
+    pub fn not_attempted(&self) -> usize {
         self.count(|outcome| matches!(outcome, RemovalOutcome::NotAttempted))
     }
 
-    pub(crate) fn pending(&self) -> usize {
+    pub fn pending(&self) -> usize {
         self.count(|outcome| matches!(outcome, RemovalOutcome::Pending { .. }))
     }
 
-    pub(crate) fn would_remove(&self) -> usize {
+    pub fn would_remove(&self) -> usize {
         self.count(|outcome| matches!(outcome, RemovalOutcome::WouldRemove))
     }
 

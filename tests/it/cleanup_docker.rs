@@ -7,8 +7,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use benchwarden::backend::docker::DockerBackend;
-use benchwarden::backend::{remove_all, Kind, RemovalOptions, RemovalOutcome, ResourceRef};
-use benchwarden::report::Progress;
+use benchwarden::backend::{remove_all, RemovalOptions};
+use benchwarden::events::Events;
+use benchwarden::net::DockerEndpoint;
+use benchwarden::resource::{Kind, RemovalOutcome, ResourceRef};
 use benchwarden::retry::RetryPolicy;
 use bollard::query_parameters::{EventsOptions, RemoveContainerOptions};
 use futures_util::StreamExt;
@@ -133,7 +135,8 @@ async fn a_container_removed_by_someone_else_is_already_gone_not_failed() {
     let listed = ResourceRef { kind: Kind::Container, id: id.clone(), name: "removed-behind-our-back".to_string() };
     docker_cli(&["rm", "-f", &id]);
 
-    let backend = DockerBackend::connect().await.expect("connect to docker");
+    let endpoint = DockerEndpoint::new(std::env::var("DOCKER_HOST").ok().as_deref(), None);
+    let backend = DockerBackend::connect(&endpoint).await.expect("connect to docker");
     let options = RemovalOptions {
         parallel: 4,
         fail_fast: true,
@@ -145,7 +148,7 @@ async fn a_container_removed_by_someone_else_is_already_gone_not_failed() {
             ..RetryPolicy::default()
         },
     };
-    let report = remove_all(&backend.remover(None), vec![listed.clone()], &options, &Progress::hidden()).await;
+    let report = remove_all(&backend.remover(None), vec![listed.clone()], &options, &Events::discard()).await;
 
     assert_eq!(report.results, vec![(listed, RemovalOutcome::AlreadyGone { attempts: 1 })]);
     assert_eq!((report.already_gone(), report.failed()), (1, 0));
@@ -162,7 +165,7 @@ async fn a_container_removed_mid_cleanup_is_already_gone_in_the_cli_json() {
     let second = scope.running(&[]).await;
     let docker = scope.docker().clone();
     // `since` replays events from before the subscription, so none is missed.
-    let since = (benchwarden::sweep::now_unix() - 1).to_string();
+    let since = (benchwarden::clock::now_unix() - 1).to_string();
     let filters = HashMap::from([
         ("type".to_string(), vec!["container".to_string()]),
         ("event".to_string(), vec!["kill".to_string()]),

@@ -933,14 +933,15 @@ async fn a_sandbox_still_destroying_when_a_run_ends_keeps_the_run_open_for_recov
 #[tokio::test(flavor = "multi_thread")]
 async fn the_client_gets_stops_deletes_and_reads_the_pre_cursor_list_shape() {
     use benchwarden::backend::daytona::{Credentials, DaytonaBackend, DaytonaConfig};
+    use benchwarden::events::Events;
     let org = Org::start(ContractConfig { legacy_list: true, ..ContractConfig::default() }).await;
     let ids = org.seed_ours(3);
-    let client = DaytonaBackend::new(DaytonaConfig {
+    let config = DaytonaConfig {
         api_url: org.server.api_url(),
         credentials: Credentials::ApiKey(org.key.clone()),
         target: None,
-    })
-    .unwrap();
+    };
+    let client = DaytonaBackend::new(config, Events::discard()).unwrap();
     // Before v0.180 the list was a bare array; it still reads.
     let listed: BTreeSet<String> =
         client.list(&BTreeMap::new()).await.unwrap().into_iter().map(|sandbox| sandbox.id).collect();

@@ -4,9 +4,10 @@
 
 mod common;
 
+mod architecture;
 mod cleanup_docker;
+mod contract_server;
 mod daytona;
-mod daytona_contract;
 mod docker_proxy;
 mod run;
 mod support;

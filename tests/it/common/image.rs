@@ -232,4 +232,4 @@ pub fn elf_is_dynamic(binary: &[u8]) -> bool {
 }
 
 /// An error and its causes on one line: the crate's own formatting.
-pub(super) use benchwarden::backend::docker::error_chain;
+pub(super) use benchwarden::errors::error_chain;
