@@ -117,6 +117,8 @@ pub(crate) enum TaskEvent<'a> {
 /// Removals by policy or by owner, resource by resource.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum RemovalEvent<'a> {
+    /// Teardown found this resource claimed by the owner it tears down.
+    Found { resource: &'a ResourceRef },
     /// A batch of `total` removals that a person may want to follow.
     Started { what: &'a str, total: usize },
     /// One resource's removal ended (or was not attempted, or is still pending).

@@ -13,7 +13,7 @@ use crate::backend::daytona::{remove_sandboxes, DaytonaBackend, DaytonaError, VE
 use crate::backend::docker::{Container, ContainerQuery, DockerBackend, DockerError};
 use crate::backend::{remove_all, RemovalOptions};
 use crate::errors::Error;
-use crate::events::{Event, Events};
+use crate::events::{Event, Events, RemovalEvent};
 use crate::ledger::Ledger;
 use crate::owner::{Claims, COMPOSE_PROJECT_LABEL};
 use crate::resource::{Kind, LabelSelector, RemovalOutcome, RemovalReport, ResourceRef};
@@ -184,6 +184,9 @@ pub(crate) async fn teardown(
         let fresh: Vec<ResourceRef> = found.iter().filter(|resource| !attempted.contains(*resource)).cloned().collect();
         if fresh.is_empty() {
             break;
+        }
+        for resource in &fresh {
+            events.removal(RemovalEvent::Found { resource });
         }
         ledger.record_resources(&claims.run_id, &task_for_rows, fresh.clone()).await?;
         let round = remove_by_kind(backends, &fresh, options, events).await;

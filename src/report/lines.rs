@@ -30,6 +30,7 @@ pub(super) fn log(event: &Event<'_>) {
             }
             RemovalOutcome::NotAttempted | RemovalOutcome::WouldRemove => {}
         },
+        Event::Removal(RemovalEvent::Found { resource }) => tracing::debug!("found {resource}"),
         Event::Removal(_) => {}
         Event::Retrying { what, attempt, attempts, error, delay } => {
             let delay = std::time::Duration::from_millis(delay.as_millis() as u64);
