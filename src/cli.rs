@@ -69,6 +69,8 @@ pub enum Command {
     Cleanup(CleanupCommand),
     /// Tear down everything owned by runs whose benchwarden process is gone
     Recover(RecoverArgs),
+    /// Run `cleanup all`'s policy every DUR (or --once) until SIGINT or SIGTERM
+    Sweep(SweepArgs),
     /// Show runs in the ledger, the resources they still own, and orphans
     Status(StatusArgs),
 }
@@ -116,6 +118,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) report: Option<PathBuf>,
 
+    /// Also write metrics there, in the Prometheus text format (for node_exporter's textfile collector)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) metrics_file: Option<PathBuf>,
+
     /// Arguments appended to the harness command, or the whole command without a benchmark file
     #[arg(last = true, value_name = "HARNESS ARGS")]
     pub(crate) harness_args: Vec<String>,
@@ -150,6 +156,95 @@ pub enum CleanupCommand {
     Docker(CleanupDockerArgs),
     /// Delete Daytona sandboxes chosen by state, age, labels and owner (a dry run unless --no-dry-run)
     Daytona(CleanupDaytonaArgs),
+    /// Recover orphaned runs, then clean up what benchmarks own on Docker and Daytona
+    All(CleanupAllArgs),
+}
+
+/// What `cleanup all` and `sweep` take, and how.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Also remove running benchmark containers, and any benchmark sandbox older than 1 hour
+    #[arg(long)]
+    pub(crate) aggressive: bool,
+
+    /// Only Docker: leave Daytona alone
+    #[arg(long, conflicts_with = "daytona_only")]
+    pub(crate) docker_only: bool,
+
+    /// Only Daytona: leave Docker alone
+    #[arg(long)]
+    pub(crate) daytona_only: bool,
+
+    /// A benchmark file whose selectors also say what benchmarks own (repeatable)
+    #[arg(long = "benchmark", value_name = "FILE")]
+    pub(crate) benchmarks: Vec<PathBuf>,
+
+    /// Docker: show what would be removed, remove nothing (recovery too)
+    #[arg(long, conflicts_with = "no_dry_run")]
+    pub(crate) dry_run: bool,
+
+    /// Daytona: really delete; without it, sandboxes are only listed as a dry run
+    #[arg(long)]
+    pub(crate) no_dry_run: bool,
+
+    /// Start no new removal after the first one that fails for good
+    #[arg(long)]
+    pub(crate) fail_fast: bool,
+
+    /// Also write metrics there, in the Prometheus text format (for node_exporter's textfile collector)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) metrics_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "What goes, by default:\n  \
+    - what orphaned runs own (runs on this host whose benchwarden process is gone)\n  \
+    - exited containers that benchmarks own\n  \
+    - stopped benchmark sandboxes older than 1 day\n\
+    With --aggressive: running benchmark containers too, and any benchmark sandbox older than 1 hour.\n\
+    \"Benchmarks own\" means benchwarden's owner labels (for sandboxes: of runs on this host), or the \
+    selectors of the files given with --benchmark. A live run's resources are never touched.\n\n\
+    Dry runs: Docker acts unless --dry-run, as `cleanup docker` does; Daytona is a dry run unless \
+    --no-dry-run, as `cleanup daytona` is, because its organisation may be shared. Without Daytona \
+    credentials, Daytona is skipped with one line saying why.\n\n\
+    Examples:\n  \
+    benchwarden cleanup all --list                  # both backends in one table; changes nothing\n  \
+    benchwarden cleanup all                         # Docker for real, Daytona as a dry run\n  \
+    benchwarden cleanup all --no-dry-run --aggressive\n  \
+    benchwarden cleanup all --dry-run --benchmark benchmarks/terminal-bench.yaml")]
+pub struct CleanupAllArgs {
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
+
+    /// List both backends in one table and change nothing
+    #[arg(long)]
+    pub(crate) list: bool,
+
+    /// Print the result as one JSON object on stdout
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Each round runs `cleanup all` with the same flags and logs one line with its \
+    counts. A round that would start while the last one still runs is skipped, not piled up. \
+    SIGINT or SIGTERM stops the sweep: a round in progress finishes first (a second signal stops \
+    at once). Only one sweep runs on a host at a time (a lock in the state directory); a second \
+    one says who holds it and exits 2.\n\n\
+    Examples:\n  \
+    benchwarden sweep --every 30m --aggressive\n  \
+    benchwarden sweep --once --no-dry-run            # from cron")]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
+
+    /// How often to sweep (e.g. 30m, 1h); the first sweep starts at once
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, required_unless_present = "once")]
+    pub(crate) every: Option<Duration>,
+
+    /// Sweep once and exit (for cron)
+    #[arg(long, conflicts_with = "every")]
+    pub(crate) once: bool,
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +281,10 @@ pub struct CleanupDaytonaArgs {
     /// Start no new deletion after the first one that fails for good
     #[arg(long)]
     pub(crate) fail_fast: bool,
+
+    /// Also write metrics there, in the Prometheus text format (for node_exporter's textfile collector)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) metrics_file: Option<PathBuf>,
 
     /// Print the result as one JSON object on stdout
     #[arg(long)]
@@ -235,6 +334,10 @@ pub struct CleanupDockerArgs {
     /// Start no new removal after the first one that fails for good
     #[arg(long)]
     pub(crate) fail_fast: bool,
+
+    /// Also write metrics there, in the Prometheus text format (for node_exporter's textfile collector)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) metrics_file: Option<PathBuf>,
 
     /// Print the result as one JSON object on stdout
     #[arg(long)]

@@ -16,7 +16,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
-use crate::resource::{RemovalOutcome, ResourceRef};
+use crate::errors::Service;
+use crate::resource::{Kind, RemovalOutcome, ResourceRef};
 
 /// One thing that happened.
 #[derive(Debug, Clone, Copy)]
@@ -39,11 +40,15 @@ pub(crate) enum Event<'a> {
     Removal(RemovalEvent<'a>),
     /// One call failed and will be tried again after `delay`.
     Retrying {
-        what: &'a str,
+        call: Call<'a>,
         attempt: u32,
         attempts: u32,
         error: &'a str,
         delay: Duration,
+    },
+    /// A task created this resource: seen through its proxy, or by the creation watcher.
+    Created {
+        resource: &'a ResourceRef,
     },
     /// A resource a sweep selected but left alone, and why.
     Protected {
@@ -58,6 +63,24 @@ pub(crate) enum Event<'a> {
     Leaked {
         resource: &'a ResourceRef,
     },
+    /// A cleanup of both backends ended: `round` of `sweep`, or `None` for a `cleanup all`.
+    SweepFinished {
+        round: Option<u64>,
+        counts: &'a SweepCounts,
+        seconds: f64,
+        at: i64,
+    },
+    /// A round of `sweep` failed; the next round tries again.
+    SweepFailed {
+        round: u64,
+        error: &'a str,
+    },
+    /// SIGINT or SIGTERM reached `sweep`: `now` when it exits at once,
+    /// else it finishes the current round first.
+    SweepStopping {
+        signal: Signal,
+        now: bool,
+    },
     /// A sweep before a run ended with these counts.
     PreRunSweepFinished {
         removed: usize,
@@ -65,6 +88,31 @@ pub(crate) enum Event<'a> {
         protected: usize,
     },
     Orphan(OrphanEvent<'a>),
+}
+
+/// What a retried call is about: named in its events, and counted by
+/// service and kind in the metrics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Call<'a> {
+    /// The operation and its target, for people ("remove container 3f2a…").
+    pub(crate) what: &'a str,
+    pub(crate) service: Service,
+    /// The kind of resource, when the call concerns one.
+    pub(crate) kind: Option<Kind>,
+}
+
+/// What one cleanup of both backends did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct SweepCounts {
+    pub(crate) recovered_runs: usize,
+    /// Removed, or found already gone.
+    pub(crate) removed: usize,
+    /// Would have been removed, had it not been a dry run.
+    pub(crate) would_remove: usize,
+    pub(crate) failed: usize,
+    pub(crate) pending: usize,
+    /// Left alone because a live run owns them.
+    pub(crate) protected: usize,
 }
 
 /// Which press of Ctrl-C (or SIGTERM, SIGHUP) a shutdown request is.
@@ -163,6 +211,16 @@ impl fmt::Debug for Events {
     }
 }
 
+struct FanOut(Vec<Arc<dyn EventSink>>);
+
+impl EventSink for FanOut {
+    fn event(&self, event: &Event<'_>) {
+        for sink in &self.0 {
+            sink.event(event);
+        }
+    }
+}
+
 struct Discard;
 
 impl EventSink for Discard {
@@ -170,8 +228,9 @@ impl EventSink for Discard {
 }
 
 impl Events {
-    pub(crate) fn new(sink: Arc<dyn EventSink>) -> Self {
-        Events { sink }
+    /// A handle whose events go to each of `sinks`, in order.
+    pub(crate) fn to_all(sinks: Vec<Arc<dyn EventSink>>) -> Self {
+        Events { sink: Arc::new(FanOut(sinks)) }
     }
 
     /// A handle whose events go nowhere: for callers nobody watches.

@@ -87,6 +87,15 @@ impl RunRecord {
     }
 }
 
+/// Removals over the ledger's whole history.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct History {
+    /// Per backend: resources released, and resources whose removal failed and that are still owned.
+    pub(crate) removals: Vec<(String, (u64, u64))>,
+    /// When the oldest resource still owned was recorded (Unix seconds).
+    pub(crate) oldest_owned: Option<i64>,
+}
+
 /// A resource row.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ResourceRecord {
@@ -295,6 +304,32 @@ impl Ledger {
         self.on_blocking_pool(|connection| query_unreleased(connection, None, None)).await
     }
 
+    /// What the whole ledger says of removals: per backend, the resources
+    /// released and those whose removal failed and that are still owned;
+    /// and when the oldest resource still owned was recorded.
+    pub(crate) async fn history(&self) -> Result<History, Error> {
+        self.on_blocking_pool(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT backend, SUM(released_at IS NOT NULL), SUM(released_at IS NULL AND last_error IS NOT NULL)
+                 FROM resources GROUP BY backend ORDER BY backend",
+            )?;
+            let removals = statement
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        (row.get::<_, i64>(1)?.max(0) as u64, row.get::<_, i64>(2)?.max(0) as u64),
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let oldest_owned =
+                connection.query_row("SELECT MIN(created_at) FROM resources WHERE released_at IS NULL", [], |row| {
+                    row.get::<_, Option<i64>>(0)
+                })?;
+            Ok(History { removals, oldest_owned })
+        })
+        .await
+    }
+
     pub(crate) async fn runs(&self) -> Result<Vec<RunRecord>, Error> {
         self.on_blocking_pool(|connection| {
             let mut statement = connection.prepare(
@@ -397,6 +432,9 @@ mod tests {
         assert_eq!(ids, ["c2", "c3"]);
         assert_eq!(left[0].attempts, 4);
         assert_eq!(left[0].last_error.as_deref(), Some("boom"));
+        let history = ledger.history().await.unwrap();
+        assert_eq!(history.removals, [("docker".to_string(), (1, 1))], "c1 released; c2 failed; c3 never tried");
+        assert!(history.oldest_owned.is_some());
     }
 
     #[tokio::test]

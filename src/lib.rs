@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod backend;
+pub mod cleanup;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -18,6 +19,8 @@ pub mod events;
 pub mod host;
 pub mod intercept;
 pub mod ledger;
+pub mod lock;
+pub mod metrics;
 pub mod net;
 pub mod owner;
 pub mod recover;

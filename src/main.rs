@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use benchwarden::app;
 use benchwarden::cli::{CleanupCommand, Cli, Command};
 use benchwarden::errors::{error_chain, Error, ExitStatus};
-use benchwarden::report::{self, Reporter};
+use benchwarden::report;
 use benchwarden::settings::{
-    DaytonaCleanupSettings, DockerCleanupSettings, GlobalSettings, ListSettings, RecoverSettings, RunSettings,
-    StatusSettings,
+    CleanupAllSettings, DaytonaCleanupSettings, DockerCleanupSettings, GlobalSettings, ListSettings, RecoverSettings,
+    RunSettings, StatusSettings, SweepSettings,
 };
 use clap::Parser;
 
@@ -29,8 +29,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitStatus, Error> {
     let global = GlobalSettings::resolve(&cli.global)?;
     report::init_logging(&global.output);
-    let reporter = Reporter::new(&global.output);
-    let events = reporter.events();
+    let session = app::Session::new(&global);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| Error::Io {
         what: "start the async runtime for",
         path: "benchwarden".into(),
@@ -38,15 +37,19 @@ fn run(cli: Cli) -> Result<ExitStatus, Error> {
     })?;
     runtime.block_on(async {
         match cli.command {
-            Command::List(args) => app::list(&global, &ListSettings::resolve(&args)?, &events).await,
+            Command::List(args) => app::list(&global, &ListSettings::resolve(&args)?, &session).await,
             Command::Cleanup(CleanupCommand::Daytona(args)) => {
-                app::cleanup_daytona(&global, &DaytonaCleanupSettings::resolve(&args)?, &events).await
+                app::cleanup_daytona(&global, &DaytonaCleanupSettings::resolve(&args)?, &session).await
             }
             Command::Cleanup(CleanupCommand::Docker(args)) => {
-                app::cleanup_docker(&global, &DockerCleanupSettings::resolve(&args)?, &events).await
+                app::cleanup_docker(&global, &DockerCleanupSettings::resolve(&args)?, &session).await
             }
-            Command::Run(args) => app::run(&global, &RunSettings::resolve(&args, &global)?, &reporter).await,
-            Command::Recover(args) => app::recover(&global, &RecoverSettings::resolve(&args), &events).await,
+            Command::Cleanup(CleanupCommand::All(args)) => {
+                app::cleanup_all(&global, &CleanupAllSettings::resolve(&args, &global)?, &session).await
+            }
+            Command::Run(args) => app::run(&global, &RunSettings::resolve(&args, &global)?, &session).await,
+            Command::Recover(args) => app::recover(&global, &RecoverSettings::resolve(&args), &session).await,
+            Command::Sweep(args) => app::sweep(&global, &SweepSettings::resolve(&args, &global)?, &session).await,
             Command::Status(args) => app::status(&global, &StatusSettings::resolve(&args)).await,
         }
     })

@@ -27,6 +27,8 @@ pub(crate) struct RecoveredRun {
     pub(crate) leaked: Vec<ResourceRef>,
     /// Sandboxes whose deletion was accepted but has not finished: the run stays open.
     pub(crate) pending: Vec<ResourceRef>,
+    /// Recorded for a backend this recovery was not given: the run stays open.
+    pub(crate) kept: Vec<ResourceRef>,
     pub(crate) dry_run: bool,
 }
 
@@ -139,6 +141,7 @@ async fn plan_recovery(
         removed: 0,
         leaked: Vec::new(),
         pending: Vec::new(),
+        kept: Vec::new(),
         found,
         dry_run: true,
     })
@@ -165,7 +168,7 @@ async fn recover_orphan(
         events.orphan(OrphanEvent::ProcessesKilled { run_id, processes });
     }
     let torn = teardown::teardown(backends, ledger, claims, options, events).await?;
-    if torn.leaked.is_empty() && torn.pending.is_empty() {
+    if !torn.left_something() {
         ledger.end_run(run_id, "recovered").await?;
     }
     Ok(RecoveredRun {
@@ -176,6 +179,7 @@ async fn recover_orphan(
             .count(|outcome| matches!(outcome, RemovalOutcome::Removed { .. } | RemovalOutcome::AlreadyGone { .. })),
         leaked: torn.leaked,
         pending: torn.pending,
+        kept: torn.kept,
         dry_run: false,
     })
 }

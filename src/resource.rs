@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::errors::ErrorClass;
+use crate::errors::{ErrorClass, Service};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,12 +40,17 @@ impl Kind {
         }
     }
 
+    /// The service this kind lives in.
+    pub(crate) fn service(self) -> Service {
+        match self {
+            Kind::Container | Kind::Network | Kind::Volume => Service::Docker,
+            Kind::Sandbox => Service::Daytona,
+        }
+    }
+
     /// The backend that owns this kind, as stored in the ledger.
     pub(crate) fn backend(self) -> &'static str {
-        match self {
-            Kind::Container | Kind::Network | Kind::Volume => "docker",
-            Kind::Sandbox => "daytona",
-        }
+        self.service().as_str()
     }
 }
 

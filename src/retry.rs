@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use backon::{ExponentialBuilder, Retryable};
 
 pub use crate::errors::ErrorClass;
+pub(crate) use crate::events::Call;
 use crate::events::{Event, Events};
 
 /// Implemented once per backend error type: the single place where errors
@@ -94,12 +95,11 @@ impl RetryPolicy {
     }
 
     /// Runs `operation` until it succeeds, reaches a `Done`, `Fatal` or
-    /// `Denied` error, runs out of retries, or would pass the deadline. `what`
-    /// names the operation and its target for the events ("remove container
-    /// 3f2a…").
+    /// `Denied` error, runs out of retries, or would pass the deadline.
+    /// Each retry is told as an event about `call`.
     pub(crate) async fn run<T, E, F, Fut>(
         &self,
-        what: &str,
+        call: Call<'_>,
         events: &Events,
         mut operation: F,
     ) -> Result<(Success<T>, u32), Failure<E>>
@@ -141,7 +141,7 @@ impl RetryPolicy {
         .notify(|error: &E, delay| {
             let attempt = attempts.load(Ordering::Relaxed);
             let error = error.to_string();
-            events.emit(Event::Retrying { what, attempt, attempts: total, error: &error, delay });
+            events.emit(Event::Retrying { call, attempt, attempts: total, error: &error, delay });
         })
         .await;
         let attempts = attempts.load(Ordering::Relaxed);
@@ -191,6 +191,10 @@ mod tests {
         }
     }
 
+    use crate::errors::Service;
+
+    const OP: Call<'static> = Call { what: "op", service: Service::Docker, kind: None };
+
     fn instant_policy(retries: u32) -> RetryPolicy {
         RetryPolicy {
             retries,
@@ -207,7 +211,7 @@ mod tests {
     async fn retryable_errors_are_retried_until_success() {
         let calls = AtomicU32::new(0);
         let result = instant_policy(3)
-            .run("op", &Events::discard(), || async {
+            .run(OP, &Events::discard(), || async {
                 if calls.fetch_add(1, Ordering::SeqCst) < 2 {
                     Err(TestError::Flaky)
                 } else {
@@ -223,7 +227,7 @@ mod tests {
     async fn retries_are_bounded() {
         let calls = AtomicU32::new(0);
         let failure = instant_policy(3)
-            .run("op", &Events::discard(), || async {
+            .run(OP, &Events::discard(), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err::<(), _>(TestError::Flaky)
             })
@@ -238,7 +242,7 @@ mod tests {
     async fn done_means_already_done_without_retry() {
         let calls = AtomicU32::new(0);
         let result = instant_policy(3)
-            .run("op", &Events::discard(), || async {
+            .run(OP, &Events::discard(), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err::<(), _>(TestError::Gone)
             })
@@ -251,7 +255,7 @@ mod tests {
     async fn fatal_errors_stop_at_once() {
         let calls = AtomicU32::new(0);
         let failure = instant_policy(3)
-            .run("op", &Events::discard(), || async {
+            .run(OP, &Events::discard(), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err::<(), _>(TestError::Denied)
             })
@@ -267,7 +271,7 @@ mod tests {
         let mut policy = instant_policy(1);
         policy.call_timeout = Duration::from_millis(20);
         let result = policy
-            .run("op", &Events::discard(), || {
+            .run(OP, &Events::discard(), || {
                 let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
                 async move {
                     if first {
@@ -288,7 +292,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let started = tokio::time::Instant::now();
         let failure = policy
-            .run("op", &Events::discard(), || async {
+            .run(OP, &Events::discard(), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err::<(), _>(TestError::Throttled(Duration::from_secs(4)))
             })
@@ -301,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_design() {
+    fn defaults_are_three_retries_from_two_seconds_doubling_to_thirty() {
         let policy = RetryPolicy::default();
         assert_eq!(policy.retries, 3);
         assert_eq!(policy.first_delay, Duration::from_secs(2));

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::backend::daytona::{Credentials, DaytonaConfig, DEFAULT_API_URL};
 use crate::backend::DEFAULT_PARALLEL;
+use crate::cleanup::CleanupPolicy;
 use crate::cli;
 use crate::config::{fill, Benchmark, DaytonaSection, Harness};
 use crate::errors::Error;
@@ -17,6 +18,7 @@ use crate::net::DockerEndpoint;
 use crate::report::{Color, OutputSettings, Verbosity};
 use crate::retry::RetryPolicy;
 use crate::supervisor::task::TaskSpec;
+use crate::sweep::daytona::{SandboxOwners, SandboxSelection};
 
 /// A variable of the environment, unset when empty or blank.
 fn var(name: &str) -> Option<String> {
@@ -155,26 +157,29 @@ impl ListSettings {
 /// `cleanup daytona`.
 #[derive(Debug, Clone)]
 pub struct DaytonaCleanupSettings {
-    pub(crate) stopped: bool,
-    pub(crate) older_than: Option<Duration>,
-    pub(crate) labels: Vec<crate::resource::LabelSelector>,
-    pub(crate) any_owner: bool,
+    pub(crate) selection: SandboxSelection,
     /// A dry run unless `--no-dry-run`: the organisation may be shared.
     pub(crate) dry_run: bool,
     pub(crate) fail_fast: bool,
     pub(crate) json: bool,
+    pub(crate) metrics_file: Option<PathBuf>,
 }
 
 impl DaytonaCleanupSettings {
     pub fn resolve(args: &cli::CleanupDaytonaArgs) -> Result<Self, Error> {
+        let labels = parse_labels(&args.labels)?;
+        // Labels choose instead of the owner; `--any-owner` widens to the whole organisation.
+        let owners = match (labels.is_empty(), args.any_owner) {
+            (false, _) => SandboxOwners::Labelled(labels),
+            (true, true) => SandboxOwners::Anyone,
+            (true, false) => SandboxOwners::ThisHost { selectors: Vec::new() },
+        };
         Ok(DaytonaCleanupSettings {
-            stopped: args.stopped,
-            older_than: args.older_than,
-            labels: parse_labels(&args.labels)?,
-            any_owner: args.any_owner,
+            selection: SandboxSelection { owners, stopped: args.stopped, older_than: args.older_than },
             dry_run: !args.no_dry_run,
             fail_fast: args.fail_fast,
             json: args.json,
+            metrics_file: args.metrics_file.clone(),
         })
     }
 }
@@ -191,6 +196,7 @@ pub struct DockerCleanupSettings {
     pub(crate) dry_run: bool,
     pub(crate) fail_fast: bool,
     pub(crate) json: bool,
+    pub(crate) metrics_file: Option<PathBuf>,
 }
 
 impl DockerCleanupSettings {
@@ -216,7 +222,75 @@ impl DockerCleanupSettings {
             dry_run: args.dry_run,
             fail_fast: args.fail_fast,
             json: args.json,
+            metrics_file: args.metrics_file.clone(),
         })
+    }
+}
+
+/// Which backends `cleanup all` and `sweep` work on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backends {
+    pub(crate) docker: bool,
+    pub(crate) daytona: bool,
+}
+
+/// `cleanup all` and each round of `sweep`: the policy, the backends, and
+/// where the metrics go.
+#[derive(Debug, Clone)]
+pub struct CleanupAllSettings {
+    pub(crate) policy: CleanupPolicy,
+    pub(crate) backends: Backends,
+    pub(crate) list: bool,
+    pub(crate) json: bool,
+    pub(crate) metrics_file: Option<PathBuf>,
+}
+
+impl CleanupAllSettings {
+    pub fn resolve(args: &cli::CleanupAllArgs, global: &GlobalSettings) -> Result<Self, Error> {
+        let mut settings = Self::from_policy(&args.policy, global)?;
+        settings.list = args.list;
+        settings.json = args.json;
+        Ok(settings)
+    }
+
+    fn from_policy(args: &cli::PolicyArgs, global: &GlobalSettings) -> Result<Self, Error> {
+        // The benchmark files' selectors, as templates: they claim what any of their runs made.
+        let mut selectors = Vec::new();
+        for path in &args.benchmarks {
+            selectors.extend(Benchmark::load(path)?.docker.selectors);
+        }
+        let policy = CleanupPolicy {
+            aggressive: args.aggressive,
+            selectors,
+            docker_dry_run: args.dry_run,
+            daytona_dry_run: !args.no_dry_run,
+            fail_fast: args.fail_fast,
+            retry: global.retry.clone(),
+        };
+        Ok(CleanupAllSettings {
+            policy,
+            backends: Backends { docker: !args.daytona_only, daytona: !args.docker_only },
+            list: false,
+            json: false,
+            metrics_file: args.metrics_file.clone(),
+        })
+    }
+}
+
+/// `sweep`: `cleanup all`'s settings, and how often.
+#[derive(Debug, Clone)]
+pub struct SweepSettings {
+    pub(crate) cleanup: CleanupAllSettings,
+    /// `None`: once, for cron.
+    pub(crate) every: Option<Duration>,
+}
+
+impl SweepSettings {
+    pub fn resolve(args: &cli::SweepArgs, global: &GlobalSettings) -> Result<Self, Error> {
+        if args.every.is_some_and(|every| every.is_zero()) {
+            return Err(Error::usage("--every must be longer than 0s"));
+        }
+        Ok(SweepSettings { cleanup: CleanupAllSettings::from_policy(&args.policy, global)?, every: args.every })
     }
 }
 
@@ -270,6 +344,7 @@ pub struct RunSettings {
     pub(crate) cleanup_age: Duration,
     pub(crate) cleanup_states: Vec<String>,
     pub(crate) report: Option<PathBuf>,
+    pub(crate) metrics_file: Option<PathBuf>,
     pub(crate) harness_args: Vec<String>,
     pub(crate) retry: RetryPolicy,
     /// Removals at once in teardowns and sweeps.
@@ -324,6 +399,7 @@ impl RunSettings {
             skip_cleanup: args.skip_cleanup,
             cleanup_age,
             report: args.report.clone(),
+            metrics_file: args.metrics_file.clone(),
             harness_args,
             parallel: DEFAULT_PARALLEL,
             daytona,

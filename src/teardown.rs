@@ -12,12 +12,12 @@ use serde::Serialize;
 use crate::backend::daytona::{remove_sandboxes, DaytonaBackend, DaytonaError, VERIFY_FOR};
 use crate::backend::docker::{Container, ContainerQuery, DockerBackend, DockerError};
 use crate::backend::{remove_all, RemovalOptions};
-use crate::errors::Error;
+use crate::errors::{Error, Service};
 use crate::events::{Event, Events, RemovalEvent};
 use crate::ledger::Ledger;
 use crate::owner::{Claims, COMPOSE_PROJECT_LABEL};
 use crate::resource::{Kind, LabelSelector, RemovalOutcome, RemovalReport, ResourceRef};
-use crate::retry::{RetryPolicy, Success};
+use crate::retry::{Call, RetryPolicy, Success};
 
 /// Rounds of list-and-remove before what is still there counts as leaked.
 const TEARDOWN_ROUNDS: usize = 3;
@@ -30,12 +30,20 @@ pub(crate) struct TeardownReport {
     pub(crate) leaked: Vec<ResourceRef>,
     /// Deletion accepted, not finished by the deadline (sandboxes); kept in the ledger.
     pub(crate) pending: Vec<ResourceRef>,
+    /// Recorded in the ledger for a backend this teardown was not given (no
+    /// credentials, a dry run, one backend only): left alone, still owned.
+    pub(crate) kept: Vec<ResourceRef>,
     pub(crate) seconds: f64,
 }
 
 impl TeardownReport {
     pub(crate) fn found(&self) -> usize {
         self.removal.results.len()
+    }
+
+    /// Whether anything the owner had is still there or unaccounted for.
+    pub(crate) fn left_something(&self) -> bool {
+        !self.leaked.is_empty() || !self.pending.is_empty() || !self.kept.is_empty()
     }
 }
 
@@ -88,7 +96,8 @@ async fn discover_sandboxes(
             continue;
         }
         let what = format!("look up {}", record.resource);
-        let looked_up = RetryPolicy::default().run(&what, events, || daytona.get(&record.resource.id)).await;
+        let call = Call { what: &what, service: Service::Daytona, kind: Some(Kind::Sandbox) };
+        let looked_up = RetryPolicy::default().run(call, events, || daytona.get(&record.resource.id)).await;
         match looked_up.map_err(|failure| listing_failed(failure.error))? {
             (Success::Done(Some(_)), _) => {
                 found.insert(record.resource);
@@ -201,7 +210,21 @@ pub(crate) async fn teardown(
     for resource in &leaked {
         events.emit(Event::Leaked { resource });
     }
-    Ok(TeardownReport { removal, leaked, pending, seconds: started.elapsed().as_secs_f64() })
+    let kept = not_asked(backends, ledger, claims).await?;
+    Ok(TeardownReport { removal, leaked, pending, kept, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The ledger's rows of the owner for a backend the teardown was not given.
+async fn not_asked(backends: Backends<'_>, ledger: &Ledger, claims: &Claims) -> Result<Vec<ResourceRef>, Error> {
+    let rows = ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| row.resource)
+        .filter(|resource| match resource.kind {
+            Kind::Sandbox => backends.daytona.is_none(),
+            Kind::Container | Kind::Network | Kind::Volume => backends.docker.is_none(),
+        })
+        .collect())
 }
 
 /// One round of removals, kind by kind: containers free their networks and

@@ -1,22 +1,23 @@
 //! `benchwarden cleanup docker`.
 
-use super::{ledger_runs, print_json, print_stdout};
+use super::{ledger_runs, print_json, print_stdout, Session};
 use crate::backend::docker::DockerBackend;
 use crate::backend::RemovalOptions;
 use crate::clock::now_unix;
 use crate::errors::{Error, ExitStatus};
-use crate::events::Events;
 use crate::host;
 use crate::owner::protected_by_live_run;
 use crate::report::text;
 use crate::settings::{DockerCleanupSettings, GlobalSettings};
-use crate::sweep::{self, ContainerSelection, DockerSweep, Verdict};
+use crate::sweep::docker::{self, ContainerSelection, DockerSweep};
+use crate::sweep::Verdict;
 
 pub async fn cleanup_docker(
     global: &GlobalSettings,
     settings: &DockerCleanupSettings,
-    events: &Events,
+    session: &Session,
 ) -> Result<ExitStatus, Error> {
+    let events = &session.events;
     let backend = DockerBackend::connect(&global.docker).await?;
     let sweep = DockerSweep {
         selection: ContainerSelection {
@@ -36,7 +37,7 @@ pub async fn cleanup_docker(
     let this_host = host::host_name();
     let now = now_unix();
     let runs = ledger_runs(global).await;
-    let result = sweep::sweep_docker(&backend, &sweep, events, |container| {
+    let result = docker::sweep_docker(&backend, &sweep, events, |container| {
         if !sweep.selection.matches(container, now) {
             return Verdict::Skip;
         }
@@ -51,5 +52,6 @@ pub async fn cleanup_docker(
     } else {
         print_stdout(&text::sweep_summary(&result))?;
     }
+    session.write_metrics(settings.metrics_file.as_deref(), global).await?;
     Ok(if result.failed() > 0 { ExitStatus::Failure } else { ExitStatus::Success })
 }

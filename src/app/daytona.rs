@@ -1,36 +1,19 @@
 //! `benchwarden list --daytona` and `benchwarden cleanup daytona`.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
-use super::{ledger_runs, print_json, print_stdout};
-use crate::backend::daytona::{remove_sandboxes, DaytonaBackend, Sandbox, VERIFY_FOR};
+use super::{ledger_runs, print_json, print_stdout, Session};
+use crate::backend::daytona::DaytonaBackend;
 use crate::backend::RemovalOptions;
+use crate::cleanup::SANDBOX_PARALLEL;
 use crate::clock::now_unix;
-use crate::errors::{Error, ErrorClass, ExitStatus};
-use crate::events::{Event, Events, RemovalEvent};
+use crate::errors::{Error, ExitStatus};
+use crate::events::Events;
 use crate::host;
-use crate::ledger::RunRecord;
-use crate::owner::{protected_by_live_run, LABEL_HOST, LABEL_RUN};
 use crate::report::text;
-use crate::resource::{LabelSelector, RemovalReport, ResourceRef};
+use crate::resource::RemovalReport;
 use crate::settings::{DaytonaCleanupSettings, GlobalSettings, ListSettings};
-
-/// Deletes in flight at once; the rate-limit headers pace them further.
-const PARALLEL: usize = 32;
-
-/// Label selectors as the API's containment filter takes them (`K=V` only);
-/// `K` alone is checked here.
-fn label_filter(labels: &[LabelSelector]) -> BTreeMap<String, String> {
-    labels.iter().filter_map(|label| Some((label.key.clone(), label.value.clone()?))).collect()
-}
-
-/// Every sandbox with all of `labels`.
-async fn listed(backend: &DaytonaBackend, labels: &[LabelSelector]) -> Result<Vec<Sandbox>, Error> {
-    let sandboxes = backend.list(&label_filter(labels)).await.map_err(|error| error.during("list sandboxes"))?;
-    Ok(sandboxes.into_iter().filter(|sandbox| labels.iter().all(|label| label.matches(&sandbox.labels))).collect())
-}
+use crate::sweep::daytona::{sweep_daytona, DaytonaSweep, DaytonaSweepResult};
 
 pub async fn list_daytona(
     global: &GlobalSettings,
@@ -38,7 +21,10 @@ pub async fn list_daytona(
     events: &Events,
 ) -> Result<ExitStatus, Error> {
     let backend = DaytonaBackend::new(global.require_daytona()?, events.clone())?;
-    let mut sandboxes = listed(&backend, &settings.labels).await?;
+    let filter = settings.labels.iter().filter_map(|label| Some((label.key.clone(), label.value.clone()?))).collect();
+    let mut sandboxes = backend.list(&filter).await.map_err(|error| error.during("list sandboxes"))?;
+    // The API filters by `K=V`; `K` alone is checked here.
+    sandboxes.retain(|sandbox| settings.labels.iter().all(|label| label.matches(&sandbox.labels)));
     sandboxes.sort_by_key(|sandbox| std::cmp::Reverse(sandbox.created_unix()));
     if settings.json {
         print_json(&sandboxes)?;
@@ -48,129 +34,63 @@ pub async fn list_daytona(
     Ok(ExitStatus::Success)
 }
 
+/// `cleanup daytona --json`: the sweep with its counts, and the ids left alone.
 #[derive(Debug, Serialize)]
-struct CleanupResult {
+struct CleanupResult<'a> {
     dry_run: bool,
-    sandboxes: RemovalReport,
+    sandboxes: &'a RemovalReport,
     removed: usize,
     already_gone: usize,
     pending: usize,
     failed: usize,
-    protected: Vec<String>,
-}
-
-/// What a cleanup does with one sandbox.
-enum Choice {
-    Skip,
-    Protect(String),
-    Take,
-}
-
-/// Whether the cleanup's filters pick `sandbox`, and whether a live run
-/// protects it. By default only this host's runs' sandboxes are candidates:
-/// another host's run shares the organisation only.
-fn choose(
-    sandbox: &Sandbox,
-    settings: &DaytonaCleanupSettings,
-    runs: &[RunRecord],
-    this_host: &str,
-    now: i64,
-) -> Choice {
-    let labels = &sandbox.labels;
-    let candidate = match settings.labels.is_empty() {
-        true => {
-            settings.any_owner
-                || (labels.contains_key(LABEL_RUN) && labels.get(LABEL_HOST).is_some_and(|host| host == this_host))
-        }
-        false => settings.labels.iter().all(|label| label.matches(labels)),
-    };
-    let too_young = settings
-        .older_than
-        .is_some_and(|age| sandbox.created_unix().is_none_or(|created| created > now - age.as_secs() as i64));
-    if !candidate || (settings.stopped && !sandbox.is_stopped()) || too_young {
-        return Choice::Skip;
-    }
-    // Whether another host's run is alive cannot be told from here; such a sandbox got this
-    // far only because `--any-owner` or a `--label` chose it, and that choice stands.
-    let other_host = labels.get(LABEL_HOST).is_some_and(|host| host != this_host);
-    match protected_by_live_run(labels, runs, this_host).filter(|_| !other_host) {
-        Some(reason) => Choice::Protect(reason),
-        None => Choice::Take,
-    }
+    protected: Vec<&'a str>,
 }
 
 pub async fn cleanup_daytona(
     global: &GlobalSettings,
     settings: &DaytonaCleanupSettings,
-    events: &Events,
+    session: &Session,
 ) -> Result<ExitStatus, Error> {
+    let events = &session.events;
     let backend = DaytonaBackend::new(global.require_daytona()?, events.clone())?;
-    let this_host = host::host_name();
-    let runs = ledger_runs(global).await;
-    let now = now_unix();
-    let mut picked = Vec::new();
-    let mut protected = Vec::new();
-    for sandbox in
-        backend.list(&label_filter(&settings.labels)).await.map_err(|error| error.during("list sandboxes"))?
-    {
-        match choose(&sandbox, settings, &runs, &this_host, now) {
-            Choice::Skip => {}
-            Choice::Protect(reason) => {
-                events.emit(Event::Protected { resource: &sandbox.resource(), reason: &reason });
-                protected.push(sandbox.id);
-            }
-            Choice::Take => picked.push(sandbox.resource()),
-        }
-    }
-    let report = delete(&backend, picked, settings, global, events).await;
-    let result = CleanupResult {
+    let sweep = DaytonaSweep {
+        selection: settings.selection.clone(),
         dry_run: settings.dry_run,
-        removed: report.removed(),
-        already_gone: report.already_gone(),
-        pending: report.pending(),
-        failed: report.failed(),
-        sandboxes: report,
-        protected,
+        removal: RemovalOptions {
+            parallel: SANDBOX_PARALLEL,
+            fail_fast: settings.fail_fast,
+            retry: global.retry.clone(),
+        },
     };
-    print_cleanup(&result, settings.json)?;
-    // Refused credentials are the user's to fix: a usage-class exit.
-    let denied = result.sandboxes.failures().any(|(_, error)| error.class == ErrorClass::Denied);
-    Ok(match (denied, result.failed > 0 || result.pending > 0) {
-        (true, _) => ExitStatus::Usage,
-        (false, true) => ExitStatus::Failure,
-        (false, false) => ExitStatus::Success,
-    })
+    let runs = ledger_runs(global).await;
+    let result = sweep_daytona(&backend, &sweep, &runs, &host::host_name(), events).await?;
+    if settings.json {
+        let report = &result.sandboxes;
+        print_json(&CleanupResult {
+            dry_run: result.dry_run,
+            sandboxes: report,
+            removed: report.removed(),
+            already_gone: report.already_gone(),
+            pending: report.pending(),
+            failed: report.failed(),
+            protected: result.protected.iter().map(|item| item.resource.id.as_str()).collect(),
+        })?;
+    } else {
+        print_stdout(&text::daytona_sweep_summary(&result))?;
+    }
+    session.write_metrics(settings.metrics_file.as_deref(), global).await?;
+    Ok(daytona_exit_status(&result))
 }
 
-/// Deletes the picked sandboxes, or in a dry run says which would go.
-async fn delete(
-    backend: &DaytonaBackend,
-    picked: Vec<ResourceRef>,
-    settings: &DaytonaCleanupSettings,
-    global: &GlobalSettings,
-    events: &Events,
-) -> RemovalReport {
-    if settings.dry_run {
-        for resource in &picked {
-            events.emit(Event::WouldRemove { resource });
-        }
-        return RemovalReport::planned(picked);
+/// Refused credentials are the user's to fix (exit 2); a failed or
+/// unfinished deletion is a failure (exit 1).
+pub(crate) fn daytona_exit_status(result: &DaytonaSweepResult) -> ExitStatus {
+    let report = &result.sandboxes;
+    if report.failures().any(|(_, error)| error.class == crate::errors::ErrorClass::Denied) {
+        ExitStatus::Usage
+    } else if report.failed() > 0 || report.pending() > 0 {
+        ExitStatus::Failure
+    } else {
+        ExitStatus::Success
     }
-    let options = RemovalOptions { parallel: PARALLEL, fail_fast: settings.fail_fast, retry: global.retry.clone() };
-    events.removal(RemovalEvent::Started { what: "deleting sandboxes", total: picked.len() });
-    let report = remove_sandboxes(backend, picked, &options, events, VERIFY_FOR).await;
-    events.removal(RemovalEvent::Finished);
-    report
-}
-
-fn print_cleanup(result: &CleanupResult, json: bool) -> Result<(), Error> {
-    if json {
-        return print_json(result);
-    }
-    let mut summary =
-        text::removal_summary(&[("sandboxes", &result.sandboxes)], result.dry_run, result.protected.len());
-    if result.dry_run && !result.sandboxes.results.is_empty() {
-        summary.push_str("dry run: nothing was deleted; add --no-dry-run to delete\n");
-    }
-    print_stdout(&summary)
 }

@@ -1,7 +1,7 @@
 //! The commands about what the ledger knows: `benchwarden recover` and
 //! `benchwarden status`.
 
-use super::{print_json, print_stdout};
+use super::{print_json, print_stdout, Session};
 use crate::backend::daytona::DaytonaBackend;
 use crate::backend::docker::DockerBackend;
 use crate::backend::{RemovalOptions, DEFAULT_PARALLEL};
@@ -11,7 +11,7 @@ use crate::events::Events;
 use crate::host;
 use crate::ledger::Ledger;
 use crate::recover::{recover_orphans, OrphanSource};
-use crate::report::text::{self, RunStatus};
+use crate::report::text::{self, RunStatus, Status};
 use crate::resource::Kind;
 use crate::settings::{GlobalSettings, RecoverSettings, StatusSettings};
 use crate::teardown::{Backends, TeardownOptions};
@@ -39,8 +39,9 @@ async fn daytona_if_configured(
 pub async fn recover(
     global: &GlobalSettings,
     settings: &RecoverSettings,
-    events: &Events,
+    session: &Session,
 ) -> Result<ExitStatus, Error> {
+    let events = &session.events;
     let ledger = Ledger::open(&global.state_dir)?;
     let docker = DockerBackend::connect(&global.docker).await?;
     let daytona = daytona_if_configured(global, &ledger, events).await?;
@@ -56,7 +57,7 @@ pub async fn recover(
     } else {
         print_stdout(&text::recovery_summary(&recovered))?;
     }
-    let left: usize = recovered.iter().map(|run| run.leaked.len() + run.pending.len()).sum();
+    let left: usize = recovered.iter().map(|run| run.leaked.len() + run.pending.len() + run.kept.len()).sum();
     Ok(if left > 0 { ExitStatus::Leaked } else { ExitStatus::Success })
 }
 
@@ -64,7 +65,7 @@ pub async fn status(global: &GlobalSettings, settings: &StatusSettings) -> Resul
     let ledger = Ledger::open(&global.state_dir)?;
     let this_host = host::host_name();
     let unreleased = ledger.all_unreleased().await?;
-    let statuses: Vec<RunStatus> = ledger
+    let runs: Vec<RunStatus> = ledger
         .runs()
         .await?
         .into_iter()
@@ -84,10 +85,11 @@ pub async fn status(global: &GlobalSettings, settings: &StatusSettings) -> Resul
             RunStatus { run, state, live_resources }
         })
         .collect();
+    let status = Status::new(runs, &ledger.history().await?, now_unix());
     if settings.json {
-        print_json(&statuses)?;
+        print_json(&status)?;
     } else {
-        print_stdout(&text::status_table(&statuses, now_unix(), &global.state_dir))?;
+        print_stdout(&text::status_table(&status, now_unix(), &global.state_dir))?;
     }
     Ok(ExitStatus::Success)
 }

@@ -4,31 +4,71 @@
 //! up, and says what happened.
 
 mod cleanup;
+mod cleanup_all;
 mod daytona;
 mod ledger;
 mod run;
+mod sweep;
 
 pub use cleanup::cleanup_docker;
+pub use cleanup_all::cleanup_all;
 pub use daytona::{cleanup_daytona, list_daytona};
 pub use ledger::{recover, status};
 pub use run::run;
+pub use sweep::sweep;
 
 use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::backend::docker::{ContainerQuery, DockerBackend};
 use crate::clock::now_unix;
 use crate::errors::{Error, ExitStatus};
-use crate::events::Events;
+use crate::events::{EventSink, Events};
 use crate::ledger::{Ledger, RunRecord};
-use crate::report::text;
+use crate::metrics::{self, Live, Metrics};
+use crate::report::{text, Reporter};
 use crate::settings::{GlobalSettings, ListSettings};
 
+/// What every command shares: the reporter, the metrics, and the event
+/// stream that feeds both.
+pub struct Session {
+    reporter: Arc<Reporter>,
+    metrics: Arc<Metrics>,
+    events: Events,
+}
+
+impl Session {
+    pub fn new(global: &GlobalSettings) -> Self {
+        let reporter = Reporter::new(&global.output);
+        let metrics = Arc::new(Metrics::default());
+        let sinks: Vec<Arc<dyn EventSink>> = vec![reporter.clone(), metrics.clone()];
+        Session { reporter, metrics, events: Events::to_all(sinks) }
+    }
+
+    /// Writes the metrics file, when one was asked for, with what the
+    /// ledger still records as owned.
+    async fn write_metrics(&self, path: Option<&Path>, global: &GlobalSettings) -> Result<(), Error> {
+        let Some(path) = path else { return Ok(()) };
+        let ledger = Ledger::open(&global.state_dir)?;
+        let mut live = Live::new();
+        for record in ledger.all_unreleased().await? {
+            *live.entry((record.resource.kind.service(), record.resource.kind)).or_default() += 1;
+        }
+        metrics::write_atomically(path, &self.metrics.render(&live)).map_err(|source| Error::Io {
+            what: "write the metrics file",
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
 /// `benchwarden list`.
-pub async fn list(global: &GlobalSettings, settings: &ListSettings, events: &Events) -> Result<ExitStatus, Error> {
+pub async fn list(global: &GlobalSettings, settings: &ListSettings, session: &Session) -> Result<ExitStatus, Error> {
     if settings.daytona {
-        return list_daytona(global, settings, events).await;
+        return list_daytona(global, settings, &session.events).await;
     }
     let backend = DockerBackend::connect(&global.docker).await?;
     let query = ContainerQuery { labels: settings.labels.clone(), all: settings.all };

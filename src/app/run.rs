@@ -8,7 +8,7 @@ use std::sync::Arc;
 use nix::sys::signal::Signal;
 use tokio_util::task::TaskTracker;
 
-use super::print_stdout;
+use super::{print_stdout, Session};
 use crate::backend::daytona::DaytonaBackend;
 use crate::backend::docker::DockerBackend;
 use crate::backend::RemovalOptions;
@@ -20,12 +20,12 @@ use crate::intercept::docker_proxy::DockerProxySettings;
 use crate::ledger::{self, Ledger, RunRecord};
 use crate::recover::{recover_orphans, OrphanSource};
 use crate::report::text::{self, RunReport};
-use crate::report::Reporter;
 use crate::settings::{GlobalSettings, RunSettings};
 use crate::supervisor::task::RunContext;
 use crate::supervisor::watch::Watcher;
 use crate::supervisor::{process, scheduler, signal};
-use crate::sweep::{self, PreRunSweep, SweepResult};
+use crate::sweep::docker::SweepResult;
+use crate::sweep::owned::{self, ContainerPick, OwnedSweep};
 use crate::teardown::{Backends, TeardownOptions};
 
 /// A run as it starts: recorded in the ledger, its backends connected.
@@ -39,12 +39,16 @@ struct Started {
     log_dir: PathBuf,
 }
 
-pub async fn run(
-    global: &GlobalSettings,
-    settings: &RunSettings,
-    reporter: &Arc<Reporter>,
-) -> Result<ExitStatus, Error> {
-    let events = reporter.events();
+/// How a run ended, for its report.
+struct Ending<'a> {
+    reports: &'a [TaskReport],
+    pre_run: Option<&'a SweepResult>,
+    status: ExitStatus,
+    interrupted_by: Option<Signal>,
+}
+
+pub async fn run(global: &GlobalSettings, settings: &RunSettings, session: &Session) -> Result<ExitStatus, Error> {
+    let events = session.events.clone();
     let started = start(global, settings, &events).await?;
     prepare_supervision();
     let third_press =
@@ -67,10 +71,11 @@ pub async fn run(
     context.teardowns.close();
     context.teardowns.wait().await;
     drop(context);
-    reporter.clear();
+    session.reporter.clear();
     let interrupted_by = shutdown.borrow().signal();
     let status = exit_status(&reports, interrupted_by);
-    finish(&started, global, settings, &reports, pre_run.as_ref(), status, interrupted_by).await?;
+    let ending = Ending { reports: &reports, pre_run: pre_run.as_ref(), status, interrupted_by };
+    finish(&started, global, settings, &ending, session).await?;
     Ok(status)
 }
 
@@ -151,16 +156,16 @@ async fn pre_run_cleanup(
     let Some(docker) = &started.docker else {
         return Ok(SweepResult::default());
     };
-    let sweep = PreRunSweep {
+    let sweep = OwnedSweep {
         selectors: &settings.benchmark.docker.selectors,
-        age: settings.cleanup_age,
-        states: &settings.cleanup_states,
-        own_run: &started.run_id,
+        pick: ContainerPick::OldOrInStates { age: settings.cleanup_age, states: settings.cleanup_states.clone() },
+        own_run: Some(&started.run_id),
         stop_timeout: teardown.stop_timeout,
+        dry_run: false,
         removal: teardown.removal.clone(),
     };
     let runs = started.ledger.runs().await?;
-    sweep::pre_run(docker, &runs, &sweep, &started.host, events).await
+    owned::pre_run(docker, &runs, &sweep, &started.host, events).await
 }
 
 fn run_context(
@@ -209,11 +214,10 @@ async fn finish(
     started: &Started,
     global: &GlobalSettings,
     settings: &RunSettings,
-    reports: &[TaskReport],
-    pre_run: Option<&SweepResult>,
-    status: ExitStatus,
-    interrupted_by: Option<Signal>,
+    ending: &Ending<'_>,
+    session: &Session,
 ) -> Result<(), Error> {
+    let Ending { reports, pre_run, status, interrupted_by } = *ending;
     let report_path = settings.report.clone().unwrap_or_else(|| started.log_dir.join("report.json"));
     let report = RunReport {
         run_id: &started.run_id,
@@ -224,6 +228,7 @@ async fn finish(
         exit_code: status.code(),
         interrupted_by: interrupted_by.map(|signal| signal.to_string()),
         pre_run_sweep: pre_run,
+        backends: session.metrics.backend_figures(),
         tasks: reports,
     };
     write_report(&report_path, &report)?;
@@ -240,6 +245,7 @@ async fn finish(
     } else {
         started.ledger.end_run(&started.run_id, run_outcome(status)).await?;
     }
+    session.write_metrics(settings.metrics_file.as_deref(), global).await?;
     eprintln!("report: {}", report_path.display());
     Ok(())
 }
@@ -321,7 +327,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn run_ids_sort_by_time_and_look_like_the_design() {
+    fn run_ids_sort_by_time_and_read_like_20261129_2304_k3f9() {
         let id = new_run_id();
         assert_eq!(id.len(), "20261129-2304-k3f9".len(), "{id}");
         assert_eq!(&id[8..9], "-");

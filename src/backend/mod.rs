@@ -14,7 +14,7 @@ use futures_util::stream::{self, StreamExt};
 
 use crate::events::{Events, RemovalEvent};
 use crate::resource::{RemovalError, RemovalOutcome, RemovalReport, ResourceRef};
-use crate::retry::{Failure, RetryPolicy, Success};
+use crate::retry::{Call, Failure, RetryPolicy, Success};
 
 /// Removals at once, unless the user says otherwise (`--parallel`).
 pub const DEFAULT_PARALLEL: usize = 16;
@@ -82,7 +82,8 @@ async fn remove_one<R: Remover>(
     events: &Events,
 ) -> RemovalOutcome {
     let what = format!("remove {resource}");
-    match options.retry.run(&what, events, || remover.remove_once(resource)).await {
+    let call = Call { what: &what, service: resource.kind.service(), kind: Some(resource.kind) };
+    match options.retry.run(call, events, || remover.remove_once(resource)).await {
         Ok((Success::Done(()), attempts)) => RemovalOutcome::Removed { attempts },
         Ok((Success::AlreadyDone, attempts)) => RemovalOutcome::AlreadyGone { attempts },
         Err(Failure { error, attempts, class }) => {

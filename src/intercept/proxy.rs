@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
+use crate::events::{Event, Events};
 use crate::ledger::Ledger;
 use crate::net::http::{error_response, Buffered, Framing, Head, HttpError};
 use crate::net::{BoxRead, BoxWrite, Upstream};
@@ -68,11 +69,13 @@ pub(crate) struct Recorder {
     pub(crate) run_id: String,
     pub(crate) task_id: String,
     pub(crate) ledger: Ledger,
+    pub(crate) events: Events,
 }
 
 impl Recorder {
     async fn record(&self, resource: ResourceRef) {
         let kind = resource.kind;
+        self.events.emit(Event::Created { resource: &resource });
         // Committed before the client learns the id: a crash from here on leaves a record.
         if let Err(error) = self.ledger.record_resources(&self.run_id, &self.task_id, vec![resource]).await {
             tracing::error!("task {}: cannot record a new {kind} in the ledger: {error}", self.task_id);

@@ -32,13 +32,15 @@ pub(super) fn log(event: &Event<'_>) {
         },
         Event::Removal(RemovalEvent::Found { resource }) => tracing::debug!("found {resource}"),
         Event::Removal(_) => {}
-        Event::Retrying { what, attempt, attempts, error, delay } => {
+        Event::Retrying { call, attempt, attempts, error, delay } => {
+            let what = call.what;
             let delay = std::time::Duration::from_millis(delay.as_millis() as u64);
             tracing::warn!(
                 "{what}: attempt {attempt}/{attempts} failed: {error}; retrying in {}",
                 humantime::format_duration(delay)
             )
         }
+        Event::Created { resource } => tracing::debug!("created {resource}"),
         Event::Protected { resource, reason } => tracing::info!("leaving {resource} alone: {reason}"),
         Event::WouldRemove { resource } => tracing::info!("would remove {resource}"),
         Event::Leaked { resource } => tracing::error!("leaked: {resource} is still there after teardown"),
@@ -49,6 +51,7 @@ pub(super) fn log(event: &Event<'_>) {
                 );
             }
         }
+        Event::SweepFinished { .. } | Event::SweepFailed { .. } | Event::SweepStopping { .. } => log_sweep(event),
         Event::Orphan(orphan) => log_orphan(orphan),
     }
 }
@@ -109,5 +112,29 @@ fn log_orphan(event: &OrphanEvent<'_>) {
                 tracing::info!("recovered {runs} orphaned run(s) before starting");
             }
         }
+    }
+}
+
+fn log_sweep(event: &Event<'_>) {
+    match event {
+        Event::SweepFinished { round: Some(round), counts, seconds, .. } => tracing::info!(
+            "sweep {round}: {} orphaned run(s) recovered; {} removed, {} would go (dry run), {} failed, \
+             {} still being deleted, {} left alone ({seconds:.1}s)",
+            counts.recovered_runs,
+            counts.removed,
+            counts.would_remove,
+            counts.failed,
+            counts.pending,
+            counts.protected
+        ),
+        Event::SweepFinished { round: None, .. } => {}
+        Event::SweepFailed { round, error } => {
+            tracing::error!("sweep {round} failed: {error}; the next round tries again")
+        }
+        Event::SweepStopping { signal, now: false } => {
+            tracing::warn!("{signal}: finishing this sweep, then exiting (again to exit at once)")
+        }
+        Event::SweepStopping { signal, now: true } => tracing::warn!("{signal} again: exiting now"),
+        _ => {}
     }
 }

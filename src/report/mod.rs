@@ -12,21 +12,16 @@ use std::sync::Arc;
 
 pub use terminal::{init_logging, Color, OutputSettings, Verbosity};
 
-use crate::events::{Event, EventSink, Events};
+use crate::events::{Event, EventSink};
 
 /// Turns the event stream into log lines and the terminal view.
-pub struct Reporter {
+pub(crate) struct Reporter {
     view: view::View,
 }
 
 impl Reporter {
-    pub fn new(output: &OutputSettings) -> Arc<Self> {
+    pub(crate) fn new(output: &OutputSettings) -> Arc<Self> {
         Arc::new(Reporter { view: view::View::new(output.progress) })
-    }
-
-    /// The handle the lower layers emit through, with this reporter listening.
-    pub fn events(self: &Arc<Self>) -> Events {
-        Events::new(Arc::clone(self) as Arc<dyn EventSink>)
     }
 
     /// Clears what the terminal view still draws, before a summary is printed.

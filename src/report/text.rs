@@ -8,12 +8,15 @@ use serde::Serialize;
 
 use crate::backend::daytona::Sandbox;
 use crate::backend::docker::Container;
+use crate::cleanup::{CleanupReport, Skipped};
 use crate::events::{TaskOutcome, TaskReport};
-use crate::ledger::RunRecord;
+use crate::ledger::{History, RunRecord};
+use crate::metrics::BackendFigures;
 use crate::owner::LabelledOwner;
 use crate::recover::RecoveredRun;
 use crate::resource::{short_id, RemovalOutcome, RemovalReport, ResourceRef};
-use crate::sweep::SweepResult;
+use crate::sweep::daytona::DaytonaSweepResult;
+use crate::sweep::docker::SweepResult;
 
 /// Formats an age for tables: `45s`, `12m`, `3h`, `2d`.
 pub(crate) fn format_age(seconds: i64) -> String {
@@ -92,6 +95,57 @@ pub(crate) fn sandbox_table(sandboxes: &[Sandbox], now: i64) -> String {
     table(&["ID", "NAME", "STATE", "AGE", "TARGET", "OWNER"], &rows)
 }
 
+/// Everything `cleanup all --list` found, containers first, in one table.
+pub(crate) fn resource_table(containers: &[Container], sandboxes: &[Sandbox], skipped: &[Skipped], now: i64) -> String {
+    let container_rows = containers.iter().map(|container| {
+        vec![
+            "docker".to_string(),
+            "container".to_string(),
+            short_id(&container.id).to_string(),
+            container.name.clone(),
+            container.state.clone(),
+            format_age(now - container.created),
+            LabelledOwner::column(&container.labels),
+        ]
+    });
+    let sandbox_rows = sandboxes.iter().map(|sandbox| {
+        vec![
+            "daytona".to_string(),
+            "sandbox".to_string(),
+            short_id(&sandbox.id).to_string(),
+            sandbox.name.clone().unwrap_or_default(),
+            sandbox.state.clone().unwrap_or_else(|| "?".to_string()),
+            sandbox.created_unix().map(|created| format_age(now - created)).unwrap_or_else(|| "?".to_string()),
+            LabelledOwner::column(&sandbox.labels),
+        ]
+    });
+    let rows: Vec<Vec<String>> = container_rows.chain(sandbox_rows).collect();
+    let mut text = table(&["BACKEND", "KIND", "ID", "NAME", "STATE", "AGE", "OWNER"], &rows);
+    text.push_str(&skipped_lines(skipped));
+    text
+}
+
+fn skipped_lines(skipped: &[Skipped]) -> String {
+    skipped.iter().map(|skipped| format!("{}: skipped: {}\n", skipped.backend, skipped.reason)).collect()
+}
+
+/// The closing lines of `cleanup all`: recovery, each backend's sweep, and
+/// which backend was skipped and why.
+pub(crate) fn cleanup_summary(report: &CleanupReport) -> String {
+    let mut text = match report.recovered.is_empty() {
+        true => "recovery: no orphaned runs\n".to_string(),
+        false => recovery_summary(&report.recovered),
+    };
+    if let Some(docker) = &report.docker {
+        text.push_str(&sweep_summary(docker));
+    }
+    if let Some(daytona) = &report.daytona {
+        text.push_str(&daytona_sweep_summary(daytona));
+    }
+    text.push_str(&skipped_lines(&report.skipped));
+    text
+}
+
 /// The closing lines of a Docker sweep: counts, then each failure with its reason.
 pub(crate) fn sweep_summary(result: &SweepResult) -> String {
     removal_summary(
@@ -99,6 +153,15 @@ pub(crate) fn sweep_summary(result: &SweepResult) -> String {
         result.dry_run,
         result.protected.len(),
     )
+}
+
+/// The closing lines of a Daytona sweep, with how to really delete after a dry run.
+pub(crate) fn daytona_sweep_summary(result: &DaytonaSweepResult) -> String {
+    let mut text = removal_summary(&[("sandboxes", &result.sandboxes)], result.dry_run, result.protected.len());
+    if result.dry_run && !result.sandboxes.results.is_empty() {
+        text.push_str("dry run: nothing was deleted; add --no-dry-run to delete\n");
+    }
+    text
 }
 
 /// Counts per kind (the first kind says when nothing matched), what was
@@ -162,6 +225,8 @@ pub(crate) struct RunReport<'a> {
     pub(crate) exit_code: i32,
     pub(crate) interrupted_by: Option<String>,
     pub(crate) pre_run_sweep: Option<&'a SweepResult>,
+    /// Per backend: removed, failed, retries and the removal success rate.
+    pub(crate) backends: BTreeMap<&'static str, BackendFigures>,
     pub(crate) tasks: &'a [TaskReport],
 }
 
@@ -253,6 +318,12 @@ pub(crate) fn recovery_summary(recovered: &[RecoveredRun]) -> String {
                 "  pending: {resource} is still being deleted; `benchwarden recover` checks again\n"
             ));
         }
+        for resource in &run.kept {
+            text.push_str(&format!(
+                "  kept: {resource}: its backend was not part of this recovery (no credentials, or a dry run); \
+                 the run stays open\n"
+            ));
+        }
     }
     text
 }
@@ -267,8 +338,33 @@ pub(crate) struct RunStatus {
     pub(crate) live_resources: Vec<ResourceRef>,
 }
 
-/// `status`: a row per run, and how to recover orphans if there are any.
-pub(crate) fn status_table(statuses: &[RunStatus], now: i64, state_dir: &std::path::Path) -> String {
+/// `status`: the runs, and what the ledger's history says of removals.
+#[derive(Debug, Serialize)]
+pub(crate) struct Status {
+    pub(crate) runs: Vec<RunStatus>,
+    /// Per backend: resources released over those released or failed, over the ledger's history.
+    pub(crate) removal_success_rates: BTreeMap<String, f64>,
+    /// How long ago the oldest resource still owned was recorded.
+    pub(crate) oldest_owned_resource_age_seconds: Option<i64>,
+}
+
+impl Status {
+    pub(crate) fn new(runs: Vec<RunStatus>, history: &History, now: i64) -> Self {
+        let removal_success_rates = history
+            .removals
+            .iter()
+            .filter(|(_, (released, failed))| released + failed > 0)
+            .map(|(backend, (released, failed))| (backend.clone(), *released as f64 / (released + failed) as f64))
+            .collect();
+        let oldest_owned_resource_age_seconds = history.oldest_owned.map(|created| (now - created).max(0));
+        Status { runs, removal_success_rates, oldest_owned_resource_age_seconds }
+    }
+}
+
+/// `status`: a row per run, the oldest resource still owned, and how to
+/// recover orphans if there are any.
+pub(crate) fn status_table(status: &Status, now: i64, state_dir: &std::path::Path) -> String {
+    let statuses = &status.runs;
     let rows: Vec<Vec<String>> = statuses
         .iter()
         .map(|status| {
@@ -284,6 +380,9 @@ pub(crate) fn status_table(statuses: &[RunStatus], now: i64, state_dir: &std::pa
         })
         .collect();
     let mut text = table(&["RUN", "BENCHMARK", "STATE", "OUTCOME", "PID", "AGE", "RESOURCES"], &rows);
+    if let Some(age) = status.oldest_owned_resource_age_seconds {
+        text.push_str(&format!("oldest resource still owned: recorded {} ago\n", format_age(age)));
+    }
     let orphans = statuses.iter().filter(|status| status.state == "orphaned").count();
     if orphans > 0 {
         text.push_str(&format!(

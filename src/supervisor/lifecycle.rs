@@ -492,7 +492,7 @@ mod tests {
             });
         }
         let seen = Arc::new(Seen::default());
-        let events = Events::new(seen.clone());
+        let events = Events::to_all(vec![seen.clone()]);
         let started = Instant::now();
         let watch = Watch { task: "t", time_limit, shutdown, events: &events };
         let lifecycle = stop_when_done(Lifecycle::new(Duration::from_secs(10)), &mut fake.clone(), &fake, watch).await;

@@ -247,8 +247,12 @@ impl Interceptors {
     ) -> Result<Self, TaskStartError> {
         // The pid label lets another state directory's cleanup tell that this run is alive.
         let labels = || owner_labels(&context.run_id, &spec.name, &context.host, std::process::id());
-        let recorder =
-            || Recorder { run_id: context.run_id.clone(), task_id: spec.name.clone(), ledger: context.ledger.clone() };
+        let recorder = || Recorder {
+            run_id: context.run_id.clone(),
+            task_id: spec.name.clone(),
+            ledger: context.ledger.clone(),
+            events: context.events.clone(),
+        };
         let mut interceptors = Interceptors { docker: None, daytona: None };
         if let Some(settings) = &context.docker_proxy {
             let proxy = DockerProxy::start_for_task(settings, labels(), recorder())

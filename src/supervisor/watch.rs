@@ -15,7 +15,7 @@ use bollard::query_parameters::EventsOptions;
 use futures_util::StreamExt;
 
 use crate::backend::docker::DockerBackend;
-use crate::events::{Events, TaskEvent};
+use crate::events::{Event, Events, TaskEvent};
 use crate::ledger::Ledger;
 use crate::owner::Claims;
 use crate::resource::{Kind, ResourceRef};
@@ -78,6 +78,7 @@ async fn follow(docker: DockerBackend, ledger: Ledger, registry: Registry, mut s
             for (task, run_id) in count(&registry, &id, &attributes, created, &events) {
                 let name = attributes.get("name").cloned().unwrap_or_default();
                 let resource = ResourceRef { kind: Kind::Container, id: id.clone(), name };
+                events.emit(Event::Created { resource: &resource });
                 if let Err(error) = ledger.record_resources(&run_id, &task, vec![resource]).await {
                     tracing::warn!("task {task}: cannot record a new container in the ledger: {error}");
                 }

@@ -570,7 +570,7 @@ async fn run_with_daytona_and_no_credentials_stops_before_any_task() {
     }
     let status = org.cli(&["status", "--json"]).await;
     status.assert_code(0);
-    assert_eq!(status.json(), serde_json::json!([]), "no run was recorded");
+    assert_eq!(status.json()["runs"], serde_json::json!([]), "no run was recorded");
     assert_eq!(org.server.stats().requests, 0);
 }
 
@@ -844,7 +844,7 @@ async fn after_benchwarden_is_sigkilled_recover_deletes_what_the_sdk_created() {
     // The ledger has both, unreleased, under an orphaned run.
     let status = org.cli(&["status", "--json"]).await;
     status.assert_code(0);
-    let runs = status.json();
+    let runs = status.json()["runs"].clone();
     let run =
         runs.as_array().unwrap().iter().find(|run| run["id"] == run_id.as_str()).unwrap_or_else(|| panic!("{runs}"));
     assert_eq!(run["state"], "orphaned", "{run}");
@@ -922,7 +922,7 @@ async fn a_sandbox_still_destroying_when_a_run_ends_keeps_the_run_open_for_recov
     let status = org.cli(&["status", "--json"]).await;
     status.assert_code(0);
     let runs: Value = serde_json::from_str(&status.stdout).unwrap();
-    assert_eq!(runs[0]["state"], "orphaned", "{status}");
+    assert_eq!(runs["runs"][0]["state"], "orphaned", "{status}");
     // `recover` (here its dry run, which does not wait out the stuck deletion) takes it up again.
     let recovered = org.cli(&["recover", "--dry-run", "--json"]).await;
     recovered.assert_code(0);

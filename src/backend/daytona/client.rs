@@ -8,11 +8,12 @@ use std::time::Duration;
 use super::config::{Credentials, DaytonaConfig};
 use super::model::{DaytonaError, ListAnswer, Sandbox};
 use super::pacer::{retry_after, Pacer};
-use crate::errors::{error_chain, Error};
+use crate::errors::{error_chain, Error, Service};
 use crate::events::Events;
-use crate::retry::{RetryPolicy, Success};
+use crate::retry::{Call, RetryPolicy, Success};
 
 const PAGE_LIMIT: u32 = 200;
+const LIST_CALL: Call<'static> = Call { what: "list sandboxes", service: Service::Daytona, kind: None };
 
 /// Retries of one page of the sandbox list.
 fn list_retry() -> RetryPolicy {
@@ -96,7 +97,7 @@ impl DaytonaBackend {
             }
             // A page lost to a 5xx, a reset or a timeout is asked for again; a 429 waits as told.
             let fetched = list_retry()
-                .run("list sandboxes", &self.events, || async {
+                .run(LIST_CALL, &self.events, || async {
                     let response =
                         self.send(AUTHENTICATED, self.request(reqwest::Method::GET, "/sandbox").query(&query)).await?;
                     response

@@ -1,21 +1,18 @@
-//! Cleanup by policy: which containers a selection (state, age, labels)
-//! picks, which are protected because a live run owns them, and removal of
-//! the picked ones followed by the networks and volumes they leave unused.
-//! Also the sweep before a run: leftovers that benchwarden or the
-//! benchmark's selectors claim, past the cleanup age or in a listed state.
+//! Docker sweeps: which containers a selection (state, age, labels) picks,
+//! removal of the picked ones (those a live run owns are protected by the
+//! caller's verdict), then of the networks and volumes they leave unused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::{plan, Protected, Verdict};
 use crate::backend::docker::{Container, ContainerQuery, DockerBackend};
 use crate::backend::{remove_all, RemovalOptions};
-use crate::config::Selector;
 use crate::errors::Error;
 use crate::events::{Event, Events, RemovalEvent};
-use crate::ledger::RunRecord;
-use crate::owner::{protected_by_live_run, template_claims, COMPOSE_PROJECT_LABEL, LABEL_RUN};
+use crate::owner::COMPOSE_PROJECT_LABEL;
 use crate::resource::{LabelSelector, RemovalOutcome, RemovalReport, ResourceRef};
 
 /// Which containers a sweep picks. Every set filter must match.
@@ -50,23 +47,6 @@ pub(crate) struct DockerSweep {
     pub(crate) volumes: bool,
     pub(crate) dry_run: bool,
     pub(crate) removal: RemovalOptions,
-}
-
-/// What a sweep does with one listed container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    /// Not selected.
-    Skip,
-    /// Selected, but a live run owns it: left alone, and said so.
-    Protect(String),
-    Take,
-}
-
-/// A container left alone because a run that is still alive owns it.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Protected {
-    pub(crate) resource: ResourceRef,
-    pub(crate) reason: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -118,14 +98,6 @@ pub(crate) async fn sweep_docker(
     };
     let (networks, volumes) = sweep_unused_networks_and_volumes(backend, sweep, &picked, &containers, events).await?;
     Ok(SweepResult { dry_run: sweep.dry_run, containers, networks, volumes, protected })
-}
-
-/// A dry run's report, each resource told as one that would go.
-fn plan(resources: Vec<ResourceRef>, events: &Events) -> RemovalReport {
-    for resource in &resources {
-        events.emit(Event::WouldRemove { resource });
-    }
-    RemovalReport::planned(resources)
 }
 
 /// Which networks and volumes a sweep's container removals leave unused:
@@ -209,123 +181,4 @@ async fn sweep_unused_networks_and_volumes(
     let networks = remove_all(&remover, networks, &sweep.removal, events).await;
     let volumes = remove_all(&remover, volumes, &sweep.removal, events).await;
     Ok((networks, volumes))
-}
-
-/// The sweep before a run: what it may take.
-#[derive(Debug, Clone)]
-pub(crate) struct PreRunSweep<'a> {
-    /// The benchmark's selectors, as templates: they claim leftovers of any of its runs.
-    pub(crate) selectors: &'a [Selector],
-    /// Claimed leftovers created longer ago than this go.
-    pub(crate) age: Duration,
-    /// Claimed leftovers in these states go whatever their age.
-    pub(crate) states: &'a [String],
-    /// The run about to start, which is alive but owns nothing yet.
-    pub(crate) own_run: &'a str,
-    pub(crate) stop_timeout: Option<Duration>,
-    pub(crate) removal: RemovalOptions,
-}
-
-impl PreRunSweep<'_> {
-    /// What happens to one container. `live_runs` are the ids of the other
-    /// runs that are alive; `runs` is the ledger, for the liveness of runs
-    /// known by their labels.
-    pub(crate) fn verdict(
-        &self,
-        container: &Container,
-        now: i64,
-        runs: &[RunRecord],
-        live_runs: &[&str],
-        host: &str,
-    ) -> Verdict {
-        let by_label = container.labels.contains_key(LABEL_RUN);
-        let by_selector = self.selectors.iter().any(|selector| template_claims(selector, &container.labels, None));
-        if !by_label && !by_selector {
-            return Verdict::Skip;
-        }
-        let old = container.created <= now - self.age.as_secs() as i64;
-        if !old && !self.states.contains(&container.state) {
-            return Verdict::Skip;
-        }
-        if let Some(reason) = protected_by_live_run(&container.labels, runs, host) {
-            return Verdict::Protect(reason);
-        }
-        let claimed_by_live_run = live_runs
-            .iter()
-            .find(|run| self.selectors.iter().any(|selector| template_claims(selector, &container.labels, Some(run))));
-        match claimed_by_live_run {
-            Some(run) => Verdict::Protect(format!("claimed by run {run}, which is still alive")),
-            None => Verdict::Take,
-        }
-    }
-}
-
-/// Sweeps claimed leftovers before a run, never touching a live run's
-/// containers, and tells the counts.
-pub(crate) async fn pre_run(
-    docker: &DockerBackend,
-    runs: &[RunRecord],
-    sweep: &PreRunSweep<'_>,
-    host: &str,
-    events: &Events,
-) -> Result<SweepResult, Error> {
-    let live_runs: Vec<&str> = runs
-        .iter()
-        .filter(|run| run.ended_at.is_none() && run.is_alive(host) && run.id != sweep.own_run)
-        .map(|run| run.id.as_str())
-        .collect();
-    let now = crate::clock::now_unix();
-    let docker_sweep = DockerSweep {
-        selection: ContainerSelection::default(),
-        stop_timeout: sweep.stop_timeout,
-        volumes: false,
-        dry_run: false,
-        removal: sweep.removal.clone(),
-    };
-    let result =
-        sweep_docker(docker, &docker_sweep, events, |container| sweep.verdict(container, now, runs, &live_runs, host))
-            .await?;
-    events.emit(Event::PreRunSweepFinished {
-        removed: result.containers.removed() + result.containers.already_gone(),
-        failed: result.failed(),
-        protected: result.protected.len(),
-    });
-    Ok(result)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn container(labels: &[(&str, &str)], state: &str, created: i64) -> Container {
-        Container {
-            id: "c".into(),
-            name: "n".into(),
-            image: "i".into(),
-            state: state.into(),
-            created,
-            labels: labels.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),
-            compose_project: None,
-        }
-    }
-
-    #[test]
-    fn the_pre_run_sweep_takes_old_or_listed_claimed_leftovers_and_spares_live_runs() {
-        let selectors = [Selector::Label("bench.owner={run_id}.{task}".into())];
-        let states = ["exited".to_string()];
-        let sweep = PreRunSweep {
-            selectors: &selectors,
-            age: Duration::from_secs(100),
-            states: &states,
-            own_run: "mine",
-            stop_timeout: None,
-            removal: RemovalOptions { parallel: 1, fail_fast: false, retry: Default::default() },
-        };
-        let verdict = |container: &Container| sweep.verdict(container, 1000, &[], &["live"], "here");
-        assert_eq!(verdict(&container(&[], "exited", 0)), Verdict::Skip, "claimed by nobody");
-        assert_eq!(verdict(&container(&[("bench.owner", "old.a")], "running", 950)), Verdict::Skip, "young");
-        assert_eq!(verdict(&container(&[("bench.owner", "old.a")], "running", 100)), Verdict::Take);
-        assert_eq!(verdict(&container(&[("bench.owner", "old.a")], "exited", 950)), Verdict::Take, "listed state");
-        assert!(matches!(verdict(&container(&[("bench.owner", "live.a")], "exited", 0)), Verdict::Protect(_)));
-    }
 }

@@ -1,0 +1,228 @@
+//! One cleanup for everything, as `cleanup all` and each round of `sweep`
+//! run it: recover orphaned runs, then sweep what benchmarks own on each
+//! backend. By default exited containers and stopped sandboxes older than a
+//! day go; `aggressive` takes running containers too, and any sandbox
+//! older than an hour. Docker acts unless it is a dry run; Daytona is a dry
+//! run unless asked otherwise, because its organisation may be shared.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backend::daytona::DaytonaBackend;
+use crate::backend::docker::DockerBackend;
+use crate::backend::{RemovalOptions, DEFAULT_PARALLEL};
+use crate::config::Selector;
+use crate::errors::{Error, ErrorClass, ExitStatus, Service};
+use crate::events::Events;
+use crate::events::SweepCounts;
+use crate::ledger::Ledger;
+use crate::recover::{recover_orphans, OrphanSource, RecoveredRun};
+use crate::resource::{RemovalOutcome, RemovalReport};
+use crate::retry::RetryPolicy;
+use crate::sweep::daytona::{sweep_daytona, DaytonaSweep, DaytonaSweepResult, SandboxOwners, SandboxSelection};
+use crate::sweep::docker::SweepResult;
+use crate::sweep::owned::{sweep_owned, ContainerPick, OwnedSweep};
+use crate::teardown::{Backends, TeardownOptions};
+
+/// Sandbox deletions in flight at once; the rate-limit headers pace them further.
+pub(crate) const SANDBOX_PARALLEL: usize = 32;
+const DAY: Duration = Duration::from_secs(86_400);
+const HOUR: Duration = Duration::from_secs(3_600);
+
+/// What a cleanup of both backends takes, and how.
+#[derive(Debug, Clone)]
+pub(crate) struct CleanupPolicy {
+    pub(crate) aggressive: bool,
+    /// The benchmark files' selectors: what they claim is benchmark-owned too.
+    pub(crate) selectors: Vec<Selector>,
+    pub(crate) docker_dry_run: bool,
+    pub(crate) daytona_dry_run: bool,
+    pub(crate) fail_fast: bool,
+    pub(crate) retry: RetryPolicy,
+}
+
+impl CleanupPolicy {
+    fn container_pick(&self) -> ContainerPick {
+        if self.aggressive {
+            ContainerPick::Any
+        } else {
+            ContainerPick::Exited
+        }
+    }
+
+    fn sandbox_selection(&self) -> SandboxSelection {
+        let owners = SandboxOwners::ThisHost { selectors: self.selectors.clone() };
+        match self.aggressive {
+            true => SandboxSelection { owners, stopped: false, older_than: Some(HOUR) },
+            false => SandboxSelection { owners, stopped: true, older_than: Some(DAY) },
+        }
+    }
+
+    fn removal(&self, parallel: usize) -> RemovalOptions {
+        RemovalOptions { parallel, fail_fast: self.fail_fast, retry: self.retry.clone() }
+    }
+}
+
+/// The backends a cleanup works on; a missing one was skipped, for `why`.
+pub(crate) struct Targets<'a> {
+    pub(crate) docker: Result<&'a DockerBackend, String>,
+    pub(crate) daytona: Result<&'a DaytonaBackend, String>,
+}
+
+/// A backend left out of a cleanup, and why.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Skipped {
+    pub(crate) backend: &'static str,
+    pub(crate) reason: String,
+}
+
+/// What one cleanup of both backends did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct CleanupReport {
+    pub(crate) recovered: Vec<RecoveredRun>,
+    pub(crate) docker: Option<SweepResult>,
+    pub(crate) daytona: Option<DaytonaSweepResult>,
+    pub(crate) skipped: Vec<Skipped>,
+}
+
+impl CleanupReport {
+    /// Every removal report, with what it removed.
+    fn reports(&self) -> Vec<&RemovalReport> {
+        let docker = self.docker.iter().flat_map(|sweep| [&sweep.containers, &sweep.networks, &sweep.volumes]);
+        docker.chain(self.daytona.iter().map(|sweep| &sweep.sandboxes)).collect()
+    }
+
+    pub(crate) fn counts(&self) -> SweepCounts {
+        let reports = self.reports();
+        let sum = |count: fn(&RemovalReport) -> usize| reports.iter().map(|report| count(report)).sum::<usize>();
+        let protected = self.docker.as_ref().map_or(0, |sweep| sweep.protected.len())
+            + self.daytona.as_ref().map_or(0, |sweep| sweep.protected.len());
+        SweepCounts {
+            recovered_runs: self.recovered.iter().filter(|run| !run.dry_run).count(),
+            removed: sum(|report| report.removed() + report.already_gone()),
+            would_remove: sum(RemovalReport::would_remove),
+            failed: sum(RemovalReport::failed),
+            pending: sum(RemovalReport::pending),
+            protected,
+        }
+    }
+
+    /// Refused credentials (2) before anything recovery failed to remove (3),
+    /// before a failed or unfinished removal (1). What a dry run or a
+    /// skipped backend kept is said, not failed.
+    pub(crate) fn exit_status(&self) -> ExitStatus {
+        let failures = self.reports().into_iter().flat_map(|report| report.results.iter());
+        let denied = failures
+            .filter_map(|(_, outcome)| match outcome {
+                RemovalOutcome::Failed { error, .. } => Some(error.class),
+                _ => None,
+            })
+            .any(|class| class == ErrorClass::Denied);
+        let left = self.recovered.iter().any(|run| !run.leaked.is_empty() || !run.pending.is_empty());
+        let counts = self.counts();
+        if denied {
+            ExitStatus::Usage
+        } else if left {
+            ExitStatus::Leaked
+        } else if counts.failed > 0 || counts.pending > 0 {
+            ExitStatus::Failure
+        } else {
+            ExitStatus::Success
+        }
+    }
+}
+
+/// Recovers orphaned runs, then sweeps what benchmarks own on each backend
+/// that is not skipped.
+pub(crate) async fn clean_up(
+    targets: &Targets<'_>,
+    ledger: &Ledger,
+    policy: &CleanupPolicy,
+    host: &str,
+    events: &Events,
+) -> Result<CleanupReport, Error> {
+    let mut report = CleanupReport::default();
+    for (service, target) in
+        [(Service::Docker, targets.docker.as_ref().err()), (Service::Daytona, targets.daytona.as_ref().err())]
+    {
+        if let Some(reason) = target {
+            report.skipped.push(Skipped { backend: service.as_str(), reason: reason.clone() });
+        }
+    }
+    report.recovered = recover(targets, ledger, policy, events).await?;
+    let runs = ledger.runs().await?;
+    if let Ok(docker) = targets.docker {
+        let sweep = OwnedSweep {
+            selectors: &policy.selectors,
+            pick: policy.container_pick(),
+            own_run: None,
+            stop_timeout: None,
+            dry_run: policy.docker_dry_run,
+            removal: policy.removal(DEFAULT_PARALLEL),
+        };
+        report.docker = Some(sweep_owned(docker, &runs, &sweep, host, events).await?);
+    }
+    if let Ok(daytona) = targets.daytona {
+        let sweep = DaytonaSweep {
+            selection: policy.sandbox_selection(),
+            dry_run: policy.daytona_dry_run,
+            removal: policy.removal(SANDBOX_PARALLEL),
+        };
+        report.daytona = Some(sweep_daytona(daytona, &sweep, &runs, host, events).await?);
+    }
+    Ok(report)
+}
+
+/// Recovers orphaned runs with the backends that act: a backend in a dry
+/// run, or skipped, is left out, so a run that owns something there stays
+/// open. With no backend acting, recovery only says what it would do.
+async fn recover(
+    targets: &Targets<'_>,
+    ledger: &Ledger,
+    policy: &CleanupPolicy,
+    events: &Events,
+) -> Result<Vec<RecoveredRun>, Error> {
+    let docker = targets.docker.as_ref().ok().copied().filter(|_| !policy.docker_dry_run);
+    let daytona = targets.daytona.as_ref().ok().copied().filter(|_| !policy.daytona_dry_run);
+    let dry_run = docker.is_none() && daytona.is_none();
+    // A plan lists what every reachable backend holds, dry or not.
+    let backends = match dry_run {
+        true => {
+            Backends { docker: targets.docker.as_ref().ok().copied(), daytona: targets.daytona.as_ref().ok().copied() }
+        }
+        false => Backends { docker, daytona },
+    };
+    let options = TeardownOptions { removal: policy.removal(DEFAULT_PARALLEL), stop_timeout: None };
+    recover_orphans(backends, ledger, &options, dry_run, OrphanSource::Ledger, events).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(aggressive: bool) -> CleanupPolicy {
+        CleanupPolicy {
+            aggressive,
+            selectors: Vec::new(),
+            docker_dry_run: false,
+            daytona_dry_run: true,
+            fail_fast: false,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn the_default_takes_exited_containers_and_old_stopped_sandboxes_and_aggressive_takes_more() {
+        let gentle = policy(false);
+        assert_eq!(gentle.container_pick(), ContainerPick::Exited);
+        let selection = gentle.sandbox_selection();
+        assert!(selection.stopped);
+        assert_eq!(selection.older_than, Some(DAY));
+        let aggressive = policy(true);
+        assert_eq!(aggressive.container_pick(), ContainerPick::Any);
+        let selection = aggressive.sandbox_selection();
+        assert!(!selection.stopped);
+        assert_eq!(selection.older_than, Some(HOUR));
+    }
+}
