@@ -75,11 +75,10 @@ pub(crate) enum Event<'a> {
         round: u64,
         error: &'a str,
     },
-    /// SIGINT or SIGTERM reached `sweep`: `now` when it exits at once,
-    /// else it finishes the current round first.
+    /// SIGINT or SIGTERM reached `sweep`.
     SweepStopping {
         signal: Signal,
-        now: bool,
+        when: StopWhen,
     },
     /// A sweep before a run ended with these counts.
     PreRunSweepFinished {
@@ -113,6 +112,17 @@ pub(crate) struct SweepCounts {
     pub(crate) pending: usize,
     /// Left alone because a live run owns them.
     pub(crate) protected: usize,
+}
+
+/// When a stopped `sweep` exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopWhen {
+    /// No round was running: at once.
+    BetweenRounds,
+    /// Once the round in progress has finished.
+    AfterThisRound,
+    /// At once, though a round was running: the second press.
+    Now,
 }
 
 /// Which press of Ctrl-C (or SIGTERM, SIGHUP) a shutdown request is.

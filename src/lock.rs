@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -62,7 +62,7 @@ fn read_holder(file: &mut File) -> String {
     text.trim().to_string()
 }
 
-fn held_message(path: &PathBuf, purpose: &str, holder: &str) -> String {
+fn held_message(path: &Path, purpose: &str, holder: &str) -> String {
     let holder = if holder.is_empty() { "another process".to_string() } else { holder.to_string() };
     format!(
         "another {purpose} is running ({holder}; lock {}): only one runs at a time on a host; \

@@ -70,10 +70,8 @@ pub(crate) struct BackendFigures {
 impl Tally {
     fn count(&mut self, event: &Event<'_>) {
         match event {
-            Event::Created { resource } => {
-                if self.seen.insert((resource.kind, resource.id.clone())) {
-                    *self.created.entry((resource.kind.service(), resource.kind)).or_default() += 1;
-                }
+            Event::Created { resource } if self.seen.insert((resource.kind, resource.id.clone())) => {
+                *self.created.entry((resource.kind.service(), resource.kind)).or_default() += 1;
             }
             Event::Removal(RemovalEvent::Outcome { resource, outcome }) => {
                 let key = (resource.kind.service(), resource.kind);
@@ -159,7 +157,7 @@ impl Metrics {
             .collect();
         let tasks = tally.tasks.iter().map(|(outcome, count)| (labels(&[("outcome", outcome)]), *count)).collect();
         let last_sweep = tally.last_sweep.map(|at| (String::new(), at.max(0) as u64)).into_iter().collect();
-        let families: [(&str, &str, &str, Vec<(String, u64)>); 7] = [
+        let families: [Family; 7] = [
             ("resources_created_total", "counter", "Resources tasks created.", by_kind(&tally.created)),
             (
                 "resources_removed_total",
@@ -181,6 +179,9 @@ impl Metrics {
         text
     }
 }
+
+/// A metric family: its name (after `benchwarden_`), type, help, and samples (labels, value).
+type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
 
 /// Samples labelled by backend and kind.
 fn by_kind(counts: &BTreeMap<(Service, Kind), u64>) -> Vec<(String, u64)> {

@@ -13,7 +13,7 @@ use super::Session;
 use crate::cleanup::{clean_up, CleanupReport};
 use crate::clock::now_unix;
 use crate::errors::{error_chain, Error, ExitStatus};
-use crate::events::{Event, Events};
+use crate::events::{Event, Events, StopWhen};
 use crate::host;
 use crate::ledger::Ledger;
 use crate::lock::StateLock;
@@ -62,7 +62,7 @@ pub async fn sweep(global: &GlobalSettings, settings: &SweepSettings, session: &
         tokio::select! {
             _ = ticks.tick() => {}
             signal = stop.pressed() => {
-                events.emit(Event::SweepStopping { signal, now: false });
+                events.emit(Event::SweepStopping { signal, when: StopWhen::BetweenRounds });
                 break;
             }
         }
@@ -112,10 +112,10 @@ impl Sweeper<'_> {
 fn pressed_during_round(stop: &mut Stop, signal: Signal, events: &Events) {
     if stop.requested.is_none() {
         stop.requested = Some(signal);
-        events.emit(Event::SweepStopping { signal, now: false });
+        events.emit(Event::SweepStopping { signal, when: StopWhen::AfterThisRound });
         return;
     }
-    events.emit(Event::SweepStopping { signal, now: true });
+    events.emit(Event::SweepStopping { signal, when: StopWhen::Now });
     let code = if signal == Signal::SIGTERM { ExitStatus::Terminated } else { ExitStatus::Interrupted };
     std::process::exit(code.code());
 }

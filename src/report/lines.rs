@@ -3,7 +3,7 @@
 //! and progress are info, retries and stopped tasks warnings, anything
 //! left behind an error.
 
-use crate::events::{Event, OrphanEvent, Press, RemovalEvent, TaskEvent, TaskOutcome, TaskReport};
+use crate::events::{Event, OrphanEvent, Press, RemovalEvent, StopWhen, TaskEvent, TaskOutcome, TaskReport};
 use crate::resource::RemovalOutcome;
 
 pub(super) fn log(event: &Event<'_>) {
@@ -131,10 +131,13 @@ fn log_sweep(event: &Event<'_>) {
         Event::SweepFailed { round, error } => {
             tracing::error!("sweep {round} failed: {error}; the next round tries again")
         }
-        Event::SweepStopping { signal, now: false } => {
+        Event::SweepStopping { signal, when: StopWhen::BetweenRounds } => {
+            tracing::warn!("{signal}: no sweep in progress; exiting")
+        }
+        Event::SweepStopping { signal, when: StopWhen::AfterThisRound } => {
             tracing::warn!("{signal}: finishing this sweep, then exiting (again to exit at once)")
         }
-        Event::SweepStopping { signal, now: true } => tracing::warn!("{signal} again: exiting now"),
+        Event::SweepStopping { signal, when: StopWhen::Now } => tracing::warn!("{signal} again: exiting now"),
         _ => {}
     }
 }

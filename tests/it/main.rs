@@ -5,9 +5,13 @@
 mod common;
 
 mod architecture;
+mod cleanup_all;
 mod cleanup_docker;
 mod contract_server;
 mod daytona;
 mod docker_proxy;
+mod metrics;
 mod run;
 mod support;
+mod sweep;
+mod wrappers;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::common::{self, CliOutput, Running, TestScope, SCOPE_LABEL};
+use crate::common::{self, run_cli, CliOutput, Running, ScopedEngine, TestScope, SCOPE_LABEL};
 
 /// A benchmark file and its harness script, written for one test. The
 /// harness runs `case "$1"` over the given task bodies; `start_container`
@@ -77,6 +77,14 @@ fn fixture_processes(scope: &TestScope) -> Vec<u32> {
         }
     }
     found
+}
+
+/// `benchwarden ARGS` seeing the engine through `engine`: a pre-run sweep by
+/// a short age must not take what other tests (or people) left on the host.
+async fn scoped_cli(scope: &TestScope, engine: &ScopedEngine, args: &[&str]) -> CliOutput {
+    let mut command = scope.benchwarden();
+    command.args(args).env("DOCKER_HOST", engine.docker_host());
+    run_cli(command).await
 }
 
 /// Starts `benchwarden run` and waits until its harness says `ready`.
@@ -212,21 +220,22 @@ async fn after_sigkill_of_benchwarden_recover_removes_everything() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pre_run_sweep_takes_old_claimed_leftovers_unless_skipped() {
     let scope = TestScope::new("run-sweep").await;
+    let engine = ScopedEngine::start(&scope.label_arg());
     let fixture = fixture(&scope, &[("noop", "exit 0")], "");
     // A leftover of an earlier run that died without a ledger entry: claimed by the selector.
     let owner_key = format!("fixture.owner.{}", scope.id());
     let leftover = scope.running(&[(owner_key.as_str(), "20200101-0000-gone.noop")]).await;
     let unclaimed = scope.running(&[("fixture.other", "x")]).await;
 
-    let skipped = scope.cli(&["run", path(&fixture), "--skip-cleanup", "--cleanup-age", "0s"]).await;
+    let skipped = scoped_cli(&scope, &engine, &["run", path(&fixture), "--skip-cleanup", "--cleanup-age", "0s"]).await;
     skipped.assert_code(0);
     assert!(scope.leftovers().await.container_ids().contains(&leftover), "--skip-cleanup removed a leftover");
 
-    let young = scope.cli(&["run", path(&fixture), "--cleanup-days", "1"]).await;
+    let young = scoped_cli(&scope, &engine, &["run", path(&fixture), "--cleanup-days", "1"]).await;
     young.assert_code(0);
     assert!(scope.leftovers().await.container_ids().contains(&leftover), "--cleanup-days 1 removed a young leftover");
 
-    let swept = scope.cli(&["run", path(&fixture), "--cleanup-age", "0s"]).await;
+    let swept = scoped_cli(&scope, &engine, &["run", path(&fixture), "--cleanup-age", "0s"]).await;
     swept.assert_code(0);
     let left = scope.leftovers().await.container_ids();
     assert!(!left.contains(&leftover), "the old leftover survived the sweep\n{swept}");
@@ -242,7 +251,8 @@ async fn the_sweep_never_touches_a_live_runs_containers() {
     let before = scope.leftovers().await.container_ids();
     assert_eq!(before.len(), 1);
 
-    let second = scope.cli(&["run", path(&fixture), "--tasks", "noop", "--cleanup-age", "0s"]).await;
+    let engine = ScopedEngine::start(&scope.label_arg());
+    let second = scoped_cli(&scope, &engine, &["run", path(&fixture), "--tasks", "noop", "--cleanup-age", "0s"]).await;
     second.assert_code(0);
     assert_eq!(
         scope.leftovers().await.container_ids(),

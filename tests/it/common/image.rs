@@ -31,6 +31,14 @@ fn docker_address() -> String {
         .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
 }
 
+/// The engine's Unix socket (tests that proxy it need a unix `DOCKER_HOST`).
+pub(super) fn docker_socket() -> PathBuf {
+    let address = docker_address();
+    let path =
+        address.strip_prefix("unix://").unwrap_or_else(|| panic!("a unix DOCKER_HOST is needed here: {address}"));
+    PathBuf::from(path)
+}
+
 /// Connects to the engine (honouring `DOCKER_HOST`) and negotiates the API
 /// version. Panics with a clear message when the engine cannot be reached:
 /// these tests need it and must not pass without it.

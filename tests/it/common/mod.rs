@@ -7,17 +7,24 @@
 //!   the docker CLI;
 //! - `scope`: [`TestScope`], one test's labelled corner of the engine, and
 //!   what it leaves ([`Leftovers`]);
-//! - `python`: the virtualenv Python of docker-py and the Daytona SDK.
+//! - `daytona`: one test's Daytona organisation ([`daytona::Org`]) on a
+//!   contract server of its own;
+//! - `python`: the virtualenv Python of docker-py and the Daytona SDK;
+//! - `scoped`: [`ScopedEngine`], a socket whose listings show one test's
+//!   resources only, for commands that clean up host-wide by policy.
 //!
 //! Tests that need the engine panic with a clear message when it cannot be
 //! reached; nothing here skips silently.
 
 mod cli;
+pub mod daytona;
 mod image;
 mod python;
 mod scope;
+mod scoped;
 
 pub use cli::{benchwarden_command, benchwarden_command_in, docker_cli, run_cli, wait_cli, CliOutput, Running};
 pub use image::{busybox_path, connect, elf_is_dynamic, test_image};
 pub use python::venv_python;
 pub use scope::{leftovers, ContainerSpec, Leftovers, TestScope, COMPOSE_PROJECT, COMPOSE_SERVICE, SCOPE_LABEL};
+pub use scoped::ScopedEngine;
