@@ -169,7 +169,7 @@ pub(crate) async fn clean_up(
             dry_run: policy.daytona_dry_run,
             removal: policy.removal(SANDBOX_PARALLEL),
         };
-        report.daytona = Some(sweep_daytona(daytona, &sweep, &runs, host, events).await?);
+        report.daytona = Some(sweep_daytona(daytona, &sweep, &runs, Some(ledger), host, events).await?);
     }
     Ok(report)
 }

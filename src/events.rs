@@ -179,6 +179,9 @@ pub(crate) enum RemovalEvent<'a> {
     Found { resource: &'a ResourceRef },
     /// A batch of `total` removals that a person may want to follow.
     Started { what: &'a str, total: usize },
+    /// The service accepted a removal it finishes later (a Daytona delete);
+    /// its `Outcome` follows once it is seen through.
+    Accepted { resource: &'a ResourceRef },
     /// One resource's removal ended (or was not attempted, or is still pending).
     Outcome { resource: &'a ResourceRef, outcome: &'a RemovalOutcome },
     /// The batch announced by the last `Started` is over.

@@ -96,6 +96,16 @@ pub(crate) struct History {
     pub(crate) oldest_owned: Option<i64>,
 }
 
+/// `YYYYMMDD-HHMM-xxxx` in UTC: sortable, and unique enough with four random characters.
+pub(crate) fn new_run_id() -> String {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    // "2026-11-29T23:04:05Z"
+    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
+    let alphabet = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let suffix: String = (0..4).map(|_| alphabet[fastrand::usize(..alphabet.len())] as char).collect();
+    format!("{}-{}-{suffix}", &digits[..8], &digits[8..12])
+}
+
 /// A resource row.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ResourceRecord {
@@ -173,6 +183,27 @@ impl Ledger {
         })
         .await
         .map(drop)
+    }
+
+    /// Records sandboxes whose deletion a cleanup started but did not see
+    /// finish, under a run of their own (`cleanup-…`) that this process
+    /// owns: once it exits, the run is orphaned, and `recover` (or the next
+    /// cleanup or run) finishes the deletions. Returns the run's id.
+    pub(crate) async fn record_pending_cleanup(&self, resources: Vec<ResourceRef>) -> Result<String, Error> {
+        let run = RunRecord {
+            id: format!("cleanup-{}", new_run_id()),
+            pid: std::process::id(),
+            start_time: host::process_start_time(std::process::id()),
+            host: host::host_name(),
+            benchmark: "(pending deletions of a cleanup)".to_string(),
+            started_at: now_unix(),
+            ended_at: None,
+            outcome: None,
+        };
+        let run_id = run.id.clone();
+        self.start_run(run).await?;
+        self.record_resources(&run_id, "cleanup", resources).await?;
+        Ok(run_id)
     }
 
     /// Records a run known only from labels (its ledger was lost), so that
@@ -412,6 +443,15 @@ mod tests {
 
     fn container(id: &str) -> ResourceRef {
         ResourceRef { kind: Kind::Container, id: id.to_string(), name: format!("name-{id}") }
+    }
+
+    #[test]
+    fn run_ids_sort_by_time_and_read_like_20261129_2304_k3f9() {
+        let id = new_run_id();
+        assert_eq!(id.len(), "20261129-2304-k3f9".len(), "{id}");
+        assert_eq!(&id[8..9], "-");
+        assert_eq!(&id[13..14], "-");
+        assert_ne!(new_run_id(), new_run_id());
     }
 
     #[tokio::test]

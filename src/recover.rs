@@ -132,7 +132,7 @@ async fn plan_recovery(
     claims: &Claims,
     events: &Events,
 ) -> Result<RecoveredRun, Error> {
-    let found = teardown::discover(backends, ledger, claims, events).await?;
+    let found = teardown::discover(backends, ledger, claims).await?;
     for resource in &found {
         events.emit(Event::WouldRemove { resource });
     }

@@ -42,7 +42,7 @@ pub struct GlobalSettings {
     /// The Docker daemon, from `DOCKER_HOST` and `DOCKER_TLS_VERIFY`.
     pub(crate) docker: DockerEndpoint,
     /// Daytona as the environment describes it, or why it cannot be used.
-    pub(crate) daytona: Result<DaytonaConfig, String>,
+    pub(crate) daytona: DaytonaAccess,
 }
 
 impl GlobalSettings {
@@ -72,13 +72,8 @@ impl GlobalSettings {
             retry_flags: RetryFlags { retries: args.retries, first_delay: args.retry_delay },
             output: OutputSettings::resolve(verbosity, color, no_color),
             docker: DockerEndpoint::new(var("DOCKER_HOST").as_deref(), var("DOCKER_TLS_VERIFY").as_deref()),
-            daytona: daytona_config(&DaytonaSection::default()).map_err(|error| error.to_string()),
+            daytona: daytona_access(&DaytonaSection::default(), "-"),
         })
-    }
-
-    /// Daytona's configuration, for the commands that cannot do without it.
-    pub(crate) fn require_daytona(&self) -> Result<DaytonaConfig, Error> {
-        self.daytona.clone().map_err(Error::Usage)
     }
 }
 
@@ -101,38 +96,98 @@ fn resolve_state_dir(flag: Option<PathBuf>) -> Result<PathBuf, Error> {
     Err(Error::usage("cannot find a state directory: HOME is not set; pass --state-dir or set BENCHWARDEN_STATE_DIR"))
 }
 
+/// Daytona as the environment (and the benchmark file) describe it.
+#[derive(Debug, Clone)]
+pub(crate) enum DaytonaAccess {
+    Ready(DaytonaConfig),
+    /// No credentials: commands that need Daytona stop with this message;
+    /// the others leave Daytona out and say so.
+    NoCredentials(String),
+    /// Credentials, but something else is malformed (the API URL, a token
+    /// without its organisation): every command that would use Daytona stops.
+    Invalid(String),
+}
+
+impl DaytonaAccess {
+    /// The configuration, or a usage error for a command that cannot do without it.
+    pub(crate) fn required(&self) -> Result<DaytonaConfig, Error> {
+        match self {
+            DaytonaAccess::Ready(config) => Ok(config.clone()),
+            DaytonaAccess::NoCredentials(message) | DaytonaAccess::Invalid(message) => Err(Error::usage(message)),
+        }
+    }
+
+    /// The configuration; `Ok(Err(why))` when there are no credentials, so
+    /// that Daytona is left out; a usage error when it is malformed.
+    pub(crate) fn optional(&self) -> Result<Result<DaytonaConfig, String>, Error> {
+        match self {
+            DaytonaAccess::Ready(config) => Ok(Ok(config.clone())),
+            DaytonaAccess::NoCredentials(why) => Ok(Err(why.clone())),
+            DaytonaAccess::Invalid(message) => Err(Error::usage(message)),
+        }
+    }
+}
+
 /// Reads `DAYTONA_API_KEY` (or the variable the benchmark file names; or
 /// `DAYTONA_JWT_TOKEN` with `DAYTONA_ORGANIZATION_ID`), `DAYTONA_API_URL`
 /// (falling back to the deprecated `DAYTONA_SERVER_URL`, then the public
 /// API) and `DAYTONA_TARGET`, as the official SDK does; the benchmark
-/// file's values win.
-fn daytona_config(section: &DaytonaSection) -> Result<DaytonaConfig, Error> {
+/// file's values win. `file` names the benchmark file, for messages.
+fn daytona_access(section: &DaytonaSection, file: &str) -> DaytonaAccess {
     let key_variable = section.api_key_env.as_deref().unwrap_or("DAYTONA_API_KEY");
     let credentials = match (var(key_variable), var("DAYTONA_JWT_TOKEN"), var("DAYTONA_ORGANIZATION_ID")) {
         (Some(key), _, _) => Credentials::ApiKey(key),
         (None, Some(token), Some(organization_id)) => Credentials::Jwt { token, organization_id },
         (None, Some(_), None) => {
-            return Err(Error::usage(
-                "DAYTONA_JWT_TOKEN is set without DAYTONA_ORGANIZATION_ID: set both, or set DAYTONA_API_KEY",
-            ))
+            return DaytonaAccess::Invalid(
+                "DAYTONA_JWT_TOKEN is set without DAYTONA_ORGANIZATION_ID: set both, or set DAYTONA_API_KEY"
+                    .to_string(),
+            )
         }
         (None, None, _) => {
-            return Err(Error::usage(format!(
+            return DaytonaAccess::NoCredentials(format!(
                 "no Daytona credentials: set {key_variable} (or DAYTONA_JWT_TOKEN and DAYTONA_ORGANIZATION_ID)"
-            )))
+            ))
         }
     };
-    let api_url = section
-        .api_url
-        .clone()
-        .or_else(|| var("DAYTONA_API_URL"))
-        .or_else(|| var("DAYTONA_SERVER_URL"))
-        .unwrap_or_else(|| DEFAULT_API_URL.to_string());
-    Ok(DaytonaConfig {
-        api_url: api_url.trim_end_matches('/').to_string(),
-        credentials,
-        target: section.target.clone().or_else(|| var("DAYTONA_TARGET")),
-    })
+    let (api_url, source) = match (&section.api_url, var("DAYTONA_API_URL"), var("DAYTONA_SERVER_URL")) {
+        (Some(url), _, _) => (url.clone(), format!("daytona.api_url in {file}")),
+        (None, Some(url), _) => (url, "DAYTONA_API_URL".to_string()),
+        (None, None, Some(url)) => (url, "DAYTONA_SERVER_URL".to_string()),
+        (None, None, None) => (DEFAULT_API_URL.to_string(), "the default API URL".to_string()),
+    };
+    match checked_api_url(&api_url, &source) {
+        Ok(api_url) => DaytonaAccess::Ready(DaytonaConfig {
+            api_url,
+            credentials,
+            target: section.target.clone().or_else(|| var("DAYTONA_TARGET")),
+        }),
+        Err(message) => DaytonaAccess::Invalid(message),
+    }
+}
+
+/// An API base URL, checked once here so that a typo is a usage error at
+/// start and not a network error retried for half a minute: http or https,
+/// with a host. `source` names where it came from. Any password in it is
+/// masked in the message.
+fn checked_api_url(url: &str, source: &str) -> Result<String, String> {
+    let problem = match reqwest::Url::parse(url.trim()) {
+        Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => format!("the scheme is {}", parsed.scheme()),
+        Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => "it names no host".to_string(),
+        Ok(parsed) => return Ok(parsed.as_str().trim_end_matches('/').to_string()),
+        Err(error) => error.to_string(),
+    };
+    let shown = match reqwest::Url::parse(url.trim()) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    };
+    Err(format!(
+        "{source} is not an http(s) URL of the Daytona API: {shown:?} ({problem}); set it to the API's base, \
+         e.g. {DEFAULT_API_URL}"
+    ))
 }
 
 pub(crate) fn parse_labels(texts: &[String]) -> Result<Vec<crate::resource::LabelSelector>, Error> {
@@ -383,7 +438,7 @@ impl RunSettings {
         };
         // Daytona enabled without credentials stops here, before anything is started or recorded.
         let daytona = match benchmark.daytona.as_ref().filter(|section| section.enabled) {
-            Some(section) => Some(run_daytona(section)?),
+            Some(section) => Some(run_daytona(section, &source)?),
             None => None,
         };
         Ok(RunSettings {
@@ -512,8 +567,8 @@ fn retry_policy(benchmark: &Benchmark, global: &GlobalSettings) -> RetryPolicy {
     retry.allowing_calls_of(benchmark.docker.stop_timeout)
 }
 
-fn run_daytona(section: &DaytonaSection) -> Result<RunDaytona, Error> {
-    let config = daytona_config(section)?;
+fn run_daytona(section: &DaytonaSection, file: &str) -> Result<RunDaytona, Error> {
+    let config = daytona_access(section, file).required()?;
     let target = ApiTarget::parse(&config.api_url).map_err(Error::Usage)?;
     let proxy = DaytonaProxySettings {
         target,
@@ -547,6 +602,19 @@ fn materialize_smoke(state_dir: &Path) -> Result<PathBuf, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_urls_must_be_http_with_a_host_and_say_where_they_came_from() {
+        assert_eq!(checked_api_url("https://app.daytona.io/api/", "X").unwrap(), "https://app.daytona.io/api");
+        assert_eq!(checked_api_url("http://127.0.0.1:3000/api", "X").unwrap(), "http://127.0.0.1:3000/api");
+        for bad in ["not-a-url", "ftp://example.com/api", "/api", "http://", "https:///api", ""] {
+            let message = checked_api_url(bad, "DAYTONA_API_URL").unwrap_err();
+            assert!(message.starts_with("DAYTONA_API_URL is not an http(s) URL"), "{bad}: {message}");
+            assert!(message.contains(&format!("{bad:?}")), "{bad}: {message}");
+        }
+        let masked = checked_api_url("ftp://user:hunter2@example.com/api", "X").unwrap_err();
+        assert!(!masked.contains("hunter2") && masked.contains("***"), "{masked}");
+    }
 
     fn benchmark(tasks: &[&str]) -> Benchmark {
         let mut benchmark = adhoc_benchmark(vec!["true".into()]);

@@ -12,12 +12,11 @@ use serde::Serialize;
 use crate::backend::daytona::{remove_sandboxes, DaytonaBackend, DaytonaError, VERIFY_FOR};
 use crate::backend::docker::{Container, ContainerQuery, DockerBackend, DockerError};
 use crate::backend::{remove_all, RemovalOptions};
-use crate::errors::{Error, Service};
+use crate::errors::Error;
 use crate::events::{Event, Events, RemovalEvent};
 use crate::ledger::Ledger;
 use crate::owner::{Claims, COMPOSE_PROJECT_LABEL};
 use crate::resource::{Kind, LabelSelector, RemovalOutcome, RemovalReport, ResourceRef};
-use crate::retry::{Call, RetryPolicy, Success};
 
 /// Rounds of list-and-remove before what is still there counts as leaked.
 const TEARDOWN_ROUNDS: usize = 3;
@@ -67,14 +66,13 @@ pub(crate) async fn discover(
     backends: Backends<'_>,
     ledger: &Ledger,
     claims: &Claims,
-    events: &Events,
 ) -> Result<Vec<ResourceRef>, Error> {
     let mut found: BTreeSet<ResourceRef> = BTreeSet::new();
     if let Some(docker) = backends.docker {
         found.extend(discover_docker(docker, ledger, claims).await?);
     }
     if let Some(daytona) = backends.daytona {
-        found.extend(discover_sandboxes(daytona, ledger, claims, events).await?);
+        found.extend(discover_sandboxes(daytona, ledger, claims).await?);
     }
     // BTreeSet order is by kind: containers, networks, volumes, sandboxes.
     Ok(found.into_iter().collect())
@@ -85,7 +83,6 @@ async fn discover_sandboxes(
     daytona: &DaytonaBackend,
     ledger: &Ledger,
     claims: &Claims,
-    events: &Events,
 ) -> Result<Vec<ResourceRef>, Error> {
     let listing_failed = |error: DaytonaError| error.during("list sandboxes");
     let labels = claims.owner_labels().into_iter().filter_map(|label| Some((label.key, label.value?))).collect();
@@ -95,16 +92,11 @@ async fn discover_sandboxes(
         if record.resource.kind != Kind::Sandbox || found.contains(&record.resource) {
             continue;
         }
-        let what = format!("look up {}", record.resource);
-        let call = Call { what: &what, service: Service::Daytona, kind: Some(Kind::Sandbox) };
-        let looked_up = RetryPolicy::default().run(call, events, || daytona.get(&record.resource.id)).await;
-        match looked_up.map_err(|failure| listing_failed(failure.error))? {
-            (Success::Done(Some(_)), _) => {
+        match daytona.look_up(&record.resource.id).await.map_err(listing_failed)? {
+            Some(_) => {
                 found.insert(record.resource);
             }
-            (Success::Done(None) | Success::AlreadyDone, _) => {
-                ledger.record_outcomes(vec![(record.resource, 0, None)]).await?
-            }
+            None => ledger.record_outcomes(vec![(record.resource, 0, None)]).await?,
         }
     }
     Ok(found.into_iter().collect())
@@ -188,7 +180,7 @@ pub(crate) async fn teardown(
     let mut attempted: BTreeSet<ResourceRef> = BTreeSet::new();
     // A create already in flight when the harness was killed can still land after
     // the first listing, so list again until a round finds nothing new.
-    let mut found = discover(backends, ledger, claims, events).await?;
+    let mut found = discover(backends, ledger, claims).await?;
     for _round in 0..TEARDOWN_ROUNDS {
         let fresh: Vec<ResourceRef> = found.iter().filter(|resource| !attempted.contains(*resource)).cloned().collect();
         if fresh.is_empty() {
@@ -202,7 +194,7 @@ pub(crate) async fn teardown(
         ledger.record_outcomes(ledger_outcomes(&round)).await?;
         attempted.extend(fresh);
         removal.extend(round);
-        found = discover(backends, ledger, claims, events).await?;
+        found = discover(backends, ledger, claims).await?;
     }
     // Sandboxes whose deletion was accepted but has not finished are pending, not leaked.
     let pending = removal.resources(|outcome| matches!(outcome, RemovalOutcome::Pending { .. }));

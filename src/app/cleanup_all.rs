@@ -33,10 +33,12 @@ impl Connected {
             true => Ok(DockerBackend::connect(&global.docker).await?),
             false => Err("left out by --daytona-only".to_string()),
         };
-        let daytona = match (settings.backends.daytona, &global.daytona) {
-            (false, _) => Err("left out by --docker-only".to_string()),
-            (true, Err(why)) => Err(why.clone()),
-            (true, Ok(config)) => Ok(DaytonaBackend::new(config.clone(), events.clone())?),
+        let daytona = match settings.backends.daytona {
+            false => Err("left out by --docker-only".to_string()),
+            true => match global.daytona.optional()? {
+                Ok(config) => Ok(DaytonaBackend::new(config, global.retry.clone(), events.clone())?),
+                Err(why) => Err(why),
+            },
         };
         Ok(Connected { docker, daytona })
     }

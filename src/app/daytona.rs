@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{ledger_runs, print_json, print_stdout, Session};
+use super::{print_json, print_stdout, Session};
 use crate::backend::daytona::DaytonaBackend;
 use crate::backend::RemovalOptions;
 use crate::cleanup::SANDBOX_PARALLEL;
@@ -10,6 +10,7 @@ use crate::clock::now_unix;
 use crate::errors::{Error, ExitStatus};
 use crate::events::Events;
 use crate::host;
+use crate::ledger::Ledger;
 use crate::report::text;
 use crate::resource::RemovalReport;
 use crate::settings::{DaytonaCleanupSettings, GlobalSettings, ListSettings};
@@ -20,7 +21,7 @@ pub async fn list_daytona(
     settings: &ListSettings,
     events: &Events,
 ) -> Result<ExitStatus, Error> {
-    let backend = DaytonaBackend::new(global.require_daytona()?, events.clone())?;
+    let backend = DaytonaBackend::new(global.daytona.required()?, global.retry.clone(), events.clone())?;
     let filter = settings.labels.iter().filter_map(|label| Some((label.key.clone(), label.value.clone()?))).collect();
     let mut sandboxes = backend.list(&filter).await.map_err(|error| error.during("list sandboxes"))?;
     // The API filters by `K=V`; `K` alone is checked here.
@@ -44,6 +45,8 @@ struct CleanupResult<'a> {
     pending: usize,
     failed: usize,
     protected: Vec<&'a str>,
+    /// The ledger run holding the deletions still pending, which `recover` finishes.
+    pending_run: Option<&'a str>,
 }
 
 pub async fn cleanup_daytona(
@@ -52,7 +55,7 @@ pub async fn cleanup_daytona(
     session: &Session,
 ) -> Result<ExitStatus, Error> {
     let events = &session.events;
-    let backend = DaytonaBackend::new(global.require_daytona()?, events.clone())?;
+    let backend = DaytonaBackend::new(global.daytona.required()?, global.retry.clone(), events.clone())?;
     let sweep = DaytonaSweep {
         selection: settings.selection.clone(),
         dry_run: settings.dry_run,
@@ -62,8 +65,13 @@ pub async fn cleanup_daytona(
             retry: global.retry.clone(),
         },
     };
-    let runs = ledger_runs(global).await;
-    let result = sweep_daytona(&backend, &sweep, &runs, &host::host_name(), events).await?;
+    // An unreadable ledger leaves the labels to judge liveness, and pending deletions unrecorded.
+    let ledger = Ledger::open(&global.state_dir).ok();
+    let runs = match &ledger {
+        Some(ledger) => ledger.runs().await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let result = sweep_daytona(&backend, &sweep, &runs, ledger.as_ref(), &host::host_name(), events).await?;
     if settings.json {
         let report = &result.sandboxes;
         print_json(&CleanupResult {
@@ -74,6 +82,7 @@ pub async fn cleanup_daytona(
             pending: report.pending(),
             failed: report.failed(),
             protected: result.protected.iter().map(|item| item.resource.id.as_str()).collect(),
+            pending_run: result.pending_run.as_deref(),
         })?;
     } else {
         print_stdout(&text::daytona_sweep_summary(&result))?;

@@ -23,8 +23,8 @@ async fn daytona_if_configured(
     ledger: &Ledger,
     events: &Events,
 ) -> Result<Option<DaytonaBackend>, Error> {
-    match &global.daytona {
-        Ok(config) => Ok(Some(DaytonaBackend::new(config.clone(), events.clone())?)),
+    match global.daytona.optional()? {
+        Ok(config) => Ok(Some(DaytonaBackend::new(config, global.retry.clone(), events.clone())?)),
         Err(why) => {
             let unreleased = ledger.all_unreleased().await?;
             let sandboxes = unreleased.iter().filter(|record| record.resource.kind == Kind::Sandbox).count();

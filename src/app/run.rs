@@ -83,6 +83,15 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings, session: &Sess
 /// starting, so the ledger opens meanwhile), records the run, makes its log
 /// directory, and tells that it started.
 async fn start(global: &GlobalSettings, settings: &RunSettings, events: &Events) -> Result<Started, Error> {
+    // A wrong key stops the run before anything starts or is recorded.
+    let daytona = match &settings.daytona {
+        Some(daytona) => {
+            let backend = DaytonaBackend::new(daytona.config.clone(), settings.retry.clone(), events.clone())?;
+            backend.check_credentials().await.map_err(|error| error.during("check the credentials"))?;
+            Some(Arc::new(backend))
+        }
+        None => None,
+    };
     let endpoint = global.docker.clone();
     let connecting =
         settings.benchmark.docker.enabled.then(|| tokio::spawn(async move { DockerBackend::connect(&endpoint).await }));
@@ -94,12 +103,8 @@ async fn start(global: &GlobalSettings, settings: &RunSettings, events: &Events)
         })??),
         None => None,
     };
-    let daytona = match &settings.daytona {
-        Some(daytona) => Some(Arc::new(DaytonaBackend::new(daytona.config.clone(), events.clone())?)),
-        None => None,
-    };
     let host = host::host_name();
-    let run_id = new_run_id();
+    let run_id = ledger::new_run_id();
     let started_at = now_unix();
     ledger.start_run(run_record(&run_id, &host, &settings.benchmark.name, started_at)).await?;
     let log_dir = global.state_dir.join("runs").join(&run_id);
@@ -273,16 +278,6 @@ fn exit_status(reports: &[TaskReport], interrupted_by: Option<Signal>) -> ExitSt
     }
 }
 
-/// `YYYYMMDD-HHMM-xxxx` in UTC: sortable, and unique enough with four random characters.
-fn new_run_id() -> String {
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    // "2026-11-29T23:04:05Z"
-    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
-    let alphabet = b"abcdefghijkmnpqrstuvwxyz23456789";
-    let suffix: String = (0..4).map(|_| alphabet[fastrand::usize(..alphabet.len())] as char).collect();
-    format!("{}-{}-{suffix}", &digits[..8], &digits[8..12])
-}
-
 /// The third Ctrl-C: kill what still runs, say what is left, exit now.
 fn third_press(ledger_path: PathBuf, run_id: String, state_dir: PathBuf) -> impl Fn(Signal) + Send {
     move |signal| {
@@ -325,15 +320,6 @@ fn write_report(path: &Path, report: &RunReport<'_>) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn run_ids_sort_by_time_and_read_like_20261129_2304_k3f9() {
-        let id = new_run_id();
-        assert_eq!(id.len(), "20261129-2304-k3f9".len(), "{id}");
-        assert_eq!(&id[8..9], "-");
-        assert_eq!(&id[13..14], "-");
-        assert_ne!(new_run_id(), new_run_id());
-    }
 
     #[test]
     fn leaks_outrank_interrupts_which_outrank_failures() {

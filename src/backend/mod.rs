@@ -38,6 +38,11 @@ pub trait Remover: Sync {
         + Sync
         + 'static;
 
+    /// A removal this remover's service accepts but finishes later (a
+    /// Daytona delete): its success is told as accepted, and its outcome
+    /// by whoever sees it through.
+    const FINISHES_LATER: bool = false;
+
     fn remove_once(&self, resource: &ResourceRef) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
 }
 
@@ -63,7 +68,12 @@ pub async fn remove_all<R: Remover>(
                 if options.fail_fast && matches!(outcome, RemovalOutcome::Failed { .. }) {
                     stop_starting.store(true, Ordering::SeqCst);
                 }
-                events.removal(RemovalEvent::Outcome { resource: &resource, outcome: &outcome });
+                match outcome {
+                    RemovalOutcome::Removed { .. } if R::FINISHES_LATER => {
+                        events.removal(RemovalEvent::Accepted { resource: &resource })
+                    }
+                    _ => events.removal(RemovalEvent::Outcome { resource: &resource, outcome: &outcome }),
+                }
                 (index, resource, outcome)
             }
         })

@@ -91,13 +91,8 @@ impl Policy for DaytonaPolicy {
 
     fn rewrite_create_body(&self, _kind: Kind, body: &[u8]) -> Result<Vec<u8>, String> {
         label_create_body(body, "labels", &self.labels, |object| {
-            // The harness's own choice stands; ours only fills a gap.
-            if let Some(minutes) = self.auto_stop_minutes {
-                object.entry("autoStopInterval").or_insert(Value::from(minutes));
-            }
-            if let Some(minutes) = self.auto_delete_minutes {
-                object.entry("autoDeleteInterval").or_insert(Value::from(minutes));
-            }
+            fill_gap(object, "autoStopInterval", self.auto_stop_minutes.map(Value::from));
+            fill_gap(object, "autoDeleteInterval", self.auto_delete_minutes.map(Value::from));
         })
     }
 
@@ -110,6 +105,17 @@ impl Policy for DaytonaPolicy {
 
     fn upstream_head(&self, head: &Head, content_length: Option<usize>) -> Vec<u8> {
         head.rewritten(Some(&self.upstream_target(&head.target)), Some(&self.target.host), content_length)
+    }
+}
+
+/// Sets `field` to `value` where the harness left it out or sent `null`
+/// (which the API reads as unset): the harness's own choice stands, ours
+/// only fills a gap.
+fn fill_gap(object: &mut serde_json::Map<String, Value>, field: &str, value: Option<Value>) {
+    let Some(value) = value else { return };
+    let slot = object.entry(field).or_insert(Value::Null);
+    if slot.is_null() {
+        *slot = value;
     }
 }
 
@@ -208,6 +214,14 @@ mod tests {
         assert_eq!(value["autoStopInterval"], 5);
         assert_eq!(value["autoDeleteInterval"], 0);
         assert!(policy.rewrite_create_body(Kind::Sandbox, b"{oops").is_err());
+        let nulls = policy
+            .rewrite_create_body(Kind::Sandbox, br#"{"autoStopInterval":null,"autoDeleteInterval":null}"#)
+            .unwrap();
+        let value: Value = serde_json::from_slice(&nulls).unwrap();
+        assert_eq!(
+            (value["autoStopInterval"].clone(), value["autoDeleteInterval"].clone()),
+            (Value::from(30), Value::from(0))
+        );
     }
 
     #[test]

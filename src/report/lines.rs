@@ -26,11 +26,14 @@ pub(super) fn log(event: &Event<'_>) {
                 tracing::error!("could not remove {resource} after {attempts} attempt(s): {error}")
             }
             RemovalOutcome::Pending { .. } => {
-                tracing::warn!("{resource} is still destroying; kept in the ledger for `benchwarden recover`")
+                tracing::warn!("{resource} is still being deleted after the wait; it is not gone yet")
             }
             RemovalOutcome::NotAttempted | RemovalOutcome::WouldRemove => {}
         },
         Event::Removal(RemovalEvent::Found { resource }) => tracing::debug!("found {resource}"),
+        Event::Removal(RemovalEvent::Accepted { resource }) => {
+            tracing::info!("delete of {resource} accepted; waiting for it to be gone")
+        }
         Event::Removal(_) => {}
         Event::Retrying { call, attempt, attempts, error, delay } => {
             let what = call.what;

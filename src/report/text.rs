@@ -161,6 +161,13 @@ pub(crate) fn daytona_sweep_summary(result: &DaytonaSweepResult) -> String {
     if result.dry_run && !result.sandboxes.results.is_empty() {
         text.push_str("dry run: nothing was deleted; add --no-dry-run to delete\n");
     }
+    match (&result.pending_run, result.sandboxes.pending()) {
+        (_, 0) => {}
+        (Some(run), _) => text.push_str(&format!(
+            "the deletions still pending are recorded under run {run}: `benchwarden recover` finishes them\n"
+        )),
+        (None, _) => text.push_str("the deletions still pending could not be recorded: run this cleanup again later\n"),
+    }
     text
 }
 
@@ -185,9 +192,7 @@ pub(crate) fn removal_summary(reports: &[(&str, &RemovalReport)], dry_run: bool,
             RemovalOutcome::Failed { error, attempts } => {
                 text.push_str(&format!("  failed: {resource}: {error} (after {attempts} attempt(s))\n"))
             }
-            RemovalOutcome::Pending { .. } => text.push_str(&format!(
-                "  pending: {resource} is still being deleted; `benchwarden recover` or a later cleanup checks again\n"
-            )),
+            RemovalOutcome::Pending { .. } => text.push_str(&format!("  pending: {resource} is still being deleted\n")),
             _ => {}
         }
     }

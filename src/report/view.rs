@@ -13,7 +13,6 @@ use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 use super::terminal::{add_bar, remove_bar, write_above_bars};
 use crate::events::{Event, RemovalEvent, TaskEvent, TaskOutcome, TaskReport};
-use crate::resource::RemovalOutcome;
 
 pub(super) struct View {
     draw: bool,
@@ -143,7 +142,7 @@ impl Drawn {
                 bar.enable_steady_tick(Duration::from_millis(100));
                 self.removals = Some(bar);
             }
-            RemovalEvent::Outcome { outcome, .. } if !matches!(outcome, RemovalOutcome::Pending { .. }) => {
+            RemovalEvent::Outcome { .. } => {
                 if let Some(bar) = &self.removals {
                     bar.inc(1);
                 }

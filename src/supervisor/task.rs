@@ -134,11 +134,26 @@ async fn tear_down(context: &RunContext, claims: Claims, report: &mut TaskReport
         let backends = Backends { docker: docker.as_ref(), daytona: daytona.as_deref() };
         tokio::time::timeout(deadline, teardown::teardown(backends, &ledger, &claims, &options, &events)).await
     });
-    match handle.await {
-        Ok(Ok(Ok(torn))) => record_teardown(report, &torn),
-        Ok(Ok(Err(error))) => report.teardown_error = Some(error.to_string()),
-        Ok(Err(_)) => report.teardown_error = Some("teardown passed its deadline".to_string()),
-        Err(join_error) => report.teardown_error = Some(format!("teardown task failed: {join_error}")),
+    let failure = match handle.await {
+        Ok(Ok(Ok(torn))) => return record_teardown(report, &torn),
+        Ok(Ok(Err(error))) => error.to_string(),
+        Ok(Err(_)) => "teardown passed its deadline".to_string(),
+        Err(join_error) => format!("teardown task failed: {join_error}"),
+    };
+    report.teardown_error = Some(failure);
+    record_unverified(context, report).await;
+}
+
+/// After a teardown that failed, what the ledger recorded for the task and
+/// never saw released is still there as far as anyone can tell: it counts
+/// as found and leaked, by id, not as nothing.
+async fn record_unverified(context: &RunContext, report: &mut TaskReport) {
+    match context.ledger.unreleased(&context.run_id, Some(&report.task)).await {
+        Ok(rows) => {
+            report.resources_found = rows.len();
+            report.resources_leaked = rows.iter().map(|row| row.resource.to_string()).collect();
+        }
+        Err(error) => tracing::error!("task {}: cannot read what the ledger recorded: {error}", report.task),
     }
 }
 

@@ -13,9 +13,9 @@ use crate::backend::RemovalOptions;
 use crate::config::Selector;
 use crate::errors::Error;
 use crate::events::{Event, Events, RemovalEvent};
-use crate::ledger::RunRecord;
+use crate::ledger::{Ledger, RunRecord};
 use crate::owner::{protected_by_live_run, template_claims, LABEL_HOST, LABEL_RUN};
-use crate::resource::{LabelSelector, RemovalReport};
+use crate::resource::{LabelSelector, RemovalOutcome, RemovalReport};
 
 /// Whose sandboxes are candidates at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,13 +93,18 @@ pub(crate) struct DaytonaSweepResult {
     pub(crate) dry_run: bool,
     pub(crate) sandboxes: RemovalReport,
     pub(crate) protected: Vec<Protected>,
+    /// The ledger run that holds the deletions still pending, for `recover`;
+    /// `None` when none is pending, or the ledger could not record them.
+    pub(crate) pending_run: Option<String>,
 }
 
-/// Runs one sweep of the organisation's sandboxes.
+/// Runs one sweep of the organisation's sandboxes. Deletions still pending
+/// at the end are recorded in `ledger`, when there is one, for `recover`.
 pub(crate) async fn sweep_daytona(
     backend: &DaytonaBackend,
     sweep: &DaytonaSweep,
     runs: &[RunRecord],
+    ledger: Option<&Ledger>,
     this_host: &str,
     events: &Events,
 ) -> Result<DaytonaSweepResult, Error> {
@@ -125,7 +130,24 @@ pub(crate) async fn sweep_daytona(
         events.removal(RemovalEvent::Finished);
         deleted
     };
-    Ok(DaytonaSweepResult { dry_run: sweep.dry_run, sandboxes, protected })
+    let pending_run = record_pending(&sandboxes, ledger).await;
+    Ok(DaytonaSweepResult { dry_run: sweep.dry_run, sandboxes, protected, pending_run })
+}
+
+/// Records the pending deletions under a run of their own, so that they are
+/// finished later; `None` when there are none or they cannot be recorded.
+async fn record_pending(report: &RemovalReport, ledger: Option<&Ledger>) -> Option<String> {
+    let pending = report.resources(|outcome| matches!(outcome, RemovalOutcome::Pending { .. }));
+    if pending.is_empty() {
+        return None;
+    }
+    match ledger?.record_pending_cleanup(pending).await {
+        Ok(run_id) => Some(run_id),
+        Err(error) => {
+            tracing::error!("cannot record the pending deletions in the ledger: {error}");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -234,5 +234,8 @@ async fn an_orphaned_run_is_recovered_first_even_its_running_containers() {
     assert!(output.stdout.contains("resource(s) removed"), "{output}");
     assert!(both.containers_left().await.is_empty(), "{output}");
     let status = both.cli(&["status", "--json"]).await;
-    assert_eq!(status.json()["runs"][0]["state"], "finished", "{status}");
+    let status = status.json();
+    assert_eq!(status["runs"][0]["state"], "finished", "{status}");
+    assert_eq!(status["removal_success_rates"]["docker"], 1.0, "{status}");
+    assert_eq!(status["oldest_owned_resource_age_seconds"], Value::Null, "nothing is owned any more\n{status}");
 }

@@ -532,7 +532,7 @@ fn python() -> PathBuf {
 /// The fixture harness: `harness.py TASK`. Every sandbox it creates is
 /// printed as `created <id>` before anything else happens.
 const SDK_HARNESS: &str = r#"
-import sys, time
+import json, os, sys, time, urllib.request
 from daytona import Daytona, CreateSandboxFromSnapshotParams
 
 task = sys.argv[1]
@@ -562,9 +562,25 @@ elif task == "busy":
     print("ready", flush=True)
     while True:
         time.sleep(1)
+elif task == "until-released":
+    create()
+    create()
+    print("ready", flush=True)
+    while not os.path.exists("released"):
+        time.sleep(0.05)
+elif task == "null-intervals":
+    # An explicit null, as some clients send for "not set".
+    body = json.dumps({"labels": {"fixture": task}, "autoStopInterval": None, "autoDeleteInterval": None}).encode()
+    request = urllib.request.Request(
+        os.environ["DAYTONA_API_URL"] + "/sandbox",
+        data=body,
+        headers={"Authorization": "Bearer " + os.environ["DAYTONA_API_KEY"], "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request) as answer:
+        print("created " + json.load(answer)["id"], flush=True)
 "#;
 
-fn sdk_fixture(org: &Org, tasks: &[&str]) -> PathBuf {
+pub(crate) fn sdk_fixture(org: &Org, tasks: &[&str]) -> PathBuf {
     let dir = org.state_dir().join("fixture");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("harness.py"), SDK_HARNESS).unwrap();
@@ -593,7 +609,7 @@ fn created_in_log(log: &Path) -> Vec<String> {
 }
 
 /// Sandbox rows of the ledger: id → (run, task, released).
-fn ledger_sandboxes(state_dir: &Path) -> BTreeMap<String, (String, String, bool)> {
+pub(crate) fn ledger_sandboxes(state_dir: &Path) -> BTreeMap<String, (String, String, bool)> {
     let ledger = rusqlite::Connection::open_with_flags(
         state_dir.join("ledger.sqlite"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -612,7 +628,7 @@ fn ledger_sandboxes(state_dir: &Path) -> BTreeMap<String, (String, String, bool)
 
 /// The labels and the create body of every `POST /api/sandbox`, by the
 /// fixture's task label.
-fn creates_by_task(server: &ContractServer) -> BTreeMap<String, Vec<Value>> {
+pub(crate) fn creates_by_task(server: &ContractServer) -> BTreeMap<String, Vec<Value>> {
     let mut found: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for request in server.requests().into_iter().filter(|request| request.route == "POST /api/sandbox") {
         let body = request.json().unwrap_or_else(|| panic!("create body is not JSON: {request:?}"));
@@ -791,6 +807,7 @@ async fn a_sandbox_still_destroying_when_a_run_ends_keeps_the_run_open_for_recov
 async fn the_client_gets_stops_deletes_and_reads_the_pre_cursor_list_shape() {
     use benchwarden::backend::daytona::{Credentials, DaytonaBackend, DaytonaConfig};
     use benchwarden::events::Events;
+    use benchwarden::retry::RetryPolicy;
     let org = Org::start(ContractConfig { legacy_list: true, ..ContractConfig::default() }).await;
     let ids = org.seed_ours(3);
     let config = DaytonaConfig {
@@ -798,7 +815,7 @@ async fn the_client_gets_stops_deletes_and_reads_the_pre_cursor_list_shape() {
         credentials: Credentials::ApiKey(org.key.clone()),
         target: None,
     };
-    let client = DaytonaBackend::new(config, Events::discard()).unwrap();
+    let client = DaytonaBackend::new(config, RetryPolicy::default(), Events::discard()).unwrap();
     // Before v0.180 the list was a bare array; it still reads.
     let listed: BTreeSet<String> =
         client.list(&BTreeMap::new()).await.unwrap().into_iter().map(|sandbox| sandbox.id).collect();

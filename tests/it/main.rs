@@ -9,6 +9,7 @@ mod cleanup_all;
 mod cleanup_docker;
 mod contract_server;
 mod daytona;
+mod daytona_errors;
 mod docker_proxy;
 mod metrics;
 mod run;

@@ -10,30 +10,20 @@ use super::model::{DaytonaError, ListAnswer, Sandbox};
 use super::pacer::{retry_after, Pacer};
 use crate::errors::{error_chain, Error, Service};
 use crate::events::Events;
+use crate::resource::Kind;
 use crate::retry::{Call, RetryPolicy, Success};
 
 const PAGE_LIMIT: u32 = 200;
 const LIST_CALL: Call<'static> = Call { what: "list sandboxes", service: Service::Daytona, kind: None };
-
-/// Retries of one page of the sandbox list.
-fn list_retry() -> RetryPolicy {
-    RetryPolicy {
-        retries: 5,
-        first_delay: Duration::from_millis(500),
-        factor: 2.0,
-        max_delay: Duration::from_secs(10),
-        jitter: true,
-        call_timeout: Duration::from_secs(60),
-        deadline: Duration::from_secs(120),
-    }
-}
 
 /// A Daytona API client.
 pub struct DaytonaBackend {
     client: reqwest::Client,
     config: DaytonaConfig,
     pacer: Pacer,
-    /// Where the retries of list calls are told.
+    /// How list pages and lookups are retried: the user's settings.
+    retry: RetryPolicy,
+    /// Where their retries are told.
     events: Events,
 }
 
@@ -43,7 +33,7 @@ const LIFECYCLE: &str = "sandbox-lifecycle";
 const AUTHENTICATED: &str = "authenticated";
 
 impl DaytonaBackend {
-    pub fn new(config: DaytonaConfig, events: Events) -> Result<Self, Error> {
+    pub fn new(config: DaytonaConfig, retry: RetryPolicy, events: Events) -> Result<Self, Error> {
         let client = reqwest::Client::builder()
             .user_agent(concat!("benchwarden/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
@@ -51,7 +41,7 @@ impl DaytonaBackend {
             .pool_max_idle_per_host(64)
             .build()
             .map_err(|error| Error::usage(format!("cannot build the Daytona HTTP client: {error}")))?;
-        Ok(DaytonaBackend { client, config, pacer: Pacer::default(), events })
+        Ok(DaytonaBackend { client, config, pacer: Pacer::default(), retry, events })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -96,7 +86,8 @@ impl DaytonaBackend {
                 query.push(("cursor", cursor.clone()));
             }
             // A page lost to a 5xx, a reset or a timeout is asked for again; a 429 waits as told.
-            let fetched = list_retry()
+            let fetched = self
+                .retry
                 .run(LIST_CALL, &self.events, || async {
                     let response =
                         self.send(AUTHENTICATED, self.request(reqwest::Method::GET, "/sandbox").query(&query)).await?;
@@ -150,6 +141,36 @@ impl DaytonaBackend {
                 .map_err(|error| DaytonaError::transport(format!("reading sandbox {id}: {error}"))),
             Err(error) if error.status == Some(404) => Ok(None),
             Err(error) => Err(error),
+        }
+    }
+
+    /// The sandbox, or `None` once it is gone, looked up with the user's
+    /// retry settings.
+    pub(crate) async fn look_up(&self, id: &str) -> Result<Option<Sandbox>, DaytonaError> {
+        let what = format!("look up sandbox {id}");
+        let call = Call { what: &what, service: Service::Daytona, kind: Some(Kind::Sandbox) };
+        match self.retry.run(call, &self.events, || self.get(id)).await {
+            Ok((Success::Done(sandbox), _)) => Ok(sandbox),
+            Ok((Success::AlreadyDone, _)) => Ok(None),
+            Err(failure) => Err(failure.error),
+        }
+    }
+
+    /// Checks the credentials with one cheap authenticated call (one
+    /// sandbox of the list), so that a wrong key stops a command before it
+    /// starts anything.
+    pub(crate) async fn check_credentials(&self) -> Result<(), DaytonaError> {
+        let call = Call { what: "check the Daytona credentials", service: Service::Daytona, kind: None };
+        let query = [("limit", "1")];
+        let answer = self
+            .retry
+            .run(call, &self.events, || {
+                self.send(AUTHENTICATED, self.request(reqwest::Method::GET, "/sandbox").query(&query))
+            })
+            .await;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(failure) => Err(failure.error),
         }
     }
 

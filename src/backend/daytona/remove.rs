@@ -45,6 +45,7 @@ struct Announcing<'a> {
 
 impl Remover for Announcing<'_> {
     type Error = DaytonaError;
+    const FINISHES_LATER: bool = true;
 
     async fn remove_once(&self, resource: &ResourceRef) -> Result<(), DaytonaError> {
         let result = self.remover.remove_once(resource).await;
@@ -81,12 +82,13 @@ pub(crate) async fn remove_sandboxes(
     };
     let (mut report, still_there) =
         tokio::join!(deleting, watch_until_gone(backend, announced, options.parallel, verify_for));
+    // Accepted deletes end here: removed once the sandbox answered 404, else pending.
     for (resource, outcome) in &mut report.results {
         if let RemovalOutcome::Removed { attempts } = *outcome {
             if still_there.contains(&resource.id) {
                 *outcome = RemovalOutcome::Pending { attempts };
-                events.removal(RemovalEvent::Outcome { resource, outcome });
             }
+            events.removal(RemovalEvent::Outcome { resource, outcome });
         }
     }
     report
