@@ -26,7 +26,7 @@ root=$(cd "$here/../.." && pwd)
 benchwarden=${BENCHWARDEN:-$root/target/release/benchwarden}
 baseline=${BASELINE:-}
 read -r -a extra_flags <<<"${BENCHWARDEN_FLAGS:-}"
-image=benchwarden-test:busybox
+image="benchwarden-test:busybox"
 bench_id="bench-$$-$(date +%s)"
 
 if [[ ! -x $benchwarden ]]; then
