@@ -26,9 +26,17 @@
 #
 # Needs: python3 with `requests` (target/py-venv from scripts/test.sh has it;
 # else the system python3).
+#
+# BASELINE=/path/to/benchwarden adds a third side, "baseline": the same
+# `cleanup daytona` by that binary, on a fresh server of its own, in the same
+# rounds. With three sides the order rotates every round (with the default 3
+# rounds each side goes first, second and third once). Its median, 429 share
+# and the ratio benchwarden/baseline are printed too; the exit status still
+# judges benchwarden alone.
 set -euo pipefail
 sandboxes=${1:-500}
 rounds=${2:-3}
+baseline=${BASELINE:-}
 latency_ms=20
 lifecycle_limit=6000
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -37,6 +45,10 @@ bin=$root/target/release/benchwarden
 server=$root/target/release/daytona-contract-server
 python=$root/target/py-venv/bin/python
 [[ -x $python ]] || python=python3
+if [[ -n $baseline && ! -x $baseline ]]; then
+    echo "BASELINE=$baseline is not an executable" >&2
+    exit 2
+fi
 "$python" -c 'import requests' 2>/dev/null || {
     echo "needs python3 with requests: run scripts/test.sh (creates target/py-venv) or pip install requests" >&2
     exit 2
@@ -80,14 +92,16 @@ stats() { curl -sf "${url%/api}/__contract/stats"; }
 # Milliseconds since the epoch.
 now_ms() { date +%s%3N; }
 
+# run_benchwarden ROUND [BINARY [NAME]]: milliseconds of one cleanup.
 run_benchwarden() {
-    local state=$work/state-$1
+    local binary=${2:-$bin} name=${3:-bw}
+    local state=$work/state-$name-$1
     local started ended
     started=$(now_ms)
-    DAYTONA_API_URL=$url DAYTONA_API_KEY=$key "$bin" -q --state-dir "$state" cleanup daytona --no-dry-run \
-        >"$work/bw-$1.out" 2>"$work/bw-$1.err" || {
-        echo "benchwarden failed in round $1:" >&2
-        cat "$work/bw-$1.out" "$work/bw-$1.err" >&2
+    DAYTONA_API_URL=$url DAYTONA_API_KEY=$key "$binary" -q --state-dir "$state" cleanup daytona --no-dry-run \
+        >"$work/$name-$1.out" 2>"$work/$name-$1.err" || {
+        echo "$binary failed in round $1:" >&2
+        cat "$work/$name-$1.out" "$work/$name-$1.err" >&2
         exit 1
     }
     ended=$(now_ms)
@@ -129,12 +143,24 @@ PY
 }
 
 echo "$sandboxes sandboxes, ${latency_ms} ms latency per call, lifecycle limit $lifecycle_limit/min; $rounds rounds"
+sides=(benchwarden loop)
+if [[ -n $baseline ]]; then
+    echo "benchwarden: $bin; baseline: $baseline"
+    sides=(benchwarden baseline loop)
+fi
 : >"$work/results"
 for ((r = 1; r <= rounds; r++)); do
-    if ((r % 2)); then order=(benchwarden loop); else order=(loop benchwarden); fi
+    # Rotate the sides: round 1 starts with the first, round 2 with the second, ...
+    # (with two sides: benchwarden first in odd rounds, the loop in even ones).
+    by=$(((r - 1) % ${#sides[@]}))
+    order=("${sides[@]:by}" "${sides[@]:0:by}")
     for side in "${order[@]}"; do
         start_server
-        if [[ $side == benchwarden ]]; then ms=$(run_benchwarden "$r"); else ms=$(run_loop "$r"); fi
+        case $side in
+        benchwarden) ms=$(run_benchwarden "$r") ;;
+        baseline) ms=$(run_benchwarden "$r" "$baseline" baseline) ;;
+        loop) ms=$(run_loop "$r") ;;
+        esac
         counters=$(stats)
         left=$(curl -sf -H "Authorization: Bearer $key" "$url/sandbox?limit=200" | "$python" -c \
             'import json,sys; print(sum(1 for s in json.load(sys.stdin)["items"] if s.get("state") != "destroying"))')
@@ -148,30 +174,45 @@ done
 "$python" - "$work/results" "$sandboxes" "$(uname -srm)" <<'PY'
 import json, statistics, sys
 path, sandboxes, machine = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-runs = {"benchwarden": [], "loop": []}
+runs = {}
 for line in open(path):
     side, rnd, ms, left, counters = line.split(" ", 4)
-    runs[side].append((int(ms) / 1000, int(left), json.loads(counters)))
+    runs.setdefault(side, []).append((int(ms) / 1000, int(left), json.loads(counters)))
 bound = sandboxes / 100
 med = {side: statistics.median(t for t, _, _ in values) for side, values in runs.items()}
+
+def throttling(side):
+    requests = sum(c["requests"] for _, _, c in runs[side])
+    throttled = sum(c["throttled_429"] for _, _, c in runs[side])
+    return throttled, requests, (throttled / requests if requests else 0.0)
+
+def per_round(side, key):
+    return "/".join(str(c["by_route"].get(key, 0)) for _, _, c in runs[side])
+
 bw = runs["benchwarden"]
-requests = sum(c["requests"] for _, _, c in bw)
-throttled = sum(c["throttled_429"] for _, _, c in bw)
-share = throttled / requests if requests else 0.0
-per_round = lambda key: "/".join(str(c["by_route"].get(key, 0)) for _, _, c in bw)
+throttled, requests, share = throttling("benchwarden")
 print()
 print("| side | median | rounds | vs bound |")
 print("|---|---|---|---|")
-for side in ("benchwarden", "loop"):
-    times = ", ".join(f"{t:.3f}" for t, _, _ in runs[side])
-    print(f"| {side} | {med[side]:.2f} s | {times} | {med[side] / bound:.2f}x |")
+for side in ("benchwarden", "baseline", "loop"):
+    if side in runs:
+        times = ", ".join(f"{t:.3f}" for t, _, _ in runs[side])
+        print(f"| {side} | {med[side]:.2f} s | {times} | {med[side] / bound:.2f}x |")
 print()
 print(f"rate-limit bound: {bound:.2f} s ({sandboxes} deletes at 100/s); target: benchwarden <= {bound * 1.15:.2f} s")
 print(f"loop / benchwarden: {med['loop'] / med['benchwarden']:.2f}x")
-print(f"benchwarden 429s: {throttled} of {requests} requests ({share:.2%}); target <= 1%")
-print(f"benchwarden requests per round: DELETE {per_round('DELETE /api/sandbox/{idOrName}')}, "
-      f"GET one {per_round('GET /api/sandbox/{idOrName}')}, list {per_round('GET /api/sandbox')}")
-print(f"not deleted at the end: benchwarden {[l for _, l, _ in bw]}, loop {[l for _, l, _ in runs['loop']]}")
+for side in ("benchwarden", "baseline"):
+    if side not in runs:
+        continue
+    t, n, sh = throttling(side)
+    target = "; target <= 1%" if side == "benchwarden" else ""
+    print(f"{side} 429s: {t} of {n} requests ({sh:.2%}){target}")
+    print(f"{side} requests per round: DELETE {per_round(side, 'DELETE /api/sandbox/{idOrName}')}, "
+          f"GET one {per_round(side, 'GET /api/sandbox/{idOrName}')}, list {per_round(side, 'GET /api/sandbox')}")
+if "baseline" in runs:
+    print(f"benchwarden / baseline: {med['benchwarden'] / med['baseline']:.3f}")
+left = ", ".join(f"{side} {[l for _, l, _ in values]}" for side, values in runs.items())
+print(f"not deleted at the end: {left}")
 print(f"machine: {machine}")
 met = med["benchwarden"] <= bound * 1.15 and share <= 0.01 and all(l == 0 for _, l, _ in bw)
 print("target met" if met else "target MISSED")
