@@ -230,28 +230,33 @@ pub(crate) async fn stop_when_done(
             continue;
         };
         let phase = lifecycle.phase();
+        let mut reached = None;
         for action in lifecycle.on(happening) {
-            act(action, processes, task, events);
+            reached = Some(act(action, processes, task, events));
         }
         if lifecycle.phase() != phase {
             waits.phase_ends = lifecycle.phase_time().map(|time| Instant::now() + time);
-            // Processes told to go may be gone at once: look before waiting out a whole grace.
-            if !processes.any_left() {
+            // A signal that found nobody means nobody is left (the usual end of a clean exit);
+            // processes told to go may also be gone at once: look before waiting out a grace.
+            if reached == Some(0) || !processes.any_left() {
                 lifecycle.on(Happening::ProcessesGone);
             }
         }
     }
 }
 
-fn act(action: Action, processes: &impl ProcessSet, task: &str, events: &Events) {
+/// Does what the lifecycle asked; returns how many processes the signal reached.
+fn act(action: Action, processes: &impl ProcessSet, task: &str, events: &Events) -> usize {
     match action {
         Action::Signal(signal) => {
             let signalled = processes.signal(signal);
             tracing::debug!("task {task}: sent {signal} to {signalled} process(es)");
+            signalled
         }
         Action::Kill => {
             let killed = processes.signal(Signal::SIGKILL);
             events.task(TaskEvent::Killed { task, processes: killed });
+            killed
         }
     }
 }

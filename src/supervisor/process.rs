@@ -51,9 +51,14 @@ pub(crate) fn become_subreaper() -> Result<(), Errno> {
 /// Reaps zombie children of ours that tokio does not own (adopted orphans).
 /// Waits on specific pids only, never `waitpid(-1)`.
 pub(crate) fn reap_adopted() {
+    reap_adopted_among(&proc_stats());
+}
+
+/// [`reap_adopted`] over a scan of `/proc` already made.
+fn reap_adopted_among(stats: &[host::ProcessStat]) {
     let me = std::process::id();
     let owned = tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-    for stat in proc_stats() {
+    for stat in stats {
         if stat.parent == me && stat.state == 'Z' && !owned.contains(&stat.pid) {
             let _ = waitpid(Pid::from_raw(stat.pid as i32), Some(WaitPidFlag::WNOHANG));
         }
@@ -99,13 +104,26 @@ impl TaskProcesses {
 
     /// Live (not zombie) processes of the task, wherever they went.
     pub(crate) fn find(&self) -> Vec<u32> {
+        self.find_among(&proc_stats())
+    }
+
+    /// [`Self::find`] over a scan of `/proc` already made.
+    fn find_among(&self, stats: &[host::ProcessStat]) -> Vec<u32> {
         let me = std::process::id();
-        proc_stats()
-            .into_iter()
+        stats
+            .iter()
             .filter(|stat| stat.pid != me && !stat.is_zombie() && stat.start_time >= self.started)
             .filter(|stat| stat.group == self.process_group || self.environment_names_task(stat.pid))
             .map(|stat| stat.pid)
             .collect()
+    }
+
+    /// Reaps adopted orphans, then says whether any process of the task is
+    /// left: one scan of `/proc` for both.
+    pub(crate) fn any_left(&self) -> bool {
+        let stats = proc_stats();
+        reap_adopted_among(&stats);
+        !self.find_among(&stats).is_empty()
     }
 
     fn environment_names_task(&self, pid: u32) -> bool {

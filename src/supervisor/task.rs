@@ -178,8 +178,7 @@ impl ProcessSet for TaskProcesses {
     }
 
     fn any_left(&self) -> bool {
-        process::reap_adopted();
-        !self.find().is_empty()
+        TaskProcesses::any_left(self)
     }
 }
 
