@@ -26,7 +26,7 @@ use crate::sweep::owned::{sweep_owned, ContainerPick, OwnedSweep};
 use crate::teardown::{Backends, TeardownOptions};
 
 /// Sandbox deletions in flight at once; the rate-limit headers pace them further.
-pub(crate) const SANDBOX_PARALLEL: usize = 32;
+pub(crate) const SANDBOX_PARALLEL: usize = 64;
 const DAY: Duration = Duration::from_secs(86_400);
 const HOUR: Duration = Duration::from_secs(3_600);
 

@@ -75,6 +75,24 @@ impl DaytonaBackend {
 
     /// Every sandbox matching `labels` (all pages).
     pub async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<Sandbox>, DaytonaError> {
+        self.list_where(labels, &[], true).await
+    }
+
+    /// Every sandbox in one of `states` (all pages), each page asked for
+    /// once: for narrowing down which deletions may have finished, where a
+    /// failed look costs nothing but a later one.
+    pub(crate) async fn list_in_states(&self, states: &[&str]) -> Result<Vec<Sandbox>, DaytonaError> {
+        self.list_where(&BTreeMap::new(), states, false).await
+    }
+
+    /// The sandbox list, page by page; with `retried`, a page lost to a 5xx,
+    /// a reset or a timeout is asked for again (a 429 waits as told).
+    async fn list_where(
+        &self,
+        labels: &BTreeMap<String, String>,
+        states: &[&str],
+        retried: bool,
+    ) -> Result<Vec<Sandbox>, DaytonaError> {
         let mut sandboxes = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -82,39 +100,12 @@ impl DaytonaBackend {
             if !labels.is_empty() {
                 query.push(("labels", serde_json::to_string(labels).unwrap_or_default()));
             }
+            query.extend(states.iter().map(|state| ("states", state.to_string())));
             if let Some(cursor) = &cursor {
                 query.push(("cursor", cursor.clone()));
             }
-            // A page lost to a 5xx, a reset or a timeout is asked for again; a 429 waits as told.
-            let fetched = self
-                .retry
-                .run(LIST_CALL, &self.events, || async {
-                    let response =
-                        self.send(AUTHENTICATED, self.request(reqwest::Method::GET, "/sandbox").query(&query)).await?;
-                    response
-                        .bytes()
-                        .await
-                        .map_err(|error| DaytonaError::transport(format!("reading the sandbox list: {error}")))
-                })
-                .await;
-            let body = match fetched {
-                Ok((Success::Done(body), _)) => body,
-                // A 404 on the list itself: not the API.
-                Ok((Success::AlreadyDone, _)) => {
-                    return Err(DaytonaError {
-                        status: Some(404),
-                        message: "the sandbox list answered 404; check that DAYTONA_API_URL ends in /api".to_string(),
-                        retry_after: None,
-                    })
-                }
-                Err(failure) => return Err(failure.error),
-            };
-            let answer: ListAnswer = serde_json::from_slice(&body).map_err(|error| {
-                DaytonaError::transport(format!(
-                    "the sandbox list is not what the API returns ({error}); check that DAYTONA_API_URL ends in /api"
-                ))
-            })?;
-            match answer {
+            let body = self.list_page(&query, retried).await?;
+            match parse_list(&body)? {
                 ListAnswer::Bare(items) => {
                     sandboxes.extend(items);
                     return Ok(sandboxes);
@@ -127,6 +118,30 @@ impl DaytonaBackend {
                     }
                 }
             }
+        }
+    }
+
+    async fn list_page(&self, query: &[(&str, String)], retried: bool) -> Result<Vec<u8>, DaytonaError> {
+        let fetch = || async {
+            let response =
+                self.send(AUTHENTICATED, self.request(reqwest::Method::GET, "/sandbox").query(query)).await?;
+            let body = response.bytes().await;
+            body.map(|body| body.to_vec())
+                .map_err(|error| DaytonaError::transport(format!("reading the sandbox list: {error}")))
+        };
+        let policy = match retried {
+            true => self.retry.clone(),
+            false => RetryPolicy { retries: 0, ..self.retry.clone() },
+        };
+        match policy.run(LIST_CALL, &self.events, fetch).await {
+            Ok((Success::Done(body), _)) => Ok(body),
+            // A 404 on the list itself: not the API.
+            Ok((Success::AlreadyDone, _)) => Err(DaytonaError {
+                status: Some(404),
+                message: "the sandbox list answered 404; check that DAYTONA_API_URL ends in /api".to_string(),
+                retry_after: None,
+            }),
+            Err(failure) => Err(failure.error),
         }
     }
 
@@ -186,6 +201,14 @@ impl DaytonaBackend {
         let path = format!("/sandbox/{}", encode_segment(id));
         self.send(LIFECYCLE, self.request(reqwest::Method::DELETE, &path)).await.map(drop)
     }
+}
+
+fn parse_list(body: &[u8]) -> Result<ListAnswer, DaytonaError> {
+    serde_json::from_slice(body).map_err(|error| {
+        DaytonaError::transport(format!(
+            "the sandbox list is not what the API returns ({error}); check that DAYTONA_API_URL ends in /api"
+        ))
+    })
 }
 
 fn encode_segment(text: &str) -> String {

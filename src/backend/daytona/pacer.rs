@@ -17,9 +17,12 @@ struct Throttle {
     /// bound: the headers give whole seconds, rounded up). `None` while
     /// unknown: before the first answer, and once a window has ended.
     budget: Option<(i64, Instant)>,
-    /// Calls started so far: an answer's `Remaining` has counted the calls
-    /// started before it (the server takes them in order), not those after.
+    /// Calls started so far.
     started: u64,
+    /// The probe's place and the `Remaining` it was answered with: the
+    /// reference that tells another client's spending from our own calls
+    /// arriving out of order. `None` when the budget came from elsewhere.
+    reference: Option<(u64, i64)>,
     /// Calls started and not answered yet.
     in_flight: u64,
     /// Counts ended windows: an answer to a call started in an earlier one
@@ -84,6 +87,7 @@ impl Pacer {
                 let now = Instant::now();
                 if throttle.budget.is_some_and(|(_, reset_at)| now >= reset_at) {
                     throttle.budget = None;
+                    throttle.reference = None;
                     throttle.epoch += 1;
                     throttle.probing = false;
                 }
@@ -146,20 +150,22 @@ impl Pacer {
             Some(_) if permit.epoch != throttle.epoch => {}
             Some(remaining) => {
                 throttle.unlimited = false;
-                let reset = header("x-ratelimit-reset-").unwrap_or(1.0).clamp(0.0, 3600.0);
-                let reset_at = Instant::now() + Duration::from_secs_f64(reset);
-                // The server counted this call and those before it; the ones started since will count too.
-                let fresh = remaining as i64 - (throttle.started - permit.number) as i64;
-                throttle.budget = Some(match throttle.budget {
-                    // Our own count is exact unless someone else spends the same budget (another
-                    // machine of the organisation); the answer's count is off by at most the calls
-                    // in flight, which the server may take out of order. Only a larger gap says so.
+                let reset_at = Instant::now() + reset_seconds(header("x-ratelimit-reset-"));
+                let remaining = remaining as i64;
+                match throttle.budget {
                     Some((known, known_reset)) => {
-                        let spent_elsewhere = fresh + (throttle.in_flight as i64) < known;
-                        (if spent_elsewhere { fresh } else { known }, known_reset.min(reset_at))
+                        let spent = spent_elsewhere(throttle.reference, remaining, throttle.started);
+                        // Another client spends the same budget: trust the server, less our calls
+                        // that may not have reached it yet.
+                        let known = if spent { known.min(remaining - throttle.in_flight as i64) } else { known };
+                        throttle.budget = Some((known, known_reset.min(reset_at)));
                     }
-                    None => (fresh, reset_at),
-                });
+                    None => {
+                        // The calls started since this one will count too.
+                        throttle.budget = Some((remaining - (throttle.started - permit.number) as i64, reset_at));
+                        throttle.reference = permit.probe.then_some((permit.number, remaining));
+                    }
+                }
                 if permit.probe {
                     throttle.probing = false;
                 }
@@ -170,11 +176,35 @@ impl Pacer {
     }
 }
 
+/// Whether the server counted more calls since the probe than we started
+/// since: only another client spending the same budget explains that. Our
+/// own calls reach the server in any order, so no single answer says more.
+fn spent_elsewhere(reference: Option<(u64, i64)>, remaining: i64, started: u64) -> bool {
+    let Some((probe, probe_remaining)) = reference else { return false };
+    let counted_since = probe_remaining - remaining;
+    counted_since > (started - probe) as i64
+}
+
+/// A `X-RateLimit-Reset-*` value as a wait: whole or fractional seconds, at
+/// most an hour; one second when missing or not a finite number (`nan`,
+/// `inf`, text), as a window of the usual length.
+fn reset_seconds(value: Option<f64>) -> Duration {
+    match value {
+        Some(seconds) if seconds.is_finite() => Duration::from_secs_f64(seconds.clamp(0.0, 3600.0)),
+        _ => Duration::from_secs(1),
+    }
+}
+
+/// The longest `Retry-After-<throttler>` (or plain `Retry-After`) of a 429,
+/// in seconds, at most an hour; values that are not finite numbers (`nan`,
+/// `inf`, `1e309`, text, an HTTP date) are left out, so the retry policy's
+/// own backoff applies.
 pub(super) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .iter()
         .filter(|(name, _)| name.as_str().starts_with("retry-after"))
         .filter_map(|(_, value)| value.to_str().ok()?.trim().parse::<f64>().ok())
+        .filter(|seconds| seconds.is_finite())
         .fold(None, |longest: Option<f64>, seconds| Some(longest.map_or(seconds, |longest| longest.max(seconds))))
         .map(|seconds| Duration::from_secs_f64(seconds.clamp(0.0, 3600.0)))
 }
@@ -232,9 +262,14 @@ mod tests {
         // Out of order by one (the server took the third before the second): no change.
         pacer.observe(&mut permits[2], &rate_headers("t", 8, 60));
         assert_eq!(pacer.lock()["t"].budget.map(|(remaining, _)| remaining), Some(5));
-        // Someone else spent 5 of the same budget: the gap exceeds what is in flight.
+        // Answered last after all the others reached the server: it says 5 were counted, as
+        // many as we started since the probe; nothing new.
+        pacer.observe(&mut permits[4], &rate_headers("t", 5, 60));
+        assert_eq!(pacer.lock()["t"].budget.map(|(remaining, _)| remaining), Some(5));
+        // Someone else spent 5 of the same budget: the server counted 8 since the probe, and we
+        // started 5. Trust the server, less what of ours may not have reached it: 2 - 5 in flight.
         pacer.observe(&mut permits[1], &rate_headers("t", 2, 60));
-        assert_eq!(pacer.lock()["t"].budget.map(|(remaining, _)| remaining), Some(-1));
+        assert_eq!(pacer.lock()["t"].budget.map(|(remaining, _)| remaining), Some(-3));
         assert!(waits(&pacer, "t").await);
     }
 
@@ -265,6 +300,40 @@ mod tests {
         let held: Vec<Permit> = futures_util::future::join_all((0..100).map(|_| pacer.acquire("u"))).await;
         assert!(held.iter().all(|permit| !permit.probe));
         drop(second);
+    }
+
+    fn headers_with(name: &str, value: &str) -> reqwest::header::HeaderMap {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let (Ok(name), Ok(value)) =
+            (reqwest::header::HeaderName::from_bytes(name.as_bytes()), reqwest::header::HeaderValue::from_str(value))
+        {
+            headers.insert(name, value);
+        }
+        headers
+    }
+
+    proptest::proptest! {
+        /// No answer of a server may panic benchwarden: any header value gives a wait of at most an hour.
+        #[test]
+        fn any_retry_after_or_reset_is_a_bounded_wait(value in ".*", number in proptest::num::f64::ANY) {
+            for text in [value.clone(), number.to_string(), format!("{number:e}")] {
+                let wait = retry_after(&headers_with("retry-after-sandbox-lifecycle", &text));
+                proptest::prop_assert!(wait.is_none_or(|wait| wait <= Duration::from_secs(3600)));
+                let reset = text.trim().parse::<f64>().ok();
+                proptest::prop_assert!(reset_seconds(reset) <= Duration::from_secs(3600));
+            }
+        }
+    }
+
+    #[test]
+    fn nonsense_waits_fall_back_to_the_policy() {
+        for text in ["nan", "NaN", "inf", "-inf", "1e309", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", ""] {
+            let wait = retry_after(&headers_with("retry-after-authenticated", text));
+            assert!(wait.is_none(), "{text}: {wait:?}");
+        }
+        assert_eq!(retry_after(&headers_with("retry-after", "-1")), Some(Duration::ZERO));
+        assert_eq!(reset_seconds(Some(f64::NAN)), Duration::from_secs(1));
+        assert_eq!(reset_seconds(Some(1e12)), Duration::from_secs(3600));
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! asynchronously (`destroying` can last), so every accepted delete is
 //! followed by polling the sandbox until it answers 404.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use futures_util::stream::StreamExt;
 use tokio::time::Instant;
 
 use super::client::DaytonaBackend;
@@ -56,17 +58,20 @@ impl Remover for Announcing<'_> {
     }
 }
 
-/// How long after an accepted delete the first look is taken, and the
-/// longest pause between looks.
-const FIRST_LOOK: Duration = Duration::from_millis(250);
+/// How often the sandboxes whose deletion was accepted are looked at.
+const LOOK_EVERY: Duration = Duration::from_millis(50);
+/// With this many or more due for a look, one list of the sandboxes still
+/// `destroying` narrows down which may be gone, instead of one lookup each.
+const LIST_FROM: usize = 4;
+/// How long a sandbox that a lookup found still there waits for the next one, at most.
 const LONGEST_PAUSE: Duration = Duration::from_secs(2);
 
 /// Deletes sandboxes with retry and bounded parallelism and, while the
-/// other deletes go on, polls each accepted one until it answers 404, for at
-/// most `verify_for` after its delete. One still there after that is
-/// `Pending` (deletion is asynchronous: `destroying` can last). Deletes and
-/// polls count against different throttlers, so overlapping them costs
-/// nothing against the rate limits.
+/// other deletes go on, sees each accepted one through to a 404, for at most
+/// `verify_for` after its delete. One still there after that is `Pending`
+/// (deletion is asynchronous: `destroying` can last). Deletes and looks
+/// count against different throttlers, so overlapping them costs nothing
+/// against the rate limits.
 pub(crate) async fn remove_sandboxes(
     backend: &DaytonaBackend,
     sandboxes: Vec<ResourceRef>,
@@ -94,53 +99,91 @@ pub(crate) async fn remove_sandboxes(
     report
 }
 
-/// Polls every sandbox announced on `accepted` until it answers 404, at most
-/// `parallel` calls at once; returns those still there `verify_for` after
-/// their announcement.
+/// A sandbox whose deletion was accepted, waiting to answer 404.
+struct Waiting {
+    deadline: Instant,
+    next_look: Instant,
+    /// The wait before the look after a lookup that found it still there.
+    pause: Duration,
+}
+
+/// Sees every sandbox announced on `accepted` through to a 404, for at
+/// most `verify_for` after its announcement; returns those still there then.
+///
+/// Every `LOOK_EVERY`, the sandboxes due for a look are narrowed down by one
+/// list of those still `destroying` (when several are due), and only those
+/// absent from it are looked up: a list may show a sandbox absent that is
+/// not gone, so only a lookup's 404 proves a deletion finished. That is one
+/// lookup for most sandboxes, against the API's budget for reads.
 async fn watch_until_gone(
     backend: &DaytonaBackend,
     mut accepted: tokio::sync::mpsc::UnboundedReceiver<String>,
     parallel: usize,
     verify_for: Duration,
-) -> std::collections::BTreeSet<String> {
-    use futures_util::stream::{FuturesUnordered, StreamExt};
-
-    let slots = tokio::sync::Semaphore::new(parallel.max(1));
-    let watch = |id: String| {
-        let slots = &slots;
-        async move {
-            let deadline = Instant::now() + verify_for;
-            let mut pause = FIRST_LOOK;
-            loop {
-                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-                let gone = {
-                    let _slot = slots.acquire().await;
-                    // An error while polling proves nothing: the sandbox counts as still there.
-                    matches!(backend.get(&id).await, Ok(None))
-                };
-                if gone || Instant::now() >= deadline {
-                    return (id, gone);
-                }
-                pause = (pause * 3 / 2).min(LONGEST_PAUSE);
-            }
-        }
-    };
-    let mut watches = FuturesUnordered::new();
-    let mut still_there = std::collections::BTreeSet::new();
+) -> BTreeSet<String> {
+    let mut waiting: BTreeMap<String, Waiting> = BTreeMap::new();
+    let mut still_there = BTreeSet::new();
     let mut open = true;
-    loop {
+    let mut ticks = tokio::time::interval(LOOK_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while open || !waiting.is_empty() {
         tokio::select! {
             announced = accepted.recv(), if open => match announced {
-                Some(id) => watches.push(watch(id)),
+                Some(id) => {
+                    let now = Instant::now();
+                    waiting.insert(id, Waiting { deadline: now + verify_for, next_look: now, pause: LOOK_EVERY });
+                }
                 None => open = false,
             },
-            Some((id, gone)) = watches.next(), if !watches.is_empty() => {
-                if !gone {
+            _ = ticks.tick(), if !waiting.is_empty() => {
+                look(backend, &mut waiting, parallel).await;
+                let now = Instant::now();
+                let expired: Vec<String> =
+                    waiting.iter().filter(|(_, wait)| now >= wait.deadline).map(|(id, _)| id.clone()).collect();
+                for id in expired {
+                    waiting.remove(&id);
                     still_there.insert(id);
                 }
             }
-            else => break,
         }
     }
     still_there
+}
+
+/// One round of looks at the sandboxes due: those found gone leave
+/// `waiting`; those a lookup found still there wait longer for the next.
+async fn look(backend: &DaytonaBackend, waiting: &mut BTreeMap<String, Waiting>, parallel: usize) {
+    let now = Instant::now();
+    let due: Vec<String> = waiting.iter().filter(|(_, wait)| now >= wait.next_look).map(|(id, _)| id.clone()).collect();
+    let to_look_up = narrow_down(backend, due).await;
+    let looks = futures_util::stream::iter(to_look_up.into_iter().map(|id| async move {
+        // An error while looking proves nothing: the sandbox counts as still there.
+        let gone = matches!(backend.get(&id).await, Ok(None));
+        (id, gone)
+    }));
+    let results: Vec<(String, bool)> = looks.buffer_unordered(parallel.max(1)).collect().await;
+    for (id, gone) in results {
+        if gone {
+            waiting.remove(&id);
+        } else if let Some(wait) = waiting.get_mut(&id) {
+            wait.next_look = Instant::now() + wait.pause;
+            wait.pause = (wait.pause * 2).min(LONGEST_PAUSE);
+        }
+    }
+}
+
+/// The sandboxes of `due` that may be gone: with several due, those absent
+/// from the list of sandboxes still `destroying`; else (or when the list
+/// fails) all of them.
+async fn narrow_down(backend: &DaytonaBackend, due: Vec<String>) -> Vec<String> {
+    if due.len() < LIST_FROM {
+        return due;
+    }
+    match backend.list_in_states(&["destroying"]).await {
+        Ok(listed) => {
+            let destroying: BTreeSet<&str> = listed.iter().map(|sandbox| sandbox.id.as_str()).collect();
+            due.into_iter().filter(|id| !destroying.contains(id.as_str())).collect()
+        }
+        Err(_) => due,
+    }
 }
