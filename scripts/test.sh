@@ -50,4 +50,11 @@ if ! "$venv/bin/python" -c 'import docker, daytona' >/dev/null 2>&1; then
     "$venv/bin/pip" install -q --disable-pip-version-check daytona docker
 fi
 
+# The harness tests run the real Terminal-Bench and Harbor on the tasks of
+# tests/harnesses: a cached virtualenv of their own (pinned by
+# tests/harnesses/requirements.lock, Python 3.12), Compose v2 as a plugin in a
+# private docker config dir, and the tasks' base image built with debootstrap
+# (installed when missing). Minutes the first time, instant after.
+scripts/harness-env.sh
+
 exec cargo test --all-targets "$@"

@@ -122,6 +122,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub(crate) metrics_file: Option<PathBuf>,
 
+    /// A task whose harness result (`harness.results`) is unresolved or an error counts as failed (exit 1)
+    #[arg(long)]
+    pub(crate) fail_on_unresolved: bool,
+
     /// Arguments appended to the harness command, or the whole command without a benchmark file
     #[arg(last = true, value_name = "HARNESS ARGS")]
     pub(crate) harness_args: Vec<String>,

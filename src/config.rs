@@ -38,7 +38,8 @@ pub(crate) struct Benchmark {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Harness {
-    /// Program and arguments, with placeholders `{task}`, `{run_id}`, `{task_index}`.
+    /// Program and arguments, with placeholders `{task}`, `{run_id}`,
+    /// `{task_index}` and `{benchmark_dir}` (the benchmark file's directory).
     pub(crate) command: Vec<String>,
     #[serde(default)]
     pub(crate) env: BTreeMap<String, String>,
@@ -49,6 +50,19 @@ pub(crate) struct Harness {
     pub(crate) timeout: Option<Duration>,
     #[serde(default, deserialize_with = "optional_duration")]
     pub(crate) grace: Option<Duration>,
+    /// The harness's own result files, read after each task for its verdict and score.
+    #[serde(default)]
+    pub(crate) results: Option<ResultsFormat>,
+}
+
+/// Whose result files a harness writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ResultsFormat {
+    /// `tb run`: `<output-path>/<run-id>/results.json`.
+    TerminalBench,
+    /// `harbor run`: `<jobs-dir>/<job-name>/result.json` and one `result.json` per trial.
+    Harbor,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -89,6 +103,11 @@ pub(crate) struct RetrySection {
 pub(crate) struct DockerSection {
     #[serde(default = "yes")]
     pub(crate) enabled: bool,
+    /// Give each task its own labelling proxy as `DOCKER_HOST` (default). Off,
+    /// the harness talks to the engine itself, and what it creates is known
+    /// by the selectors and the creation watcher alone.
+    #[serde(default = "yes")]
+    pub(crate) proxy: bool,
     #[serde(default, deserialize_with = "optional_duration")]
     pub(crate) stop_timeout: Option<Duration>,
     #[serde(default)]
@@ -97,7 +116,7 @@ pub(crate) struct DockerSection {
 
 impl Default for DockerSection {
     fn default() -> Self {
-        DockerSection { enabled: true, stop_timeout: None, selectors: Vec::new() }
+        DockerSection { enabled: true, proxy: true, stop_timeout: None, selectors: Vec::new() }
     }
 }
 
@@ -128,6 +147,9 @@ pub(crate) enum Selector {
     Label(String),
     /// Compose projects whose name starts with this: their containers, networks and volumes.
     ComposeProjectPrefix(String),
+    /// Compose projects whose name fits this pattern (`*` stands for any
+    /// text): their containers, networks and volumes.
+    ComposeProject(String),
 }
 
 impl Selector {
@@ -136,17 +158,29 @@ impl Selector {
         match self {
             Selector::Label(label) => Selector::Label(fill(label)),
             Selector::ComposeProjectPrefix(prefix) => Selector::ComposeProjectPrefix(fill(prefix)),
+            Selector::ComposeProject(pattern) => Selector::ComposeProject(fill(pattern)),
+        }
+    }
+
+    /// The compose-project pattern of a project selector: a prefix is
+    /// itself followed by `*`.
+    pub(crate) fn project_pattern(&self) -> Option<String> {
+        match self {
+            Selector::Label(_) => None,
+            Selector::ComposeProjectPrefix(prefix) => Some(format!("{prefix}*")),
+            Selector::ComposeProject(pattern) => Some(pattern.clone()),
         }
     }
 }
 
-/// The form the ledger stores a selector in: `label:K=V` or
-/// `compose_project_prefix:P`.
+/// The form the ledger stores a selector in: `label:K=V`,
+/// `compose_project_prefix:P` or `compose_project:PATTERN`.
 impl std::fmt::Display for Selector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Selector::Label(label) => write!(f, "label:{label}"),
             Selector::ComposeProjectPrefix(prefix) => write!(f, "compose_project_prefix:{prefix}"),
+            Selector::ComposeProject(pattern) => write!(f, "compose_project:{pattern}"),
         }
     }
 }
@@ -158,7 +192,10 @@ impl std::str::FromStr for Selector {
         match text.split_once(':') {
             Some(("label", label)) => Ok(Selector::Label(label.to_string())),
             Some(("compose_project_prefix", prefix)) => Ok(Selector::ComposeProjectPrefix(prefix.to_string())),
-            _ => Err(format!("{text:?} is not a selector: expected label:K=V or compose_project_prefix:P")),
+            Some(("compose_project", pattern)) => Ok(Selector::ComposeProject(pattern.to_string())),
+            _ => Err(format!(
+                "{text:?} is not a selector: expected label:K=V, compose_project_prefix:P or compose_project:PATTERN"
+            )),
         }
     }
 }
@@ -169,16 +206,20 @@ impl std::str::FromStr for Selector {
 struct SelectorEntry {
     label: Option<String>,
     compose_project_prefix: Option<String>,
+    compose_project: Option<String>,
 }
 
 impl TryFrom<SelectorEntry> for Selector {
     type Error = String;
 
     fn try_from(entry: SelectorEntry) -> Result<Self, String> {
-        match (entry.label, entry.compose_project_prefix) {
-            (Some(label), None) => Ok(Selector::Label(label)),
-            (None, Some(prefix)) => Ok(Selector::ComposeProjectPrefix(prefix)),
-            _ => Err("a selector has exactly one of `label: K=V` or `compose_project_prefix: PREFIX`".to_string()),
+        match (entry.label, entry.compose_project_prefix, entry.compose_project) {
+            (Some(label), None, None) => Ok(Selector::Label(label)),
+            (None, Some(prefix), None) => Ok(Selector::ComposeProjectPrefix(prefix)),
+            (None, None, Some(pattern)) => Ok(Selector::ComposeProject(pattern)),
+            _ => Err("a selector has exactly one of `label: K=V`, `compose_project_prefix: PREFIX` \
+                      or `compose_project: PATTERN`"
+                .to_string()),
         }
     }
 }
@@ -257,39 +298,92 @@ pub(crate) fn fill(template: &str, task: &str, run_id: &str, task_index: usize) 
 /// Whether `value` fits a template whose placeholders stand for any
 /// non-empty text. Fill `{run_id}` first to ask "does this belong to run R?".
 pub(crate) fn matches_template(template: &str, value: &str) -> bool {
-    let mut literals: Vec<&str> = Vec::new();
-    let mut rest = template;
-    loop {
-        let next = ["{task}", "{run_id}", "{task_index}"]
-            .iter()
-            .filter_map(|placeholder| rest.find(placeholder).map(|index| (index, placeholder.len())))
-            .min();
-        match next {
-            Some((index, length)) => {
-                literals.push(&rest[..index]);
-                rest = &rest[index + length..];
-            }
-            None => {
-                literals.push(rest);
-                break;
-            }
-        }
-    }
-    matches_literals(&literals, value)
+    matches_pieces(&pieces(template, Spelling::AsWritten), value)
 }
 
-/// `literals` alternate with wildcards: literal, *, literal, *, ..., literal.
-fn matches_literals(literals: &[&str], value: &str) -> bool {
-    let Some((first, tail)) = literals.split_first() else {
-        return value.is_empty();
-    };
-    let Some(value) = value.strip_prefix(first) else {
-        return false;
-    };
-    if tail.is_empty() {
-        return value.is_empty();
+/// Whether a compose project is named by `pattern`: `*` stands for any
+/// text, a placeholder for any non-empty text, and the rest is spelled as
+/// compose and the harnesses spell project names (lower case; anything but
+/// letters, digits, `_` and `-` becomes `-`), so a task `Hello.World` is
+/// found in project `hello-world-1-of-1-…`.
+pub(crate) fn compose_project_matches(pattern: &str, project: &str) -> bool {
+    matches_pieces(&pieces(pattern, Spelling::ComposeProject), project)
+}
+
+/// One piece of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Literal(String),
+    /// `*` in a compose-project pattern: any text, even none.
+    AnyText,
+    /// A placeholder: any non-empty text.
+    Placeholder,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spelling {
+    /// Literals as written; `*` is a literal star.
+    AsWritten,
+    /// Literals as compose spells project names; `*` is a wildcard.
+    ComposeProject,
+}
+
+const PLACEHOLDERS: [&str; 3] = ["{task}", "{run_id}", "{task_index}"];
+
+fn pieces(template: &str, spelling: Spelling) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut literal = String::new();
+    let mut rest = template;
+    while let Some(next) = rest.chars().next() {
+        if let Some(placeholder) = PLACEHOLDERS.iter().find(|placeholder| rest.starts_with(**placeholder)) {
+            pieces.push(Piece::Literal(std::mem::take(&mut literal)));
+            pieces.push(Piece::Placeholder);
+            rest = &rest[placeholder.len()..];
+            continue;
+        }
+        match (next, spelling) {
+            ('*', Spelling::ComposeProject) => {
+                pieces.push(Piece::Literal(std::mem::take(&mut literal)));
+                pieces.push(Piece::AnyText);
+            }
+            (_, Spelling::AsWritten) => literal.push(next),
+            (_, Spelling::ComposeProject) => literal.extend(compose_spelling(next)),
+        }
+        rest = &rest[next.len_utf8()..];
     }
-    (1..=value.len()).any(|cut| value.is_char_boundary(cut) && matches_literals(tail, &value[cut..]))
+    pieces.push(Piece::Literal(literal));
+    pieces.retain(|piece| piece != &Piece::Literal(String::new()));
+    pieces
+}
+
+/// How compose (and Harbor, and Terminal-Bench's dots) spell one character of a project name.
+fn compose_spelling(character: char) -> impl Iterator<Item = char> {
+    character.to_lowercase().map(|lower| match lower {
+        'a'..='z' | '0'..='9' | '_' | '-' => lower,
+        _ => '-',
+    })
+}
+
+/// Whether `value` is spelled by `pieces`: `fits[i]` holds at which byte
+/// offsets of `value` the first `i` pieces can end; linear in the pieces
+/// times the length squared at worst, never exponential.
+fn matches_pieces(pieces: &[Piece], value: &str) -> bool {
+    let boundaries: Vec<usize> = (0..=value.len()).filter(|offset| value.is_char_boundary(*offset)).collect();
+    let mut ends: Vec<bool> = boundaries.iter().map(|offset| *offset == 0).collect();
+    for piece in pieces {
+        let mut next = vec![false; boundaries.len()];
+        for (start_index, start) in boundaries.iter().enumerate().filter(|(index, _)| ends[*index]) {
+            for (end_index, end) in boundaries.iter().enumerate().skip(start_index) {
+                next[end_index] |= match piece {
+                    Piece::Literal(literal) => value[*start..*end] == *literal,
+                    Piece::AnyText => true,
+                    Piece::Placeholder => end > start,
+                };
+            }
+        }
+        ends = next;
+    }
+    ends.last().copied().unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -322,11 +416,48 @@ mod tests {
 
     #[test]
     fn selectors_read_back_what_they_write() {
-        for selector in [Selector::Label("a=b:c".into()), Selector::ComposeProjectPrefix("tb-{run_id}".into())] {
+        for selector in [
+            Selector::Label("a=b:c".into()),
+            Selector::ComposeProjectPrefix("tb-{run_id}".into()),
+            Selector::ComposeProject("{task}-*-{run_id}".into()),
+        ] {
             assert_eq!(selector.to_string().parse::<Selector>(), Ok(selector));
         }
         assert!("nonsense".parse::<Selector>().is_err());
         assert!("size:3".parse::<Selector>().is_err());
+    }
+
+    #[test]
+    fn compose_project_patterns_match_as_compose_spells_names() {
+        let pattern = fill("{task}-*-of-*-{run_id}-{task}", "Hello.World", "20261130-1016-k3f9", 0);
+        assert!(compose_project_matches(&pattern, "hello-world-1-of-1-20261130-1016-k3f9-hello-world"));
+        assert!(compose_project_matches(&pattern, "hello-world-2-of-3-20261130-1016-k3f9-hello-world"));
+        assert!(!compose_project_matches(&pattern, "hello-world-1-of-1-20261130-1016-zzzz-hello-world"));
+        assert!(!compose_project_matches(&pattern, "other-1-of-1-20261130-1016-k3f9-hello-world"));
+        // A template (sweeps): placeholders stand for any non-empty text, `*` for any.
+        assert!(compose_project_matches("{task}-*-of-*-{run_id}-{task}", "a-1-of-1-r-a"));
+        assert!(!compose_project_matches("{task}-*-of-*-{run_id}-{task}", "a-1-of-1--a"));
+        assert!(compose_project_matches("tb*", "tb"));
+        assert!(!compose_project_matches("tb", "tb-more"));
+        // Outside compose-project patterns a star is just a star.
+        assert!(matches_template("a*b", "a*b"));
+        assert!(!matches_template("a*b", "axb"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn patterns_never_panic_and_a_value_fits_itself_with_stars_between(
+            pattern in "[a-zA-Z0-9*{}_. -]{0,24}",
+            value in "[a-z0-9_-]{0,24}",
+            cut in 0usize..24,
+        ) {
+            let _ = compose_project_matches(&pattern, &value);
+            let _ = matches_template(&pattern, &value);
+            let cut = cut.min(value.len());
+            let starred = format!("{}*{}", &value[..cut], &value[cut..]);
+            proptest::prop_assert!(compose_project_matches(&starred, &value));
+            proptest::prop_assert!(compose_project_matches(&value.to_uppercase(), &value));
+        }
     }
 
     #[test]

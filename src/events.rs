@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::errors::Service;
 use crate::resource::{Kind, RemovalOutcome, ResourceRef};
+use crate::results::TaskResult;
 
 /// One thing that happened.
 #[derive(Debug, Clone, Copy)]
@@ -204,6 +205,13 @@ pub(crate) enum OrphanEvent<'a> {
     Recovered {
         runs: usize,
     },
+    /// Proxy socket directories left by runs that are gone: removed, or in a
+    /// dry run, would be; those that could not be removed, with why.
+    StaleSockets {
+        directories: &'a [PathBuf],
+        failed: &'a [(PathBuf, String)],
+        dry_run: bool,
+    },
 }
 
 /// Receives events; implementations must be quick and must not block, since
@@ -313,6 +321,26 @@ pub(crate) struct TaskReport {
     pub(crate) resources_pending: Vec<String>,
     pub(crate) teardown_seconds: f64,
     pub(crate) teardown_error: Option<String>,
+    /// What became of everything the task created.
+    pub(crate) resources: ResourceFates,
+    /// What the harness's own result file says (`harness.results`), when
+    /// the harness ran to its end.
+    pub(crate) result: Option<TaskResult>,
+}
+
+/// What became of a task's resources. How often a harness cleans up after
+/// itself, and how often it leaks, is the figure a user wants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct ResourceFates {
+    /// Every resource of the task benchwarden knew of: recorded as it was
+    /// created (proxy, creation watcher), or found by listing at teardown.
+    pub(crate) created: usize,
+    /// Gone before teardown: the harness removed them itself.
+    pub(crate) removed_by_harness: usize,
+    /// Removed by benchwarden's teardown.
+    pub(crate) removed_by_benchwarden: usize,
+    /// Still there after teardown, or unaccounted for because it failed.
+    pub(crate) leaked: usize,
 }
 
 impl TaskReport {
@@ -332,6 +360,8 @@ impl TaskReport {
             resources_pending: Vec::new(),
             teardown_seconds: 0.0,
             teardown_error: None,
+            resources: ResourceFates::default(),
+            result: None,
         }
     }
 

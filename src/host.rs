@@ -70,6 +70,22 @@ pub(crate) fn process_name(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|name| name.trim().to_string())
 }
 
+/// A process's command line (`/proc/<pid>/cmdline`, arguments joined by
+/// spaces), or its name in brackets when it has none (kernel threads,
+/// zombies); `None` once it is gone.
+pub(crate) fn process_command_line(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let words: Vec<String> = raw
+        .split(|byte| *byte == 0)
+        .filter(|word| !word.is_empty())
+        .map(|word| String::from_utf8_lossy(word).into_owned())
+        .collect();
+    match words.is_empty() {
+        true => process_name(pid).map(|name| format!("[{name}]")),
+        false => Some(words.join(" ")),
+    }
+}
+
 /// Whether a process's environment holds every one of `entries`
 /// (`NAME=value`): how a task's descendants are known after they leave its
 /// process group, since the environment is inherited across `setsid`.
@@ -101,6 +117,14 @@ mod tests {
         assert!(me.start_time > 0 && me.start_time >= init.start_time, "{me:?} vs {init:?}");
         assert_eq!(me.parent, nix::unistd::getppid().as_raw() as u32);
         assert_eq!(me.group, nix::unistd::getpgrp().as_raw() as u32);
+    }
+
+    #[test]
+    fn the_command_line_is_read_back_as_words() {
+        let line = process_command_line(std::process::id()).unwrap();
+        let program = std::env::args().next().unwrap();
+        assert!(line.starts_with(&program), "{line:?} should start with {program:?}");
+        assert_eq!(process_command_line(u32::MAX - 1), None);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod owner;
 pub mod recover;
 pub mod report;
 pub mod resource;
+pub mod results;
 pub mod retry;
 pub mod settings;
 pub mod supervisor;

@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde::Serialize;
 
 use crate::errors::Service;
-use crate::events::{Event, EventSink, RemovalEvent, TaskEvent, TaskOutcome};
+use crate::events::{Event, EventSink, RemovalEvent, TaskEvent, TaskOutcome, TaskReport};
 use crate::resource::{Kind, RemovalOutcome};
 
 /// Upper bounds of the teardown-time histogram's buckets, in seconds.
@@ -53,6 +53,13 @@ struct Tally {
     /// By service and kind; calls about no single resource (lists) have no kind.
     retries: BTreeMap<(Service, Option<Kind>), u64>,
     tasks: BTreeMap<&'static str, u64>,
+    /// Tasks by the verdict of the harness's own result file.
+    verdicts: BTreeMap<&'static str, u64>,
+    /// The sum of those results' scores, and how many had one.
+    score_sum: f64,
+    scored: u64,
+    /// What became of the resources tasks created, by fate.
+    fates: BTreeMap<&'static str, u64>,
     teardown: Histogram,
     last_sweep: Option<i64>,
 }
@@ -87,10 +94,30 @@ impl Tally {
             Event::Task(TaskEvent::Finished { report }) if report.outcome != TaskOutcome::NotStarted => {
                 *self.tasks.entry(outcome_label(report.outcome)).or_default() += 1;
                 self.teardown.observe(report.teardown_seconds);
+                self.count_result(report);
             }
             Event::SweepFinished { at, .. } => self.last_sweep = Some(*at),
             Event::PreRunSweepFinished { .. } => self.last_sweep = Some(crate::clock::now_unix()),
             _ => {}
+        }
+    }
+
+    fn count_result(&mut self, report: &TaskReport) {
+        let fates = &report.resources;
+        for (fate, count) in [
+            ("created", fates.created),
+            ("removed_by_harness", fates.removed_by_harness),
+            ("removed_by_benchwarden", fates.removed_by_benchwarden),
+            ("leaked", fates.leaked),
+        ] {
+            *self.fates.entry(fate).or_default() += count as u64;
+        }
+        if let Some(result) = &report.result {
+            *self.verdicts.entry(result.verdict.describe()).or_default() += 1;
+            if let Some(score) = result.score {
+                self.score_sum += score;
+                self.scored += 1;
+            }
         }
     }
 
@@ -157,7 +184,10 @@ impl Metrics {
             .collect();
         let tasks = tally.tasks.iter().map(|(outcome, count)| (labels(&[("outcome", outcome)]), *count)).collect();
         let last_sweep = tally.last_sweep.map(|at| (String::new(), at.max(0) as u64)).into_iter().collect();
-        let families: [Family; 7] = [
+        let verdicts =
+            tally.verdicts.iter().map(|(verdict, count)| (labels(&[("verdict", verdict)]), *count)).collect();
+        let fates = tally.fates.iter().map(|(fate, count)| (labels(&[("fate", fate)]), *count)).collect();
+        let families: [Family; 9] = [
             ("resources_created_total", "counter", "Resources tasks created.", by_kind(&tally.created)),
             (
                 "resources_removed_total",
@@ -168,6 +198,13 @@ impl Metrics {
             ("removal_failures_total", "counter", "Removals that failed for good.", by_kind(&tally.failures)),
             ("retries_total", "counter", "Calls tried again after a failure.", retries),
             ("tasks_total", "counter", "Tasks run, by outcome.", tasks),
+            ("task_results_total", "counter", "Tasks by the verdict of the harness's own result file.", verdicts),
+            (
+                "task_resources_total",
+                "counter",
+                "What became of the resources tasks created: created, removed_by_harness, removed_by_benchwarden, leaked.",
+                fates,
+            ),
             ("live_resources", "gauge", "Resources still owned, as the ledger records them.", by_kind(live)),
             ("last_sweep_timestamp_seconds", "gauge", "When the last sweep finished, in Unix seconds.", last_sweep),
         ];
@@ -176,6 +213,15 @@ impl Metrics {
             family(&mut text, &format!("benchwarden_{name}"), kind, help, samples);
         }
         histogram(&mut text, &tally.teardown);
+        let name = "benchwarden_task_score_sum";
+        let _ = writeln!(text, "# HELP {name} The sum of the scores in the harnesses' result files (mean: over benchwarden_task_scored_total).\n# TYPE {name} counter\n{name} {}", tally.score_sum);
+        family(
+            &mut text,
+            "benchwarden_task_scored_total",
+            "counter",
+            "Tasks whose result file gave a score.",
+            &[(String::new(), tally.scored)],
+        );
         text
     }
 }
@@ -237,8 +283,9 @@ pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Call, TaskReport};
+    use crate::events::{Call, ResourceFates};
     use crate::resource::ResourceRef;
+    use crate::results::{TaskResult, Verdict};
 
     fn container(id: &str) -> ResourceRef {
         ResourceRef { kind: Kind::Container, id: id.into(), name: String::new() }
@@ -259,6 +306,14 @@ mod tests {
         let mut report = TaskReport::unstarted("t", "t.log".into());
         report.outcome = TaskOutcome::TimedOut;
         report.teardown_seconds = 0.3;
+        report.resources = ResourceFates { created: 4, removed_by_harness: 3, removed_by_benchwarden: 1, leaked: 0 };
+        report.result = Some(TaskResult {
+            verdict: Verdict::Unresolved,
+            score: Some(0.25),
+            trials: 4,
+            detail: None,
+            path: "results.json".into(),
+        });
         metrics.event(&Event::Task(TaskEvent::Finished { report: &report }));
         let text = metrics.render(&Live::from([((Service::Docker, Kind::Container), 1)]));
         assert!(
@@ -271,6 +326,10 @@ mod tests {
         );
         assert!(text.contains("benchwarden_retries_total{backend=\"daytona\",kind=\"api\"} 1\n"), "{text}");
         assert!(text.contains("benchwarden_tasks_total{outcome=\"timed_out\"} 1\n"), "{text}");
+        assert!(text.contains("benchwarden_task_results_total{verdict=\"unresolved\"} 1\n"), "{text}");
+        assert!(text.contains("benchwarden_task_resources_total{fate=\"removed_by_harness\"} 3\n"), "{text}");
+        assert!(text.contains("benchwarden_task_score_sum 0.25\n"), "{text}");
+        assert!(text.contains("benchwarden_task_scored_total 1\n"), "{text}");
         assert!(text.contains("benchwarden_live_resources{backend=\"docker\",kind=\"container\"} 1\n"), "{text}");
         assert!(text.contains("benchwarden_teardown_seconds_bucket{le=\"0.25\"} 0\n"), "{text}");
         assert!(text.contains("benchwarden_teardown_seconds_bucket{le=\"0.5\"} 1\n"), "{text}");

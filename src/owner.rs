@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{matches_template, Selector};
+use crate::config::{compose_project_matches, matches_template, Selector};
 use crate::host;
 use crate::ledger::RunRecord;
 use crate::resource::LabelSelector;
@@ -116,20 +116,14 @@ impl Claims {
             .iter()
             .filter_map(|selector| match selector {
                 Selector::Label(label) => LabelSelector::parse(label).ok(),
-                Selector::ComposeProjectPrefix(_) => None,
+                Selector::ComposeProjectPrefix(_) | Selector::ComposeProject(_) => None,
             })
             .collect()
     }
 
-    /// The compose-project prefixes among the claims.
-    pub(crate) fn project_prefixes(&self) -> Vec<&str> {
-        self.selectors
-            .iter()
-            .filter_map(|selector| match selector {
-                Selector::ComposeProjectPrefix(prefix) => Some(prefix.as_str()),
-                Selector::Label(_) => None,
-            })
-            .collect()
+    /// The compose-project patterns among the claims.
+    pub(crate) fn project_patterns(&self) -> Vec<String> {
+        self.selectors.iter().filter_map(Selector::project_pattern).collect()
     }
 
     /// Whether a resource with these labels is claimed: it carries the
@@ -140,12 +134,12 @@ impl Claims {
             || self.in_claimed_project(labels)
     }
 
-    /// Whether the labels put a resource in a compose project the claims' prefixes name.
+    /// Whether the labels put a resource in a compose project the claims' patterns name.
     pub(crate) fn in_claimed_project(&self, labels: &BTreeMap<String, String>) -> bool {
-        let prefixes = self.project_prefixes();
+        let patterns = self.project_patterns();
         labels
             .get(COMPOSE_PROJECT_LABEL)
-            .is_some_and(|project| prefixes.iter().any(|prefix| project.starts_with(prefix)))
+            .is_some_and(|project| patterns.iter().any(|pattern| compose_project_matches(pattern, project)))
     }
 }
 
@@ -169,11 +163,9 @@ pub(crate) fn template_claims(selector: &Selector, labels: &BTreeMap<String, Str
                 (None, _) => false,
             }
         }
-        Selector::ComposeProjectPrefix(template) => {
-            let template = fill_run(template);
-            labels.get(COMPOSE_PROJECT_LABEL).is_some_and(|project| {
-                matches_template(&template, project) || matches_template(&format!("{template}{{task}}"), project)
-            })
+        Selector::ComposeProjectPrefix(_) | Selector::ComposeProject(_) => {
+            let pattern = selector.project_pattern().map(|pattern| fill_run(&pattern)).unwrap_or_default();
+            labels.get(COMPOSE_PROJECT_LABEL).is_some_and(|project| compose_project_matches(&pattern, project))
         }
     }
 }
@@ -198,6 +190,12 @@ mod tests {
         assert!(template_claims(&prefix, &project, None));
         assert!(template_claims(&prefix, &project, Some("r1")));
         assert!(!template_claims(&prefix, &project, Some("r2")));
+        // Terminal-Bench's project: `{task}.{attempt}-of-{attempts}.{its run id}`, dots as dashes.
+        let terminal_bench = Selector::ComposeProject("{task}-*-of-*-{run_id}-{task}".into());
+        let project = labels(&[(COMPOSE_PROJECT_LABEL, "hello-1-of-1-r1-hello")]);
+        assert!(template_claims(&terminal_bench, &project, None));
+        assert!(template_claims(&terminal_bench, &project, Some("r1")));
+        assert!(!template_claims(&terminal_bench, &project, Some("r2")));
     }
 
     #[test]

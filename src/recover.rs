@@ -15,7 +15,7 @@ use crate::host;
 use crate::ledger::{Ledger, RunRecord};
 use crate::owner::{owner_is_alive, Claims, LabelledOwner, LABEL_HOST};
 use crate::resource::{LabelSelector, RemovalOutcome, ResourceRef};
-use crate::supervisor::process::kill_orphaned_run;
+use crate::supervisor::process::{kill_orphaned_run, run_processes, RunProcess};
 use crate::teardown::{self, Backends, TeardownOptions};
 
 /// What recovery did for one orphaned run.
@@ -29,6 +29,8 @@ pub(crate) struct RecoveredRun {
     pub(crate) pending: Vec<ResourceRef>,
     /// Recorded for a backend this recovery was not given: the run stays open.
     pub(crate) kept: Vec<ResourceRef>,
+    /// The run's processes that were killed (or, in a dry run, would be).
+    pub(crate) processes: Vec<RunProcess>,
     pub(crate) dry_run: bool,
 }
 
@@ -132,7 +134,7 @@ async fn plan_recovery(
     claims: &Claims,
     events: &Events,
 ) -> Result<RecoveredRun, Error> {
-    let found = teardown::discover(backends, ledger, claims).await?;
+    let found = teardown::discover(backends, ledger, claims).await?.found;
     for resource in &found {
         events.emit(Event::WouldRemove { resource });
     }
@@ -143,6 +145,7 @@ async fn plan_recovery(
         pending: Vec::new(),
         kept: Vec::new(),
         found,
+        processes: run_processes(&claims.run_id),
         dry_run: true,
     })
 }
@@ -164,8 +167,8 @@ async fn recover_orphan(
     }
     // Nothing of the run may go on creating resources while they are torn down.
     let processes = kill_orphaned_run(run_id).await;
-    if processes > 0 {
-        events.orphan(OrphanEvent::ProcessesKilled { run_id, processes });
+    if !processes.is_empty() {
+        events.orphan(OrphanEvent::ProcessesKilled { run_id, processes: processes.len() });
     }
     let torn = teardown::teardown(backends, ledger, claims, options, events).await?;
     if !torn.left_something() {
@@ -180,6 +183,7 @@ async fn recover_orphan(
         leaked: torn.leaked,
         pending: torn.pending,
         kept: torn.kept,
+        processes,
         dry_run: false,
     })
 }

@@ -400,6 +400,8 @@ pub struct RunSettings {
     pub(crate) cleanup_states: Vec<String>,
     pub(crate) report: Option<PathBuf>,
     pub(crate) metrics_file: Option<PathBuf>,
+    /// An unresolved (or error) harness result makes the task count as failed.
+    pub(crate) fail_on_unresolved: bool,
     pub(crate) harness_args: Vec<String>,
     pub(crate) retry: RetryPolicy,
     /// Removals at once in teardowns and sweeps.
@@ -455,6 +457,7 @@ impl RunSettings {
             cleanup_age,
             report: args.report.clone(),
             metrics_file: args.metrics_file.clone(),
+            fail_on_unresolved: args.fail_on_unresolved,
             harness_args,
             parallel: DEFAULT_PARALLEL,
             daytona,
@@ -465,12 +468,15 @@ impl RunSettings {
     pub(crate) fn task_specs(&self, run_id: &str) -> Vec<TaskSpec> {
         let harness = &self.benchmark.harness;
         let cwd = harness.cwd.as_ref().map(|cwd| self.base_dir.join(cwd));
+        let benchmark_dir = std::path::absolute(&self.base_dir).unwrap_or_else(|_| self.base_dir.clone());
+        let benchmark_dir = benchmark_dir.display().to_string();
         self.tasks
             .iter()
             .enumerate()
             .map(|(index, task)| {
                 let fill = |template: &str| fill(template, task, run_id, index);
-                let mut words = harness.command.iter().map(|word| fill(word));
+                let mut words =
+                    harness.command.iter().map(|word| fill(&word.replace("{benchmark_dir}", &benchmark_dir)));
                 let mut program = words.next().unwrap_or_default();
                 // A relative path is relative to the harness's working directory.
                 if program.contains('/') && !program.starts_with('/') {
@@ -490,6 +496,7 @@ impl RunSettings {
                     timeout: self.timeout,
                     grace: self.grace,
                     selectors: self.benchmark.docker.selectors.iter().map(|selector| selector.map(fill)).collect(),
+                    results: harness.results,
                 }
             })
             .collect()
@@ -499,7 +506,10 @@ impl RunSettings {
 fn load_benchmark(args: &cli::RunArgs, state_dir: &Path) -> Result<Loaded, Error> {
     let from_file = |path: &Path, source: String, harness_args: Vec<String>| -> Result<Loaded, Error> {
         let benchmark = Benchmark::load(path)?;
-        let base_dir = path.parent().map(PathBuf::from).unwrap_or_default();
+        let base_dir = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), PathBuf::from);
         Ok(Loaded { benchmark, source, base_dir, harness_args })
     };
     match (&args.benchmark, args.harness_args.is_empty()) {
@@ -518,7 +528,7 @@ fn load_benchmark(args: &cli::RunArgs, state_dir: &Path) -> Result<Loaded, Error
 fn adhoc_benchmark(command: Vec<String>) -> Benchmark {
     Benchmark {
         name: "adhoc".to_string(),
-        harness: Harness { command, env: Default::default(), cwd: None, timeout: None, grace: None },
+        harness: Harness { command, env: Default::default(), cwd: None, timeout: None, grace: None, results: None },
         tasks: Vec::new(),
         concurrency: None,
         cleanup: Default::default(),

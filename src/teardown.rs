@@ -32,6 +32,12 @@ pub(crate) struct TeardownReport {
     /// Recorded in the ledger for a backend this teardown was not given (no
     /// credentials, a dry run, one backend only): left alone, still owned.
     pub(crate) kept: Vec<ResourceRef>,
+    /// Recorded as created, and gone before this teardown tried to remove
+    /// them: the harness cleaned up after itself.
+    pub(crate) removed_by_others: Vec<ResourceRef>,
+    /// Every resource of the owner this teardown knew of: recorded at
+    /// creation, or found by listing.
+    pub(crate) known: usize,
     pub(crate) seconds: f64,
 }
 
@@ -61,50 +67,63 @@ pub(crate) struct TeardownOptions {
     pub(crate) stop_timeout: Option<Duration>,
 }
 
-/// Everything the claims point at now, containers first, sandboxes last.
-pub(crate) async fn discover(
-    backends: Backends<'_>,
-    ledger: &Ledger,
-    claims: &Claims,
-) -> Result<Vec<ResourceRef>, Error> {
-    let mut found: BTreeSet<ResourceRef> = BTreeSet::new();
-    if let Some(docker) = backends.docker {
-        found.extend(discover_docker(docker, ledger, claims).await?);
-    }
-    if let Some(daytona) = backends.daytona {
-        found.extend(discover_sandboxes(daytona, ledger, claims).await?);
-    }
-    // BTreeSet order is by kind: containers, networks, volumes, sandboxes.
-    Ok(found.into_iter().collect())
+/// What the claims point at now, and what the ledger recorded that is gone.
+#[derive(Debug, Default)]
+pub(crate) struct Discovery {
+    /// There now: containers first, sandboxes last.
+    pub(crate) found: Vec<ResourceRef>,
+    /// Recorded in the ledger, not released, and gone: removed by someone
+    /// else (the harness itself, as a rule). Discovery changes nothing, so a
+    /// dry run can use it; a teardown releases these rows.
+    pub(crate) gone: Vec<ResourceRef>,
 }
 
-/// Sandboxes with the owner labels, and the ledger's sandbox rows that still exist.
-async fn discover_sandboxes(
-    daytona: &DaytonaBackend,
-    ledger: &Ledger,
-    claims: &Claims,
-) -> Result<Vec<ResourceRef>, Error> {
+/// Everything the claims point at now, containers first, sandboxes last,
+/// and the ledger's rows whose resource is gone.
+pub(crate) async fn discover(backends: Backends<'_>, ledger: &Ledger, claims: &Claims) -> Result<Discovery, Error> {
+    let mut found: BTreeSet<ResourceRef> = BTreeSet::new();
+    let mut gone = Vec::new();
+    if let Some(docker) = backends.docker {
+        let (there, vanished) = discover_docker(docker, ledger, claims).await?;
+        found.extend(there);
+        gone.extend(vanished);
+    }
+    if let Some(daytona) = backends.daytona {
+        let (there, vanished) = discover_sandboxes(daytona, ledger, claims).await?;
+        found.extend(there);
+        gone.extend(vanished);
+    }
+    // BTreeSet order is by kind: containers, networks, volumes, sandboxes.
+    Ok(Discovery { found: found.into_iter().collect(), gone })
+}
+
+type Found = (BTreeSet<ResourceRef>, Vec<ResourceRef>);
+
+/// Sandboxes with the owner labels, and the ledger's sandbox rows: those that still exist, and those gone.
+async fn discover_sandboxes(daytona: &DaytonaBackend, ledger: &Ledger, claims: &Claims) -> Result<Found, Error> {
     let listing_failed = |error: DaytonaError| error.during("list sandboxes");
     let labels = claims.owner_labels().into_iter().filter_map(|label| Some((label.key, label.value?))).collect();
     let mut found: BTreeSet<ResourceRef> =
         daytona.list(&labels).await.map_err(listing_failed)?.iter().map(|sandbox| sandbox.resource()).collect();
+    let mut gone = Vec::new();
     for record in ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await? {
         if record.resource.kind != Kind::Sandbox || found.contains(&record.resource) {
             continue;
         }
         match daytona.look_up(&record.resource.id).await.map_err(listing_failed)? {
-            Some(_) => {
-                found.insert(record.resource);
+            Some(_) => found.insert(record.resource),
+            None => {
+                gone.push(record.resource);
+                false
             }
-            None => ledger.record_outcomes(vec![(record.resource, 0, None)]).await?,
-        }
+        };
     }
-    Ok(found.into_iter().collect())
+    Ok((found, gone))
 }
 
 /// Containers, networks and volumes the claims point at, and the ledger's
-/// Docker rows that still exist.
-async fn discover_docker(backend: &DockerBackend, ledger: &Ledger, claims: &Claims) -> Result<Vec<ResourceRef>, Error> {
+/// Docker rows: those that still exist, and those gone.
+async fn discover_docker(backend: &DockerBackend, ledger: &Ledger, claims: &Claims) -> Result<Found, Error> {
     // Every listing at once: each is a round trip to the daemon, and teardown
     // sits between a task's end and the next task's start.
     let (containers, networks, volumes, unreleased) = tokio::join!(
@@ -121,19 +140,21 @@ async fn discover_docker(backend: &DockerBackend, ledger: &Ledger, claims: &Clai
             found.insert(item.resource.clone());
         }
     }
+    let mut gone = Vec::new();
     for record in unreleased? {
         if record.resource.kind == Kind::Sandbox || found.contains(&record.resource) {
             continue;
         }
-        if backend.exists(&record.resource).await.map_err(|error| error.during("inspect"))? {
-            found.insert(record.resource);
-        } else {
-            // Gone already (removed by the harness itself): release the row.
-            ledger.record_outcomes(vec![(record.resource, 0, None)]).await?;
-        }
+        match backend.exists(&record.resource).await.map_err(|error| error.during("inspect"))? {
+            true => found.insert(record.resource),
+            false => {
+                gone.push(record.resource);
+                false
+            }
+        };
     }
     // BTreeSet order is by kind: containers, networks, volumes.
-    Ok(found.into_iter().collect())
+    Ok((found, gone))
 }
 
 /// Containers with the owner labels, a claimed label, or in a claimed
@@ -141,7 +162,7 @@ async fn discover_docker(backend: &DockerBackend, ledger: &Ledger, claims: &Clai
 async fn claimed_containers(backend: &DockerBackend, claims: &Claims) -> Result<BTreeSet<ResourceRef>, Error> {
     let mut queries: Vec<Vec<LabelSelector>> = vec![claims.owner_labels()];
     queries.extend(claims.label_selectors().into_iter().map(|selector| vec![selector]));
-    let by_project = !claims.project_prefixes().is_empty();
+    let by_project = !claims.project_patterns().is_empty();
     if by_project {
         queries.push(vec![LabelSelector { key: COMPOSE_PROJECT_LABEL.to_string(), value: None }]);
     }
@@ -176,34 +197,60 @@ pub(crate) async fn teardown(
 ) -> Result<TeardownReport, Error> {
     let started = Instant::now();
     let task_for_rows = claims.task_id.clone().unwrap_or_else(|| "-".to_string());
+    // What was recorded as it was created (proxy, watcher), before anyone here removed anything.
+    let recorded = ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await?;
+    let mut known: BTreeSet<ResourceRef> = recorded.into_iter().map(|row| row.resource).collect();
     let mut removal = RemovalReport::default();
     let mut attempted: BTreeSet<ResourceRef> = BTreeSet::new();
+    let mut removed_by_others: BTreeSet<ResourceRef> = BTreeSet::new();
     // A create already in flight when the harness was killed can still land after
     // the first listing, so list again until a round finds nothing new.
     let mut found = discover(backends, ledger, claims).await?;
-    for _round in 0..TEARDOWN_ROUNDS {
-        let fresh: Vec<ResourceRef> = found.iter().filter(|resource| !attempted.contains(*resource)).cloned().collect();
-        if fresh.is_empty() {
+    for round in 0..=TEARDOWN_ROUNDS {
+        release_gone(ledger, &found.gone, &attempted, &mut removed_by_others).await?;
+        let fresh: Vec<ResourceRef> =
+            found.found.iter().filter(|resource| !attempted.contains(*resource)).cloned().collect();
+        if fresh.is_empty() || round == TEARDOWN_ROUNDS {
             break;
         }
         for resource in &fresh {
             events.removal(RemovalEvent::Found { resource });
         }
         ledger.record_resources(&claims.run_id, &task_for_rows, fresh.clone()).await?;
-        let round = remove_by_kind(backends, &fresh, options, events).await;
-        ledger.record_outcomes(ledger_outcomes(&round)).await?;
+        let outcomes = remove_by_kind(backends, &fresh, options, events).await;
+        ledger.record_outcomes(ledger_outcomes(&outcomes)).await?;
         attempted.extend(fresh);
-        removal.extend(round);
+        removal.extend(outcomes);
         found = discover(backends, ledger, claims).await?;
     }
     // Sandboxes whose deletion was accepted but has not finished are pending, not leaked.
     let pending = removal.resources(|outcome| matches!(outcome, RemovalOutcome::Pending { .. }));
-    let leaked: Vec<ResourceRef> = found.into_iter().filter(|resource| !pending.contains(resource)).collect();
+    let leaked: Vec<ResourceRef> = found.found.into_iter().filter(|resource| !pending.contains(resource)).collect();
     for resource in &leaked {
         events.emit(Event::Leaked { resource });
     }
     let kept = not_asked(backends, ledger, claims).await?;
-    Ok(TeardownReport { removal, leaked, pending, kept, seconds: started.elapsed().as_secs_f64() })
+    known.extend(attempted.into_iter().chain(removed_by_others.iter().cloned()).chain(leaked.iter().cloned()));
+    known.extend(kept.iter().cloned());
+    let removed_by_others = removed_by_others.into_iter().collect();
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(TeardownReport { removal, leaked, pending, kept, removed_by_others, known: known.len(), seconds })
+}
+
+/// Releases the ledger rows of resources found gone; those this teardown
+/// never tried to remove were removed by someone else.
+async fn release_gone(
+    ledger: &Ledger,
+    gone: &[ResourceRef],
+    attempted: &BTreeSet<ResourceRef>,
+    removed_by_others: &mut BTreeSet<ResourceRef>,
+) -> Result<(), Error> {
+    if gone.is_empty() {
+        return Ok(());
+    }
+    ledger.record_outcomes(gone.iter().map(|resource| (resource.clone(), 0, None)).collect()).await?;
+    removed_by_others.extend(gone.iter().filter(|resource| !attempted.contains(*resource)).cloned());
+    Ok(())
 }
 
 /// The ledger's rows of the owner for a backend the teardown was not given.

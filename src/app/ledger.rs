@@ -1,14 +1,17 @@
 //! The commands about what the ledger knows: `benchwarden recover` and
 //! `benchwarden status`.
 
+use std::path::{Path, PathBuf};
+
 use super::{print_json, print_stdout, Session};
 use crate::backend::daytona::DaytonaBackend;
 use crate::backend::docker::DockerBackend;
 use crate::backend::{RemovalOptions, DEFAULT_PARALLEL};
 use crate::clock::now_unix;
 use crate::errors::{Error, ExitStatus};
-use crate::events::Events;
+use crate::events::{Events, OrphanEvent};
 use crate::host;
+use crate::intercept::sockets;
 use crate::ledger::Ledger;
 use crate::recover::{recover_orphans, OrphanSource};
 use crate::report::text::{self, RunStatus, Status};
@@ -52,6 +55,7 @@ pub async fn recover(
     };
     let source = if settings.from_labels { OrphanSource::LedgerAndLabels } else { OrphanSource::Ledger };
     let recovered = recover_orphans(backends, &ledger, &options, settings.dry_run, source, events).await?;
+    remove_stale_sockets(&global.state_dir, &ledger, settings.dry_run, events).await?;
     if settings.json {
         print_json(&recovered)?;
     } else {
@@ -59,6 +63,28 @@ pub async fn recover(
     }
     let left: usize = recovered.iter().map(|run| run.leaked.len() + run.pending.len() + run.kept.len()).sum();
     Ok(if left > 0 { ExitStatus::Leaked } else { ExitStatus::Success })
+}
+
+/// Removes the proxy socket directories of runs that are gone (a `kill -9`
+/// leaves them), or with `dry_run` tells which would go.
+pub(super) async fn remove_stale_sockets(
+    state_dir: &Path,
+    ledger: &Ledger,
+    dry_run: bool,
+    events: &Events,
+) -> Result<(), Error> {
+    let runs = ledger.runs().await?;
+    let stale = sockets::stale_directories(&sockets::socket_roots(state_dir), &runs, &host::host_name());
+    let (directories, failed) = match dry_run {
+        true => (stale, Vec::new()),
+        false => sockets::remove_directories(stale),
+    };
+    let failed: Vec<(PathBuf, String)> =
+        failed.into_iter().map(|(directory, error)| (directory, error.to_string())).collect();
+    if !directories.is_empty() || !failed.is_empty() {
+        events.orphan(OrphanEvent::StaleSockets { directories: &directories, failed: &failed, dry_run });
+    }
+    Ok(())
 }
 
 pub async fn status(global: &GlobalSettings, settings: &StatusSettings) -> Result<ExitStatus, Error> {

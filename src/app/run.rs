@@ -17,9 +17,11 @@ use crate::errors::{Error, ExitStatus};
 use crate::events::{Event, Events, OrphanEvent, TaskOutcome, TaskReport};
 use crate::host;
 use crate::intercept::docker_proxy::DockerProxySettings;
+use crate::intercept::sockets::socket_roots;
 use crate::ledger::{self, Ledger, RunRecord};
 use crate::recover::{recover_orphans, OrphanSource};
 use crate::report::text::{self, RunReport};
+use crate::results::Verdict;
 use crate::settings::{GlobalSettings, RunSettings};
 use crate::supervisor::task::RunContext;
 use crate::supervisor::watch::Watcher;
@@ -63,7 +65,7 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings, session: &Sess
         stop_timeout: settings.benchmark.docker.stop_timeout,
     };
     let pre_run = match settings.skip_cleanup {
-        false => Some(pre_run_cleanup(&started, settings, &teardown, &events).await?),
+        false => Some(pre_run_cleanup(&started, &global.state_dir, settings, &teardown, &events).await?),
         true => None,
     };
     let context = Arc::new(run_context(&started, global, settings, teardown, shutdown.clone(), &events));
@@ -73,7 +75,7 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings, session: &Sess
     drop(context);
     session.reporter.clear();
     let interrupted_by = shutdown.borrow().signal();
-    let status = exit_status(&reports, interrupted_by);
+    let status = exit_status(&reports, interrupted_by, settings.fail_on_unresolved);
     let ending = Ending { reports: &reports, pre_run: pre_run.as_ref(), status, interrupted_by };
     finish(&started, global, settings, &ending, session).await?;
     Ok(status)
@@ -149,6 +151,7 @@ fn prepare_supervision() {
 /// leftovers older than the cleanup age (or in a listed state).
 async fn pre_run_cleanup(
     started: &Started,
+    state_dir: &Path,
     settings: &RunSettings,
     teardown: &TeardownOptions,
     events: &Events,
@@ -158,6 +161,7 @@ async fn pre_run_cleanup(
     // nothing the ledger does not know of goes without being asked.
     let recovered = recover_orphans(backends, &started.ledger, teardown, false, OrphanSource::Ledger, events).await?;
     events.orphan(OrphanEvent::Recovered { runs: recovered.len() });
+    super::ledger::remove_stale_sockets(state_dir, &started.ledger, false, events).await?;
     let Some(docker) = &started.docker else {
         return Ok(SweepResult::default());
     };
@@ -181,8 +185,14 @@ fn run_context(
     shutdown: tokio::sync::watch::Receiver<signal::Shutdown>,
     events: &Events,
 ) -> RunContext {
-    let docker_proxy = started.docker.as_ref().and_then(|docker| match docker.endpoint().upstream() {
-        Some(upstream) => Some(DockerProxySettings { upstream, socket_root: global.state_dir.join("sockets") }),
+    // `docker.proxy: false`: the harness talks to the engine itself; the watcher and the selectors know what it made.
+    let wants_proxy = settings.benchmark.docker.proxy;
+    let docker_proxy = started.docker.as_ref().filter(|_| wants_proxy).and_then(|docker| match docker.endpoint().upstream() {
+        Some(upstream) => Some(DockerProxySettings {
+            upstream,
+            socket_roots: socket_roots(&global.state_dir),
+            run_id: started.run_id.clone(),
+        }),
         None => {
             tracing::warn!(
                 "{}: the per-task Docker proxy speaks only unix and plain tcp; tracking falls back to labels and selectors",
@@ -264,16 +274,21 @@ fn run_outcome(status: ExitStatus) -> &'static str {
     }
 }
 
-/// Leaked > interrupted > failed > passed.
-fn exit_status(reports: &[TaskReport], interrupted_by: Option<Signal>) -> ExitStatus {
+/// Leaked > interrupted > failed > passed. With `fail_on_unresolved`, a
+/// task the harness's own result calls unresolved (or an error) failed.
+fn exit_status(reports: &[TaskReport], interrupted_by: Option<Signal>, fail_on_unresolved: bool) -> ExitStatus {
     // A sandbox still being deleted is not proven gone: the run stays open for `recover`.
     if reports.iter().any(TaskReport::left_something) {
         return ExitStatus::Leaked;
     }
+    let passed = |report: &TaskReport| {
+        report.outcome == TaskOutcome::Passed
+            && !(fail_on_unresolved && report.result.as_ref().is_some_and(|result| result.verdict != Verdict::Resolved))
+    };
     match interrupted_by {
         Some(Signal::SIGTERM) => ExitStatus::Terminated,
         Some(_) => ExitStatus::Interrupted,
-        None if reports.iter().all(|report| report.outcome == TaskOutcome::Passed) => ExitStatus::Success,
+        None if reports.iter().all(passed) => ExitStatus::Success,
         None => ExitStatus::Failure,
     }
 }
@@ -320,6 +335,7 @@ fn write_report(path: &Path, report: &RunReport<'_>) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::TaskResult;
 
     #[test]
     fn leaks_outrank_interrupts_which_outrank_failures() {
@@ -333,10 +349,28 @@ mod tests {
         let failed = report(TaskOutcome::TimedOut, &[]);
         let leaked = report(TaskOutcome::Passed, &["container c"]);
         use nix::sys::signal::Signal::{SIGINT, SIGTERM};
-        assert_eq!(exit_status(std::slice::from_ref(&passed), None), ExitStatus::Success);
-        assert_eq!(exit_status(&[passed.clone(), failed.clone()], None), ExitStatus::Failure);
-        assert_eq!(exit_status(std::slice::from_ref(&failed), Some(SIGINT)), ExitStatus::Interrupted);
-        assert_eq!(exit_status(std::slice::from_ref(&passed), Some(SIGTERM)), ExitStatus::Terminated);
-        assert_eq!(exit_status(&[failed, leaked], Some(SIGINT)), ExitStatus::Leaked);
+        assert_eq!(exit_status(std::slice::from_ref(&passed), None, false), ExitStatus::Success);
+        assert_eq!(exit_status(&[passed.clone(), failed.clone()], None, false), ExitStatus::Failure);
+        assert_eq!(exit_status(std::slice::from_ref(&failed), Some(SIGINT), false), ExitStatus::Interrupted);
+        assert_eq!(exit_status(std::slice::from_ref(&passed), Some(SIGTERM), false), ExitStatus::Terminated);
+        assert_eq!(exit_status(&[failed, leaked], Some(SIGINT), false), ExitStatus::Leaked);
+    }
+
+    #[test]
+    fn an_unresolved_result_fails_the_run_only_when_asked() {
+        let with = |verdict| {
+            let mut report = TaskReport::unstarted("t", PathBuf::from("t.log"));
+            report.outcome = TaskOutcome::Passed;
+            let path = PathBuf::from("results.json");
+            report.result = Some(TaskResult { verdict, score: None, trials: 1, detail: None, path });
+            report
+        };
+        let (resolved, unresolved, error) = (with(Verdict::Resolved), with(Verdict::Unresolved), with(Verdict::Error));
+        assert_eq!(exit_status(std::slice::from_ref(&unresolved), None, false), ExitStatus::Success);
+        assert_eq!(exit_status(std::slice::from_ref(&unresolved), None, true), ExitStatus::Failure);
+        assert_eq!(exit_status(std::slice::from_ref(&error), None, true), ExitStatus::Failure);
+        assert_eq!(exit_status(std::slice::from_ref(&resolved), None, true), ExitStatus::Success);
+        let no_result = TaskReport { result: None, ..resolved };
+        assert_eq!(exit_status(&[no_result], None, true), ExitStatus::Success);
     }
 }

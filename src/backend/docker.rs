@@ -250,6 +250,29 @@ impl DockerBackend {
         }
     }
 
+    /// The labels of a network or volume, by inspecting it; `None` once it is gone.
+    pub(crate) async fn labels_of(
+        &self,
+        resource: &ResourceRef,
+    ) -> Result<Option<BTreeMap<String, String>>, DockerError> {
+        let labels = match resource.kind {
+            Kind::Network => {
+                self.client.inspect_network(&resource.id, None).await.map(|network| network.labels.unwrap_or_default())
+            }
+            Kind::Volume => self.client.inspect_volume(&resource.id).await.map(|volume| volume.labels),
+            Kind::Container => {
+                let inspected = self.client.inspect_container(&resource.id, None).await;
+                inspected.map(|container| container.config.and_then(|config| config.labels).unwrap_or_default())
+            }
+            Kind::Sandbox => return Err(not_docker(resource)),
+        };
+        match labels.map_err(DockerError::from) {
+            Ok(labels) => Ok(Some(labels.into_iter().collect())),
+            Err(error) if error.status == Some(404) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     pub fn remover(&self, stop_timeout: Option<Duration>) -> DockerRemover<'_> {
         DockerRemover { backend: self, stop_timeout }
     }

@@ -9,13 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::net::UnixListener;
 
 use super::proxy::{label_create_body, spawn_server, Policy, Recorder};
+use super::sockets::{private_directory, SOCKET_NAME};
 use crate::net::http::Head;
 use crate::net::{BoxRead, BoxWrite, Upstream};
 use crate::resource::Kind;
@@ -25,8 +26,11 @@ use crate::resource::Kind;
 pub(crate) struct DockerProxySettings {
     /// Where the daemon is.
     pub(crate) upstream: Upstream,
-    /// Each task gets a private directory with its socket under this.
-    pub(crate) socket_root: PathBuf,
+    /// Each task gets a private directory with its socket under the first
+    /// of these where the path fits (see [`super::sockets`]).
+    pub(crate) socket_roots: [PathBuf; 2],
+    /// The run, whose id names the directories.
+    pub(crate) run_id: String,
 }
 
 /// The Docker side of the proxy: which calls create, how to label them.
@@ -69,16 +73,17 @@ pub(crate) struct DockerProxy {
 }
 
 impl DockerProxy {
-    /// Binds a socket in a fresh private directory (0700, socket 0600) under
-    /// `root` and starts serving.
+    /// Binds a socket in a fresh private directory (0700, socket 0600) of
+    /// `run_id` under `roots` and starts serving.
     pub(crate) async fn start(
-        root: &Path,
+        roots: &[PathBuf; 2],
+        run_id: &str,
         upstream: Upstream,
         policy: DockerPolicy,
         recorder: Recorder,
     ) -> std::io::Result<Self> {
-        let directory = private_directory(root)?;
-        let socket = directory.join("docker.sock");
+        let directory = private_directory(roots, run_id)?;
+        let socket = directory.join(SOCKET_NAME);
         let listener = UnixListener::bind(&socket)?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
         let listener = Arc::new(listener);
@@ -100,7 +105,8 @@ impl DockerProxy {
         labels: BTreeMap<String, String>,
         recorder: Recorder,
     ) -> std::io::Result<Self> {
-        Self::start(&settings.socket_root, settings.upstream.clone(), DockerPolicy { labels }, recorder).await
+        let policy = DockerPolicy { labels };
+        Self::start(&settings.socket_roots, &settings.run_id, settings.upstream.clone(), policy, recorder).await
     }
 
     /// The value for the harness's `DOCKER_HOST`.
@@ -119,23 +125,6 @@ impl Drop for DockerProxy {
     fn drop(&mut self) {
         self.server.abort();
     }
-}
-
-/// A new 0700 directory for one socket. Unix socket paths are limited to
-/// about 100 bytes, so a deep state directory falls back to the temp dir.
-fn private_directory(root: &Path) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let name: String = (0..10).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect();
-    let preferred = root.join(&name);
-    let base = if preferred.join("docker.sock").as_os_str().len() < 100 {
-        root.to_path_buf()
-    } else {
-        std::env::temp_dir().join("benchwarden-sockets")
-    };
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base)?;
-    let directory = base.join(name);
-    std::fs::DirBuilder::new().mode(0o700).create(&directory)?;
-    Ok(directory)
 }
 
 /// The path without query and without a `/v1.xx` prefix.

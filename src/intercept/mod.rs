@@ -6,3 +6,4 @@
 pub(crate) mod daytona_proxy;
 pub(crate) mod docker_proxy;
 pub(crate) mod proxy;
+pub(crate) mod sockets;

@@ -115,6 +115,18 @@ fn log_orphan(event: &OrphanEvent<'_>) {
                 tracing::info!("recovered {runs} orphaned run(s) before starting");
             }
         }
+        OrphanEvent::StaleSockets { directories, failed, dry_run } => {
+            let verb = if *dry_run { "would remove" } else { "removed" };
+            for directory in directories.iter() {
+                tracing::info!("{verb} the proxy socket directory {} (its run is gone)", directory.display());
+            }
+            for (directory, error) in failed.iter() {
+                tracing::warn!(
+                    "cannot remove the stale proxy socket directory {}: {error}; remove it by hand",
+                    directory.display()
+                );
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use crate::metrics::BackendFigures;
 use crate::owner::LabelledOwner;
 use crate::recover::RecoveredRun;
 use crate::resource::{short_id, RemovalOutcome, RemovalReport, ResourceRef};
+use crate::results::TaskResult;
 use crate::sweep::daytona::DaytonaSweepResult;
 use crate::sweep::docker::SweepResult;
 
@@ -238,7 +239,20 @@ pub(crate) struct RunReport<'a> {
 /// The summary of a run: a row per task, the counts, then what went wrong.
 pub(crate) fn run_summary(reports: &[TaskReport]) -> String {
     let rows: Vec<Vec<String>> = reports.iter().map(task_row).collect();
-    let mut text = table(&["TASK", "RESULT", "EXIT", "TIME", "FOUND", "REMOVED", "LEAKED", "TEARDOWN"], &rows);
+    let headers = [
+        "TASK",
+        "RESULT",
+        "EXIT",
+        "TIME",
+        "VERDICT",
+        "SCORE",
+        "CREATED",
+        "BY-HARNESS",
+        "REMOVED",
+        "LEAKED",
+        "TEARDOWN",
+    ];
+    let mut text = table(&headers, &rows);
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for report in reports {
         let key = match report.outcome {
@@ -250,16 +264,42 @@ pub(crate) fn run_summary(reports: &[TaskReport]) -> String {
         };
         *counts.entry(key).or_default() += 1;
     }
-    let leaked: usize = reports.iter().map(|report| report.resources_leaked.len()).sum();
-    let removed: usize = reports.iter().map(|report| report.resources_removed).sum();
+    let sum = |count: fn(&TaskReport) -> usize| reports.iter().map(count).sum::<usize>();
+    let leaked = sum(|report| report.resources_leaked.len());
+    let removed = sum(|report| report.resources_removed);
+    let created = sum(|report| report.resources.created);
+    let by_harness = sum(|report| report.resources.removed_by_harness);
     let counts: Vec<String> = counts.iter().map(|(key, count)| format!("{count} {key}")).collect();
-    let pending: usize = reports.iter().map(|report| report.resources_pending.len()).sum();
+    let pending = sum(|report| report.resources_pending.len());
     let pending = if pending > 0 { format!(", {pending} still being deleted") } else { String::new() };
-    text.push_str(&format!("{}; {removed} resource(s) removed, {leaked} leaked{pending}\n", counts.join(", ")));
+    text.push_str(&format!(
+        "{}; {removed} resource(s) removed, {leaked} leaked{pending} ({created} created, {by_harness} removed by the harness itself)\n",
+        counts.join(", ")
+    ));
+    text.push_str(&results_line(reports));
     for report in reports {
         text.push_str(&task_problems(report));
     }
     text
+}
+
+/// The benchmark's own verdicts, when the harness's result files were read.
+fn results_line(reports: &[TaskReport]) -> String {
+    let results: Vec<&TaskResult> = reports.iter().filter_map(|report| report.result.as_ref()).collect();
+    if results.is_empty() {
+        return String::new();
+    }
+    let mut verdicts: BTreeMap<&str, usize> = BTreeMap::new();
+    for result in &results {
+        *verdicts.entry(result.verdict.describe()).or_default() += 1;
+    }
+    let verdicts: Vec<String> = verdicts.iter().map(|(verdict, count)| format!("{count} {verdict}")).collect();
+    let scores: Vec<f64> = results.iter().filter_map(|result| result.score).collect();
+    let mean = match scores.is_empty() {
+        true => String::new(),
+        false => format!(", mean score {:.2}", scores.iter().sum::<f64>() / scores.len() as f64),
+    };
+    format!("benchmark results: {}{mean}\n", verdicts.join(", "))
 }
 
 fn task_row(report: &TaskReport) -> Vec<String> {
@@ -268,12 +308,23 @@ fn task_row(report: &TaskReport) -> Vec<String> {
         (None, Some(signal)) => signal.clone(),
         (None, None) => "-".to_string(),
     };
+    let (verdict, score) = match &report.result {
+        Some(result) => (
+            result.verdict.describe().to_string(),
+            result.score.map_or_else(|| "-".to_string(), |score| format!("{score:.2}")),
+        ),
+        None => ("-".to_string(), "-".to_string()),
+    };
+    let fates = &report.resources;
     vec![
         report.task.clone(),
         report.outcome.describe().to_string(),
         exit,
         format!("{:.1}s", report.seconds),
-        report.resources_found.to_string(),
+        verdict,
+        score,
+        fates.created.to_string(),
+        fates.removed_by_harness.to_string(),
         report.resources_removed.to_string(),
         report.resources_leaked.len().to_string(),
         format!("{:.1}s", report.teardown_seconds),
@@ -288,6 +339,9 @@ fn task_problems(report: &TaskReport) -> String {
     }
     if let Some(error) = &report.teardown_error {
         text.push_str(&format!("  {task}: teardown: {error}\n"));
+    }
+    if let Some(detail) = report.result.as_ref().and_then(|result| result.detail.as_ref()) {
+        text.push_str(&format!("  {task}: result: {detail}\n"));
     }
     for resource in &report.resources_leaked {
         text.push_str(&format!("  {task}: leaked {resource}\n"));
@@ -306,7 +360,18 @@ pub(crate) fn recovery_summary(recovered: &[RecoveredRun]) -> String {
     let mut text = String::new();
     for run in recovered {
         if run.dry_run {
-            text.push_str(&format!("run {}: {} resource(s) would be removed\n", run.run_id, run.found.len()));
+            text.push_str(&format!(
+                "run {}: {} resource(s) would be removed and {} process(es) killed\n",
+                run.run_id,
+                run.found.len(),
+                run.processes.len()
+            ));
+            for process in &run.processes {
+                text.push_str(&format!("  would kill: pid {} {}\n", process.pid, process.command));
+            }
+            for resource in &run.found {
+                text.push_str(&format!("  would remove: {resource}\n"));
+            }
         } else {
             text.push_str(&format!(
                 "run {}: {} resource(s) removed, {} left\n",
@@ -314,6 +379,9 @@ pub(crate) fn recovery_summary(recovered: &[RecoveredRun]) -> String {
                 run.removed,
                 run.leaked.len()
             ));
+        }
+        for process in run.processes.iter().filter(|_| !run.dry_run) {
+            text.push_str(&format!("  killed: pid {} {}\n", process.pid, process.command));
         }
         for resource in &run.leaked {
             text.push_str(&format!("  left: {resource}\n"));
@@ -401,6 +469,8 @@ pub(crate) fn status_table(status: &Status, now: i64, state_dir: &std::path::Pat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::ResourceFates;
+    use crate::results::Verdict;
 
     #[test]
     fn ages_are_short() {
@@ -424,8 +494,25 @@ mod tests {
         let mut leaky = TaskReport::unstarted("b", "b.log".into());
         leaky.outcome = TaskOutcome::TimedOut;
         leaky.resources_leaked = vec!["container c".into()];
+        passed.resources = ResourceFates { created: 3, removed_by_harness: 1, removed_by_benchwarden: 2, leaked: 0 };
+        passed.result = Some(TaskResult {
+            verdict: Verdict::Unresolved,
+            score: Some(0.5),
+            trials: 2,
+            detail: None,
+            path: "results.json".into(),
+        });
         let text = run_summary(&[passed, leaky]);
-        assert!(text.contains("1 passed, 1 timed out; 2 resource(s) removed, 1 leaked\n"), "{text}");
+        assert!(
+            text.contains(
+                "1 passed, 1 timed out; 2 resource(s) removed, 1 leaked (3 created, 1 removed by the harness itself)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("benchmark results: 1 unresolved, mean score 0.50\n"), "{text}");
         assert!(text.contains("  b: leaked container c\n"), "{text}");
+        let row = text.lines().nth(1).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[4..10], ["unresolved", "0.50", "3", "1", "2", "0"], "{text}");
     }
 }

@@ -16,6 +16,9 @@ use crate::host::{self, all_processes as proc_stats};
 
 pub(crate) const ENV_RUN_ID: &str = "BENCHWARDEN_RUN_ID";
 pub(crate) const ENV_TASK_ID: &str = "BENCHWARDEN_TASK_ID";
+/// This host's name and benchwarden's pid, as the owner labels carry them.
+pub(crate) const ENV_HOST: &str = "BENCHWARDEN_HOST";
+pub(crate) const ENV_PID: &str = "BENCHWARDEN_PID";
 
 /// How often `recover` looks again for processes of a run it is killing.
 const EXIT_POLL: Duration = Duration::from_millis(20);
@@ -155,35 +158,46 @@ pub(crate) fn kill_all_harnesses() {
     }
 }
 
-/// Kills every process left of a run whose supervisor is gone (found by
-/// their inherited `BENCHWARDEN_RUN_ID`), so that nothing creates resources
-/// while `recover` tears them down. Returns how many were killed.
-pub(crate) async fn kill_orphaned_run(run_id: &str) -> usize {
+/// A process left of a run: what `recover` kills, or would kill.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct RunProcess {
+    pub(crate) pid: u32,
+    pub(crate) command: String,
+}
+
+/// The live processes of a run, found by their inherited `BENCHWARDEN_RUN_ID`.
+pub(crate) fn run_processes(run_id: &str) -> Vec<RunProcess> {
     let run_entry = format!("{ENV_RUN_ID}={run_id}");
     let me = std::process::id();
-    let find = || -> Vec<u32> {
-        proc_stats()
-            .into_iter()
-            .filter(|stat| stat.pid != me && stat.state != 'Z')
-            .filter(|stat| host::environment_has(stat.pid, &[&run_entry]))
-            .map(|stat| stat.pid)
-            .collect()
-    };
+    proc_stats()
+        .into_iter()
+        .filter(|stat| stat.pid != me && stat.state != 'Z')
+        .filter(|stat| host::environment_has(stat.pid, &[&run_entry]))
+        .filter_map(|stat| Some(RunProcess { pid: stat.pid, command: host::process_command_line(stat.pid)? }))
+        .collect()
+}
+
+/// Kills every process left of a run whose supervisor is gone (found by
+/// their inherited `BENCHWARDEN_RUN_ID`), so that nothing creates resources
+/// while `recover` tears them down. Returns those killed.
+pub(crate) async fn kill_orphaned_run(run_id: &str) -> Vec<RunProcess> {
     // Kill until none is found: a process caught between fork and exec, or
     // forked while we were killing its parent, shows up on a later look.
-    let mut killed = HashSet::new();
+    let mut killed: Vec<RunProcess> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         reap_adopted();
-        let found = find();
+        let found = run_processes(run_id);
         if found.is_empty() || tokio::time::Instant::now() >= deadline {
             break;
         }
-        for pid in found {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            killed.insert(pid);
+        for process in found {
+            let _ = kill(Pid::from_raw(process.pid as i32), Signal::SIGKILL);
+            if !killed.iter().any(|seen| seen.pid == process.pid) {
+                killed.push(process);
+            }
         }
         tokio::time::sleep(EXIT_POLL).await;
     }
-    killed.len()
+    killed
 }

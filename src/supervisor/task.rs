@@ -15,18 +15,19 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::lifecycle::{self, Ending, Harness, Lifecycle, ProcessSet};
-use super::process::{self, TaskProcesses, ENV_RUN_ID, ENV_TASK_ID};
+use super::process::{self, TaskProcesses, ENV_HOST, ENV_PID, ENV_RUN_ID, ENV_TASK_ID};
 use super::signal::Shutdown;
 use super::watch::Watcher;
 use crate::backend::daytona::DaytonaBackend;
 use crate::backend::docker::DockerBackend;
-use crate::config::Selector;
-use crate::events::{Events, TaskEvent, TaskOutcome, TaskReport};
+use crate::config::{ResultsFormat, Selector};
+use crate::events::{Events, ResourceFates, TaskEvent, TaskOutcome, TaskReport};
 use crate::intercept::daytona_proxy::{DaytonaProxy, DaytonaProxySettings};
 use crate::intercept::docker_proxy::{DockerProxy, DockerProxySettings};
 use crate::intercept::proxy::Recorder;
 use crate::ledger::Ledger;
 use crate::owner::{owner_labels, Claims};
+use crate::results::{self, TaskResult};
 use crate::teardown::{self, Backends, TeardownOptions, TeardownReport};
 
 /// Everything needed to run one task, resolved.
@@ -41,6 +42,8 @@ pub(crate) struct TaskSpec {
     pub(crate) timeout: Option<Duration>,
     pub(crate) grace: Duration,
     pub(crate) selectors: Vec<Selector>,
+    /// Whose result files to read once the harness has run to its end.
+    pub(crate) results: Option<ResultsFormat>,
 }
 
 /// What every task of a run shares.
@@ -101,6 +104,7 @@ pub(crate) async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskRe
             report.error = Some(error.to_string());
         }
     }
+    report.result = read_result(&spec, report.outcome).await;
     report.seconds = started.elapsed().as_secs_f64();
     events.task(TaskEvent::Ended { report: &report });
     events.task(TaskEvent::TearingDown { task: &spec.name });
@@ -110,6 +114,19 @@ pub(crate) async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskRe
     }
     events.task(TaskEvent::Finished { report: &report });
     report
+}
+
+/// The harness's own verdict, when the benchmark names its result format
+/// and the harness ran to its end (a stopped harness wrote no result).
+async fn read_result(spec: &TaskSpec, outcome: TaskOutcome) -> Option<TaskResult> {
+    let format = spec.results?;
+    if !matches!(outcome, TaskOutcome::Passed | TaskOutcome::Failed) {
+        return None;
+    }
+    let args = spec.args.clone();
+    let cwd = spec.cwd.clone().or_else(|| std::env::current_dir().ok()).unwrap_or_default();
+    // A few small files; off the runtime's threads all the same.
+    tokio::task::spawn_blocking(move || results::read(format, &args, &cwd)).await.ok()
 }
 
 fn record_ending(report: &mut TaskReport, ending: Ending, status: Option<ExitStatus>) {
@@ -152,6 +169,7 @@ async fn record_unverified(context: &RunContext, report: &mut TaskReport) {
         Ok(rows) => {
             report.resources_found = rows.len();
             report.resources_leaked = rows.iter().map(|row| row.resource.to_string()).collect();
+            report.resources = ResourceFates { created: rows.len(), leaked: rows.len(), ..ResourceFates::default() };
         }
         Err(error) => tracing::error!("task {}: cannot read what the ledger recorded: {error}", report.task),
     }
@@ -163,6 +181,12 @@ fn record_teardown(report: &mut TaskReport, torn: &TeardownReport) {
     report.resources_leaked = torn.leaked.iter().map(ToString::to_string).collect();
     report.resources_pending = torn.pending.iter().map(ToString::to_string).collect();
     report.teardown_seconds = torn.seconds;
+    report.resources = ResourceFates {
+        created: torn.known,
+        removed_by_harness: torn.removed_by_others.len(),
+        removed_by_benchwarden: report.resources_removed,
+        leaked: torn.leaked.len(),
+    };
 }
 
 /// The harness as the lifecycle waits for it.
@@ -237,6 +261,9 @@ fn harness_command(context: &RunContext, spec: &TaskSpec) -> tokio::process::Com
         .envs(spec.env.iter().map(|(key, value)| (key, value)))
         .env(ENV_RUN_ID, &context.run_id)
         .env(ENV_TASK_ID, &spec.name)
+        // For harness files that label what they create themselves (Harbor's compose override).
+        .env(ENV_HOST, &context.host)
+        .env(ENV_PID, std::process::id().to_string())
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false);
@@ -271,7 +298,7 @@ impl Interceptors {
         if let Some(settings) = &context.docker_proxy {
             let proxy = DockerProxy::start_for_task(settings, labels(), recorder())
                 .await
-                .map_err(|source| TaskStartError::DockerProxy { root: settings.socket_root.clone(), source })?;
+                .map_err(|source| TaskStartError::DockerProxy { root: settings.socket_roots[0].clone(), source })?;
             command.env("DOCKER_HOST", proxy.docker_host()).env_remove("DOCKER_CONTEXT");
             interceptors.docker = Some(proxy);
         }

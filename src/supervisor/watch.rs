@@ -1,16 +1,20 @@
 //! The creation watcher: follows the Docker engine's event stream while a
-//! run lasts, and when a container that a running task claims (owner labels
-//! or selectors) is created, records it in the ledger at once and tells the
-//! task's live container count; a destroy event counts it down.
+//! run lasts, and when a container, network or volume that a running task
+//! claims (owner labels or selectors) is created, records it in the ledger
+//! at once; for containers it also tells the task's live container count,
+//! which a destroy event counts down.
 //!
-//! This is how containers of harnesses that do not go through a proxy are
-//! recorded near the moment of creation, so a crash of benchwarden between
-//! creation and teardown still leaves a ledger row.
+//! This is how what harnesses make without the proxy (`docker.proxy:
+//! false`, or a client that bypasses `DOCKER_HOST`) is recorded near the
+//! moment of creation, so a crash of benchwarden between creation and
+//! teardown still leaves a ledger row, and the report can tell what the
+//! harness removed itself from what benchwarden removed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bollard::models::{EventMessage, EventMessageTypeEnum};
 use bollard::query_parameters::EventsOptions;
 use futures_util::StreamExt;
 
@@ -39,7 +43,8 @@ impl Watcher {
     /// between now and the first poll is missed). Ends with the runtime.
     pub(crate) fn spawn(docker: DockerBackend, ledger: Ledger, since_unix: i64, events: Events) -> Self {
         let registry: Registry = Arc::default();
-        tokio::spawn(follow(docker, ledger, Arc::clone(&registry), since_unix, events));
+        let follower = Follower { docker, ledger, registry: Arc::clone(&registry), events };
+        tokio::spawn(follower.follow(since_unix));
         Watcher { registry }
     }
 
@@ -58,57 +63,103 @@ fn lock(registry: &Registry) -> std::sync::MutexGuard<'_, HashMap<String, Watche
     registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn follow(docker: DockerBackend, ledger: Ledger, registry: Registry, mut since: i64, events: Events) {
-    loop {
-        let filters = HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
-            ("event".to_string(), vec!["create".to_string(), "destroy".to_string()]),
-        ]);
-        let options = EventsOptions { since: Some(since.to_string()), until: None, filters: Some(filters) };
-        let mut stream = docker.client().events(Some(options));
-        while let Some(event) = stream.next().await {
-            let Ok(event) = event else { break };
-            if let Some(time) = event.time {
-                since = since.max(time);
-            }
-            let Some(actor) = event.actor else { continue };
-            let Some(id) = actor.id else { continue };
-            let attributes: BTreeMap<String, String> = actor.attributes.unwrap_or_default().into_iter().collect();
-            let created = event.action.as_deref() != Some("destroy");
-            for (task, run_id) in count(&registry, &id, &attributes, created, &events) {
-                let name = attributes.get("name").cloned().unwrap_or_default();
-                let resource = ResourceRef { kind: Kind::Container, id: id.clone(), name };
-                events.emit(Event::Created { resource: &resource });
-                if let Err(error) = ledger.record_resources(&run_id, &task, vec![resource]).await {
-                    tracing::warn!("task {task}: cannot record a new container in the ledger: {error}");
+/// One event as the watcher reads it.
+struct Seen {
+    resource: ResourceRef,
+    created: bool,
+    /// The labels the event carries (containers' events carry them; networks' and volumes' do not).
+    attributes: BTreeMap<String, String>,
+}
+
+/// What a Docker event says was created or destroyed, if it is one we follow.
+fn seen(event: EventMessage) -> Option<Seen> {
+    let kind = match event.typ? {
+        EventMessageTypeEnum::CONTAINER => Kind::Container,
+        EventMessageTypeEnum::NETWORK => Kind::Network,
+        EventMessageTypeEnum::VOLUME => Kind::Volume,
+        _ => return None,
+    };
+    let created = match event.action.as_deref()? {
+        "create" => true,
+        "destroy" => false,
+        _ => return None,
+    };
+    let actor = event.actor?;
+    let attributes: BTreeMap<String, String> = actor.attributes.unwrap_or_default().into_iter().collect();
+    let id = actor.id?;
+    let name = match kind {
+        Kind::Volume => id.clone(),
+        _ => attributes.get("name").cloned().unwrap_or_default(),
+    };
+    Some(Seen { resource: ResourceRef { kind, id, name }, created, attributes })
+}
+
+struct Follower {
+    docker: DockerBackend,
+    ledger: Ledger,
+    registry: Registry,
+    events: Events,
+}
+
+impl Follower {
+    async fn follow(self, mut since: i64) {
+        loop {
+            let filters = HashMap::from([
+                ("type".to_string(), vec!["container".into(), "network".into(), "volume".into()]),
+                ("event".to_string(), vec!["create".into(), "destroy".into()]),
+            ]);
+            let options = EventsOptions { since: Some(since.to_string()), until: None, filters: Some(filters) };
+            let mut stream = self.docker.client().events(Some(options));
+            while let Some(Ok(event)) = stream.next().await {
+                since = since.max(event.time.unwrap_or_default());
+                if let Some(seen) = seen(event) {
+                    self.attribute(seen).await;
                 }
             }
+            // The stream ended or broke (daemon restart, request timeout): follow again from the last event seen.
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        // The stream ended or broke (daemon restart, request timeout): follow again from the last event seen.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Records a claimed creation for every task that claims it, and counts containers.
+    async fn attribute(&self, mut seen: Seen) {
+        if seen.resource.kind != Kind::Container && seen.created {
+            // A network's or volume's event carries no labels: ask, while some task may claim it.
+            if lock(&self.registry).is_empty() {
+                return;
+            }
+            match self.docker.labels_of(&seen.resource).await {
+                Ok(Some(labels)) => seen.attributes = labels,
+                // Gone already, or the daemon did not answer: teardown's listing still finds what is left.
+                Ok(None) | Err(_) => return,
+            }
+        }
+        for (task, run_id) in count(&self.registry, &seen, &self.events) {
+            self.events.emit(Event::Created { resource: &seen.resource });
+            if let Err(error) = self.ledger.record_resources(&run_id, &task, vec![seen.resource.clone()]).await {
+                tracing::warn!("task {task}: cannot record a new {} in the ledger: {error}", seen.resource.kind);
+            }
+        }
     }
 }
 
 /// Counts a created or destroyed container for every task that claims it,
 /// telling each changed count; returns the (task, run) pairs that claim a
-/// created one, for the ledger.
-fn count(
-    registry: &Registry,
-    id: &str,
-    attributes: &BTreeMap<String, String>,
-    created: bool,
-    events: &Events,
-) -> Vec<(String, String)> {
+/// created resource, for the ledger.
+fn count(registry: &Registry, seen: &Seen, events: &Events) -> Vec<(String, String)> {
     let mut claimed = Vec::new();
     for (task, watched) in lock(registry).iter_mut() {
-        if !watched.claims.claims_labels(attributes) {
+        if !watched.claims.claims_labels(&seen.attributes) {
             continue;
         }
-        let changed = if created { watched.live.insert(id.to_string()) } else { watched.live.remove(id) };
-        if changed {
-            events.task(TaskEvent::Live { task, containers: watched.live.len() });
+        if seen.resource.kind == Kind::Container {
+            let id = &seen.resource.id;
+            let changed = if seen.created { watched.live.insert(id.clone()) } else { watched.live.remove(id) };
+            if changed {
+                events.task(TaskEvent::Live { task, containers: watched.live.len() });
+            }
         }
-        if created {
+        if seen.created {
             claimed.push((task.clone(), watched.claims.run_id.clone()));
         }
     }

@@ -11,6 +11,7 @@ mod contract_server;
 mod daytona;
 mod daytona_errors;
 mod docker_proxy;
+mod harnesses;
 mod metrics;
 mod run;
 mod support;

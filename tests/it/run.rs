@@ -23,11 +23,10 @@ fn fixture(scope: &TestScope, tasks: &[(&str, &str)], extra_yaml: &str) -> Fixtu
     let mut script = format!(
         "#!/bin/sh\n\
          start_container() {{\n  \
-           docker run -d --label {SCOPE_LABEL}={id} --label fixture.owner.{id}=\"$BENCHWARDEN_RUN_ID.$BENCHWARDEN_TASK_ID\" \
-           {image} sleep 3600 >/dev/null\n\
+           docker run -d {labels} {image} sleep 3600 >/dev/null\n\
          }}\n\
          case \"$1\" in\n",
-        id = scope.id(),
+        labels = claimed_labels(scope),
         image = common::test_image(),
     );
     for (name, body) in tasks {
@@ -49,6 +48,15 @@ fn fixture(scope: &TestScope, tasks: &[(&str, &str)], extra_yaml: &str) -> Fixtu
     Fixture { benchmark }
 }
 
+/// The `--label` arguments of what a fixture harness creates: the test
+/// scope's label, and the one the fixture benchmark's selector claims.
+fn claimed_labels(scope: &TestScope) -> String {
+    format!(
+        "--label {SCOPE_LABEL}={id} --label fixture.owner.{id}=\"$BENCHWARDEN_RUN_ID.$BENCHWARDEN_TASK_ID\"",
+        id = scope.id()
+    )
+}
+
 fn path(fixture: &Fixture) -> &str {
     fixture.benchmark.to_str().unwrap()
 }
@@ -59,6 +67,20 @@ fn assert_nothing_left(left: &common::Leftovers, context: &CliOutput) {
 }
 
 /// Processes whose environment says they belong to a run in this scope's state dir.
+/// The proxy socket directories of `run_id`, wherever they went (the state
+/// directory's `sockets/`, or the temp directory's when that path is too long).
+fn socket_directories(scope: &TestScope, run_id: &str) -> Vec<PathBuf> {
+    let roots = [scope.state_dir().join("sockets"), std::env::temp_dir().join("benchwarden-sockets")];
+    let prefix = format!("{run_id}.");
+    roots
+        .iter()
+        .filter_map(|root| std::fs::read_dir(root).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|entry| entry.path())
+        .collect()
+}
+
 fn fixture_processes(scope: &TestScope) -> Vec<u32> {
     let marker = scope.state_dir().join("fixture").join("harness.sh");
     let marker = marker.to_str().unwrap().to_string();
@@ -138,6 +160,64 @@ async fn every_kind_of_ending_is_torn_down() {
     assert_eq!(report["tasks"][0]["resources_found"], 2, "{report}");
 }
 
+/// The summary row of `task`, split into cells.
+fn summary_cells(output: &CliOutput, task: &str) -> Vec<String> {
+    let line = output.stdout.lines().find(|line| line.starts_with(task)).unwrap_or_else(|| panic!("{output}"));
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_report_tells_what_the_harness_removed_itself_from_what_benchwarden_removed() {
+    let scope = TestScope::new("run-fates").await;
+    let (labels, image) = (claimed_labels(&scope), common::test_image());
+    // Two containers and two networks; the harness removes one of each itself.
+    let tidy = format!(
+        "gone=$(docker run -d {labels} {image} sleep 3600)\n\
+         start_container\n\
+         docker network create {labels} \"$BENCHWARDEN_RUN_ID-kept\" >/dev/null\n\
+         docker network create {labels} \"$BENCHWARDEN_RUN_ID-gone\" >/dev/null\n\
+         docker rm -f \"$gone\" >/dev/null\n\
+         docker network rm \"$BENCHWARDEN_RUN_ID-gone\" >/dev/null"
+    );
+    let fixture = fixture(&scope, &[("tidy", tidy.as_str())], "");
+    let output = scope.cli(&["run", path(&fixture)]).await;
+    output.assert_code(0);
+    // CREATED, BY-HARNESS, REMOVED, LEAKED: each create recorded by the proxy as it happened.
+    let cells = summary_cells(&output, "tidy");
+    assert_eq!(cells[cells.len() - 5..cells.len() - 1], ["4", "2", "2", "0"], "{output}");
+    assert!(output.stdout.contains("(4 created, 2 removed by the harness itself)"), "{output}");
+    assert_nothing_left(&scope.leftovers().await, &output);
+    let report_path = output.stderr.lines().find_map(|line| line.strip_prefix("report: ")).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report_path).unwrap()).unwrap();
+    let fates = &report["tasks"][0]["resources"];
+    assert_eq!(fates["created"], 4, "{report}");
+    assert_eq!(fates["removed_by_harness"], 2, "{report}");
+    assert_eq!(fates["removed_by_benchwarden"], 2, "{report}");
+    assert_eq!(fates["leaked"], 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_proxy_the_watcher_and_the_selectors_find_everything() {
+    let scope = TestScope::new("run-no-proxy").await;
+    let (labels, image) = (claimed_labels(&scope), common::test_image());
+    // The harness's own DOCKER_HOST is the engine's: nothing is labelled by benchwarden.
+    let body = format!(
+        "case \"$DOCKER_HOST\" in *benchwarden*|*sockets*) echo \"proxied: $DOCKER_HOST\" >&2; exit 9;; esac\n\
+         gone=$(docker run -d {labels} {image} sleep 3600)\n\
+         start_container\n\
+         docker network create {labels} \"$BENCHWARDEN_RUN_ID-kept\" >/dev/null\n\
+         docker volume create {labels} \"$BENCHWARDEN_RUN_ID-kept\" >/dev/null\n\
+         docker rm -f \"$gone\" >/dev/null"
+    );
+    let fixture = fixture(&scope, &[("bare", body.as_str())], "  proxy: false\n");
+    let output = scope.cli(&["run", path(&fixture)]).await;
+    output.assert_code(0);
+    // The removed container was recorded by the watcher when it was created, before the harness removed it.
+    let cells = summary_cells(&output, "bare");
+    assert_eq!(cells[cells.len() - 5..cells.len() - 1], ["4", "1", "3", "0"], "{output}");
+    assert_nothing_left(&scope.leftovers().await, &output);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_sigint_stops_tears_down_and_exits_130() {
     let scope = TestScope::new("run-sigint").await;
@@ -202,19 +282,50 @@ async fn after_sigkill_of_benchwarden_recover_removes_everything() {
     let status = scope.cli(&["status"]).await;
     status.assert_code(0);
     assert!(status.stdout.contains("orphaned"), "{status}");
+    let run_id = scope.cli(&["status", "--json"]).await.json()["runs"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(socket_directories(&scope, &run_id).len(), 1, "the killed run's proxy socket directory");
 
     let dry = scope.cli(&["recover", "--dry-run"]).await;
     dry.assert_code(0);
     assert!(dry.stdout.contains("would be removed"), "{dry}");
     assert!(!scope.leftovers().await.is_empty(), "a dry run removed something");
+    let harness = fixture_processes(&scope);
+    assert!(!harness.is_empty(), "the harness should outlive benchwarden's kill -9");
+    for pid in &harness {
+        assert!(dry.stdout.contains(&format!("would kill: pid {pid} ")), "pid {pid} not listed:\n{dry}");
+    }
+    assert_eq!(fixture_processes(&scope), harness, "a dry run killed something");
+    assert_eq!(socket_directories(&scope, &run_id).len(), 1, "a dry run removed a socket directory");
+    assert!(dry.stderr.contains("would remove the proxy socket directory"), "{dry}");
 
     let recovered = scope.cli(&["recover"]).await;
     recovered.assert_code(0);
     assert_nothing_left(&scope.leftovers().await, &recovered);
     assert_eq!(fixture_processes(&scope), Vec::<u32>::new(), "recover left the harness running");
+    assert_eq!(socket_directories(&scope, &run_id), Vec::<PathBuf>::new(), "recover left the stale socket directory");
     let again = scope.cli(&["recover"]).await;
     again.assert_code(0);
     assert!(again.stdout.contains("no orphaned runs"), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_next_run_finishes_a_killed_run_and_removes_its_socket_directory() {
+    let scope = TestScope::new("run-kill9-next").await;
+    let tasks = [("busy", "start_container; echo ready; while :; do sleep 1; done"), ("noop", "exit 0")];
+    let fixture = fixture(&scope, &tasks, "");
+    let mut running = start_until_ready(&scope, &["run", path(&fixture), "--tasks", "busy"]).await;
+    let run_id = scope.cli(&["status", "--json"]).await.json()["runs"][0]["id"].as_str().unwrap().to_string();
+    running.send(Signal::SIGKILL);
+    running.child.wait().await.unwrap();
+    assert_eq!(socket_directories(&scope, &run_id).len(), 1, "the killed run's proxy socket directory");
+
+    let next = scope.cli(&["run", path(&fixture), "--tasks", "noop"]).await;
+    next.assert_code(0);
+    assert!(next.stderr.contains("recovered 1 orphaned run(s) before starting"), "{next}");
+    assert!(next.stderr.contains("removed the proxy socket directory"), "{next}");
+    assert_eq!(socket_directories(&scope, &run_id), Vec::<PathBuf>::new(), "{next}");
+    assert_nothing_left(&scope.leftovers().await, &next);
+    assert_eq!(fixture_processes(&scope), Vec::<u32>::new(), "the killed run's harness survived\n{next}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -68,12 +68,17 @@ impl std::fmt::Display for CliOutput {
 /// Runs a prepared command to completion (with a time limit) without blocking
 /// the test's runtime.
 pub async fn run_cli(command: Command) -> CliOutput {
+    run_cli_within(command, CLI_TIMEOUT).await
+}
+
+/// [`run_cli`] with its own time limit (real harnesses start slowly).
+pub async fn run_cli_within(command: Command, limit: Duration) -> CliOutput {
     let description = format!("{command:?}");
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(true);
-    let output = tokio::time::timeout(CLI_TIMEOUT, command.output())
+    let output = tokio::time::timeout(limit, command.output())
         .await
-        .unwrap_or_else(|_| panic!("{description} took longer than {CLI_TIMEOUT:?}"))
+        .unwrap_or_else(|_| panic!("{description} took longer than {limit:?}"))
         .unwrap_or_else(|error| panic!("start {description}: {error}"));
     CliOutput {
         status: output.status,

@@ -18,12 +18,15 @@
 
 mod cli;
 pub mod daytona;
+pub mod harness;
 mod image;
 mod python;
 mod scope;
 mod scoped;
 
-pub use cli::{benchwarden_command, benchwarden_command_in, docker_cli, run_cli, wait_cli, CliOutput, Running};
+pub use cli::{
+    benchwarden_command, benchwarden_command_in, docker_cli, run_cli, run_cli_within, wait_cli, CliOutput, Running,
+};
 pub use image::{busybox_path, connect, elf_is_dynamic, test_image};
 pub use python::venv_python;
 pub use scope::{leftovers, ContainerSpec, Leftovers, TestScope, COMPOSE_PROJECT, COMPOSE_SERVICE, SCOPE_LABEL};
