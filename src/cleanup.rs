@@ -1,9 +1,10 @@
 //! One cleanup for everything, as `cleanup all` and each round of `sweep`
 //! run it: recover orphaned runs, then sweep what benchmarks own on each
-//! backend. By default exited containers and stopped sandboxes older than a
-//! day go; `aggressive` takes running containers too, and any sandbox
-//! older than an hour. Docker acts unless it is a dry run; Daytona is a dry
-//! run unless asked otherwise, because its organisation may be shared.
+//! backend, Daytona first (sandboxes cost money by the minute). By default
+//! exited containers and stopped sandboxes older than a day go;
+//! `aggressive` takes running containers too, and any sandbox older than an
+//! hour. Docker acts unless it is a dry run; Daytona is a dry run unless
+//! asked otherwise, because its organisation may be shared.
 
 use std::time::Duration;
 
@@ -152,6 +153,15 @@ pub(crate) async fn clean_up(
     }
     report.recovered = recover(targets, ledger, policy, events).await?;
     let runs = ledger.runs().await?;
+    // Sandboxes first: they cost money by the minute.
+    if let Ok(daytona) = targets.daytona {
+        let sweep = DaytonaSweep {
+            selection: policy.sandbox_selection(),
+            dry_run: policy.daytona_dry_run,
+            removal: policy.removal(SANDBOX_PARALLEL),
+        };
+        report.daytona = Some(sweep_daytona(daytona, &sweep, &runs, Some(ledger), host, events).await?);
+    }
     if let Ok(docker) = targets.docker {
         let sweep = OwnedSweep {
             selectors: &policy.selectors,
@@ -162,14 +172,6 @@ pub(crate) async fn clean_up(
             removal: policy.removal(DEFAULT_PARALLEL),
         };
         report.docker = Some(sweep_owned(docker, &runs, &sweep, host, events).await?);
-    }
-    if let Ok(daytona) = targets.daytona {
-        let sweep = DaytonaSweep {
-            selection: policy.sandbox_selection(),
-            dry_run: policy.daytona_dry_run,
-            removal: policy.removal(SANDBOX_PARALLEL),
-        };
-        report.daytona = Some(sweep_daytona(daytona, &sweep, &runs, Some(ledger), host, events).await?);
     }
     Ok(report)
 }

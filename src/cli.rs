@@ -126,6 +126,20 @@ pub struct RunArgs {
     #[arg(long)]
     pub(crate) fail_on_unresolved: bool,
 
+    /// Removals at once in each task's teardown [default: 16]
+    #[arg(long, value_name = "N")]
+    pub(crate) parallel: Option<usize>,
+
+    /// Start no task while this many containers of the run are live, or would be with the tasks
+    /// already running (limits.max_containers)
+    #[arg(long, value_name = "N")]
+    pub(crate) max_containers: Option<usize>,
+
+    /// Start no task while this many Daytona sandboxes of the run are live, or would be with the
+    /// tasks already running (limits.max_sandboxes)
+    #[arg(long, value_name = "N")]
+    pub(crate) max_sandboxes: Option<usize>,
+
     /// Arguments appended to the harness command, or the whole command without a benchmark file
     #[arg(last = true, value_name = "HARNESS ARGS")]
     pub(crate) harness_args: Vec<String>,

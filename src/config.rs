@@ -30,9 +30,22 @@ pub(crate) struct Benchmark {
     pub(crate) docker: DockerSection,
     #[serde(default)]
     pub(crate) daytona: Option<DaytonaSection>,
-    /// Reserved for resource limits; accepted and ignored by this version.
+    /// Caps on live containers and sandboxes.
     #[serde(default)]
-    pub(crate) limits: Option<serde_yaml::Value>,
+    pub(crate) limits: LimitsSection,
+}
+
+/// `limits:` caps on what a run has live at once.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsSection {
+    #[serde(default)]
+    pub(crate) max_containers: Option<usize>,
+    #[serde(default)]
+    pub(crate) max_sandboxes: Option<usize>,
+    /// Refuse creates beyond a cap at the proxy, instead of only holding new tasks back.
+    #[serde(default)]
+    pub(crate) hard: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -17,6 +17,7 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use crate::errors::Service;
+use crate::limits::{Refusal, Waiting};
 use crate::resource::{Kind, RemovalOutcome, ResourceRef};
 use crate::results::TaskResult;
 
@@ -50,6 +51,18 @@ pub(crate) enum Event<'a> {
     /// A task created this resource: seen through its proxy, or by the creation watcher.
     Created {
         resource: &'a ResourceRef,
+    },
+    /// A proxy refused a create: a hard limit (`limits.hard`) is reached.
+    Refused {
+        task: &'a str,
+        refusal: &'a Refusal,
+    },
+    /// The scheduler holds the next task back until there is room under a
+    /// limit (`Some`), or goes on starting tasks (`None`).
+    Waiting {
+        waiting: Option<&'a Waiting>,
+        /// It starts or stops waiting, or for another reason; otherwise only the counts moved.
+        news: bool,
     },
     /// A resource a sweep selected but left alone, and why.
     Protected {
@@ -326,6 +339,8 @@ pub(crate) struct TaskReport {
     /// What the harness's own result file says (`harness.results`), when
     /// the harness ran to its end.
     pub(crate) result: Option<TaskResult>,
+    /// Creates of the task's that a hard limit (`limits.hard`) refused.
+    pub(crate) refused_creates: usize,
 }
 
 /// What became of a task's resources. How often a harness cleans up after
@@ -362,6 +377,7 @@ impl TaskReport {
             teardown_error: None,
             resources: ResourceFates::default(),
             result: None,
+            refused_creates: 0,
         }
     }
 

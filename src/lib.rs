@@ -19,6 +19,7 @@ pub mod events;
 pub mod host;
 pub mod intercept;
 pub mod ledger;
+pub mod limits;
 pub mod lock;
 pub mod metrics;
 pub mod net;

@@ -60,6 +60,8 @@ struct Tally {
     scored: u64,
     /// What became of the resources tasks created, by fate.
     fates: BTreeMap<&'static str, u64>,
+    /// Creates refused at a hard limit, by kind.
+    refused: BTreeMap<Kind, u64>,
     teardown: Histogram,
     last_sweep: Option<i64>,
 }
@@ -91,6 +93,7 @@ impl Tally {
                 }
             }
             Event::Retrying { call, .. } => *self.retries.entry((call.service, call.kind)).or_default() += 1,
+            Event::Refused { refusal, .. } => *self.refused.entry(refusal.kind).or_default() += 1,
             Event::Task(TaskEvent::Finished { report }) if report.outcome != TaskOutcome::NotStarted => {
                 *self.tasks.entry(outcome_label(report.outcome)).or_default() += 1;
                 self.teardown.observe(report.teardown_seconds);
@@ -187,7 +190,12 @@ impl Metrics {
         let verdicts =
             tally.verdicts.iter().map(|(verdict, count)| (labels(&[("verdict", verdict)]), *count)).collect();
         let fates = tally.fates.iter().map(|(fate, count)| (labels(&[("fate", fate)]), *count)).collect();
-        let families: [Family; 9] = [
+        let refused = tally
+            .refused
+            .iter()
+            .map(|(kind, count)| (labels(&[("backend", kind.service().as_str()), ("kind", kind.as_str())]), *count))
+            .collect();
+        let families: [Family; 10] = [
             ("resources_created_total", "counter", "Resources tasks created.", by_kind(&tally.created)),
             (
                 "resources_removed_total",
@@ -205,6 +213,7 @@ impl Metrics {
                 "What became of the resources tasks created: created, removed_by_harness, removed_by_benchwarden, leaked.",
                 fates,
             ),
+            ("creates_refused_total", "counter", "Creates refused at a hard limit (limits.hard).", refused),
             ("live_resources", "gauge", "Resources still owned, as the ledger records them.", by_kind(live)),
             ("last_sweep_timestamp_seconds", "gauge", "When the last sweep finished, in Unix seconds.", last_sweep),
         ];

@@ -102,6 +102,38 @@ impl ResourceRef {
     }
 }
 
+/// What the removal order knows of a resource beside its kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Standing {
+    /// A container that runs (or might: when unknown, it counts as running).
+    pub(crate) running: bool,
+    /// When it was created (Unix seconds), when known.
+    pub(crate) created: Option<i64>,
+}
+
+/// Where a resource goes in the order removals start in when several kinds
+/// go at once: sandboxes first, because they cost money by the minute; then
+/// running containers, then stopped ones; then networks and volumes, which
+/// containers free. Within a group the oldest go first, unknown ages last.
+pub(crate) fn removal_rank(kind: Kind, standing: Standing) -> (u8, i64) {
+    let group = match kind {
+        Kind::Sandbox => 0,
+        Kind::Container if standing.running => 1,
+        Kind::Container => 2,
+        Kind::Network => 3,
+        Kind::Volume => 4,
+    };
+    (group, standing.created.unwrap_or(i64::MAX))
+}
+
+/// `resources` in removal order (see [`removal_rank`]); ties by kind and id, so the order is total.
+pub(crate) fn in_removal_order(resources: impl IntoIterator<Item = (ResourceRef, Standing)>) -> Vec<ResourceRef> {
+    let mut ranked: Vec<((u8, i64), ResourceRef)> =
+        resources.into_iter().map(|(resource, standing)| (removal_rank(resource.kind, standing), resource)).collect();
+    ranked.sort();
+    ranked.into_iter().map(|(_, resource)| resource).collect()
+}
+
 impl fmt::Display for ResourceRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.name.is_empty() || self.name == self.id {
@@ -286,6 +318,29 @@ impl RemovalReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removals_go_sandboxes_then_running_then_stopped_containers_then_networks_and_volumes_oldest_first() {
+        let item = |kind, id: &str, running, created| {
+            (ResourceRef { kind, id: id.to_string(), name: String::new() }, Standing { running, created })
+        };
+        let order = in_removal_order([
+            item(Kind::Volume, "v", false, Some(1)),
+            item(Kind::Container, "stopped-new", false, Some(20)),
+            item(Kind::Network, "n-unknown", false, None),
+            item(Kind::Network, "n-old", false, Some(5)),
+            item(Kind::Container, "running-new", true, Some(30)),
+            item(Kind::Container, "stopped-old", false, Some(10)),
+            item(Kind::Sandbox, "s-new", false, Some(50)),
+            item(Kind::Container, "running-old", true, Some(15)),
+            item(Kind::Sandbox, "s-old", false, Some(2)),
+        ]);
+        let ids: Vec<&str> = order.iter().map(|resource| resource.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["s-old", "s-new", "running-old", "running-new", "stopped-old", "stopped-new", "n-old", "n-unknown", "v"]
+        );
+    }
 
     #[test]
     fn label_selectors_parse_and_match() {

@@ -14,6 +14,7 @@ use crate::cli;
 use crate::config::{fill, Benchmark, DaytonaSection, Harness};
 use crate::errors::Error;
 use crate::intercept::daytona_proxy::{ApiTarget, DaytonaProxySettings};
+use crate::limits::Limits;
 use crate::net::DockerEndpoint;
 use crate::report::{Color, OutputSettings, Verbosity};
 use crate::retry::RetryPolicy;
@@ -408,10 +409,36 @@ pub struct RunSettings {
     pub(crate) parallel: usize,
     /// `None` when the benchmark does not use Daytona.
     pub(crate) daytona: Option<RunDaytona>,
+    /// Caps on live containers and sandboxes: the command line's over the file's.
+    pub(crate) limits: Limits,
 }
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_CLEANUP_AGE: Duration = Duration::from_secs(86_400);
+
+/// The run's caps: `--max-containers` / `--max-sandboxes` over the file's
+/// `limits:`. A hard cap needs the proxy that enforces it.
+fn resolve_limits(args: &cli::RunArgs, benchmark: &Benchmark, source: &str) -> Result<Limits, Error> {
+    let section = &benchmark.limits;
+    let limits = Limits {
+        max_containers: args.max_containers.or(section.max_containers),
+        max_sandboxes: args.max_sandboxes.or(section.max_sandboxes),
+        hard: section.hard,
+    };
+    if limits.max_containers == Some(0) || limits.max_sandboxes == Some(0) {
+        return Err(Error::usage(format!("{source}: a limit of 0 would start no task; give at least 1, or no limit")));
+    }
+    if limits.hard && limits.max_containers.is_some() && !benchmark.docker.proxy {
+        return Err(Error::usage(format!(
+            "{source}: limits.hard refuses creates at the Docker proxy, and docker.proxy is false; \
+             turn the proxy on, or drop limits.hard to only hold new tasks back"
+        )));
+    }
+    if limits.hard && !limits.any() {
+        tracing::warn!("{source}: limits.hard is set without max_containers or max_sandboxes; nothing is capped");
+    }
+    Ok(limits)
+}
 
 /// A benchmark, where it came from, the directory its paths are relative
 /// to, and the arguments to append to its harness command.
@@ -425,8 +452,10 @@ struct Loaded {
 impl RunSettings {
     pub fn resolve(args: &cli::RunArgs, global: &GlobalSettings) -> Result<Self, Error> {
         let Loaded { benchmark, source, base_dir, harness_args } = load_benchmark(args, &global.state_dir)?;
-        if benchmark.limits.is_some() {
-            tracing::warn!("{source}: the `limits` section is not supported by this version and is ignored");
+        let limits = resolve_limits(args, &benchmark, &source)?;
+        let parallel = args.parallel.unwrap_or(DEFAULT_PARALLEL);
+        if parallel == 0 {
+            return Err(Error::usage("--parallel must be at least 1"));
         }
         let tasks = select_tasks(&benchmark, &args.tasks, &source)?;
         let jobs = args.jobs.or(benchmark.concurrency).unwrap_or(1);
@@ -459,8 +488,9 @@ impl RunSettings {
             metrics_file: args.metrics_file.clone(),
             fail_on_unresolved: args.fail_on_unresolved,
             harness_args,
-            parallel: DEFAULT_PARALLEL,
+            parallel,
             daytona,
+            limits,
         })
     }
 
@@ -534,7 +564,7 @@ fn adhoc_benchmark(command: Vec<String>) -> Benchmark {
         cleanup: Default::default(),
         docker: Default::default(),
         daytona: None,
-        limits: None,
+        limits: Default::default(),
     }
 }
 

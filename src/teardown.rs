@@ -1,8 +1,9 @@
 //! Teardown of exactly what one owner (a task, or a whole run) owns: found
 //! through the ledger, benchwarden's owner labels and the benchmark's
-//! selectors; recorded before removal; removed with retry (containers, then
-//! networks, then volumes, then Daytona sandboxes, seen through to 404); then
-//! listed again to prove nothing is left.
+//! selectors; recorded before removal; removed with retry (Daytona
+//! sandboxes first, seen through to 404 beside the Docker removals; then
+//! running containers, stopped ones, networks and volumes, the oldest first
+//! within each); then listed again to prove nothing is left.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -10,13 +11,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::backend::daytona::{remove_sandboxes, DaytonaBackend, DaytonaError, VERIFY_FOR};
-use crate::backend::docker::{Container, ContainerQuery, DockerBackend, DockerError};
+use crate::backend::docker::{ContainerQuery, DockerBackend, DockerError};
 use crate::backend::{remove_all, RemovalOptions};
 use crate::errors::Error;
 use crate::events::{Event, Events, RemovalEvent};
 use crate::ledger::Ledger;
 use crate::owner::{Claims, COMPOSE_PROJECT_LABEL};
-use crate::resource::{Kind, LabelSelector, RemovalOutcome, RemovalReport, ResourceRef};
+use crate::resource::{in_removal_order, Kind, LabelSelector, RemovalOutcome, RemovalReport, ResourceRef, Standing};
 
 /// Rounds of list-and-remove before what is still there counts as leaked.
 const TEARDOWN_ROUNDS: usize = 3;
@@ -70,7 +71,8 @@ pub(crate) struct TeardownOptions {
 /// What the claims point at now, and what the ledger recorded that is gone.
 #[derive(Debug, Default)]
 pub(crate) struct Discovery {
-    /// There now: containers first, sandboxes last.
+    /// There now, in removal order: sandboxes, running containers, stopped
+    /// ones, networks, volumes; the oldest first within each.
     pub(crate) found: Vec<ResourceRef>,
     /// Recorded in the ledger, not released, and gone: removed by someone
     /// else (the harness itself, as a rule). Discovery changes nothing, so a
@@ -78,10 +80,13 @@ pub(crate) struct Discovery {
     pub(crate) gone: Vec<ResourceRef>,
 }
 
-/// Everything the claims point at now, containers first, sandboxes last,
-/// and the ledger's rows whose resource is gone.
+/// What is there now, with what the removal order needs to know of each.
+type Standings = BTreeMap<ResourceRef, Standing>;
+
+/// Everything the claims point at now, in removal order, and the ledger's
+/// rows whose resource is gone.
 pub(crate) async fn discover(backends: Backends<'_>, ledger: &Ledger, claims: &Claims) -> Result<Discovery, Error> {
-    let mut found: BTreeSet<ResourceRef> = BTreeSet::new();
+    let mut found = Standings::new();
     let mut gone = Vec::new();
     if let Some(docker) = backends.docker {
         let (there, vanished) = discover_docker(docker, ledger, claims).await?;
@@ -93,28 +98,33 @@ pub(crate) async fn discover(backends: Backends<'_>, ledger: &Ledger, claims: &C
         found.extend(there);
         gone.extend(vanished);
     }
-    // BTreeSet order is by kind: containers, networks, volumes, sandboxes.
-    Ok(Discovery { found: found.into_iter().collect(), gone })
+    Ok(Discovery { found: in_removal_order(found), gone })
 }
 
-type Found = (BTreeSet<ResourceRef>, Vec<ResourceRef>);
+type Found = (Standings, Vec<ResourceRef>);
 
 /// Sandboxes with the owner labels, and the ledger's sandbox rows: those that still exist, and those gone.
 async fn discover_sandboxes(daytona: &DaytonaBackend, ledger: &Ledger, claims: &Claims) -> Result<Found, Error> {
     let listing_failed = |error: DaytonaError| error.during("list sandboxes");
     let labels = claims.owner_labels().into_iter().filter_map(|label| Some((label.key, label.value?))).collect();
-    let mut found: BTreeSet<ResourceRef> =
-        daytona.list(&labels).await.map_err(listing_failed)?.iter().map(|sandbox| sandbox.resource()).collect();
+    let standing = |created| Standing { running: false, created };
+    let mut found: Standings = daytona
+        .list(&labels)
+        .await
+        .map_err(listing_failed)?
+        .iter()
+        .map(|sandbox| (sandbox.resource(), standing(sandbox.created_unix())))
+        .collect();
     let mut gone = Vec::new();
     for record in ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await? {
-        if record.resource.kind != Kind::Sandbox || found.contains(&record.resource) {
+        if record.resource.kind != Kind::Sandbox || found.contains_key(&record.resource) {
             continue;
         }
         match daytona.look_up(&record.resource.id).await.map_err(listing_failed)? {
-            Some(_) => found.insert(record.resource),
+            Some(sandbox) => found.insert(record.resource, standing(sandbox.created_unix())),
             None => {
                 gone.push(record.resource);
-                false
+                None
             }
         };
     }
@@ -132,34 +142,39 @@ async fn discover_docker(backend: &DockerBackend, ledger: &Ledger, claims: &Clai
         backend.list_volumes(&[]),
         ledger.unreleased(&claims.run_id, claims.task_id.as_deref())
     );
-    let mut found: BTreeSet<ResourceRef> = containers?;
+    let mut found: Standings = containers?;
     let networks = networks.map_err(|error| error.during("list networks"))?;
     let volumes = volumes.map_err(|error| error.during("list volumes"))?;
     for item in networks.iter().chain(&volumes) {
         if claims.claims_labels(&item.labels) {
-            found.insert(item.resource.clone());
+            found.insert(item.resource.clone(), Standing::default());
         }
     }
     let mut gone = Vec::new();
     for record in unreleased? {
-        if record.resource.kind == Kind::Sandbox || found.contains(&record.resource) {
+        if record.resource.kind == Kind::Sandbox {
+            continue;
+        }
+        if let Some(standing) = found.get_mut(&record.resource) {
+            // Networks and volumes are listed without their age; the ledger has it.
+            standing.created = standing.created.or(Some(record.created_at));
             continue;
         }
         match backend.exists(&record.resource).await.map_err(|error| error.during("inspect"))? {
-            true => found.insert(record.resource),
+            // Its state is not known: a container counts as running, so it goes early.
+            true => found.insert(record.resource, Standing { running: true, created: Some(record.created_at) }),
             false => {
                 gone.push(record.resource);
-                false
+                None
             }
         };
     }
-    // BTreeSet order is by kind: containers, networks, volumes.
     Ok((found, gone))
 }
 
 /// Containers with the owner labels, a claimed label, or in a claimed
 /// compose project: one listing per way of claiming, all at once.
-async fn claimed_containers(backend: &DockerBackend, claims: &Claims) -> Result<BTreeSet<ResourceRef>, Error> {
+async fn claimed_containers(backend: &DockerBackend, claims: &Claims) -> Result<Standings, Error> {
     let mut queries: Vec<Vec<LabelSelector>> = vec![claims.owner_labels()];
     queries.extend(claims.label_selectors().into_iter().map(|selector| vec![selector]));
     let by_project = !claims.project_patterns().is_empty();
@@ -174,13 +189,15 @@ async fn claimed_containers(backend: &DockerBackend, claims: &Claims) -> Result<
     )
     .await
     .map_err(|error: DockerError| error.during("list containers"))?;
-    let mut found = BTreeSet::new();
+    let mut found = Standings::new();
     for (index, containers) in listings.into_iter().enumerate() {
         // The project listing holds every compose container; keep the claimed projects' only.
         let claimed = |labels: &BTreeMap<String, String>| {
             !(by_project && index == project_query) || claims.in_claimed_project(labels)
         };
-        found.extend(containers.iter().filter(|container| claimed(&container.labels)).map(Container::resource));
+        found.extend(containers.iter().filter(|container| claimed(&container.labels)).map(|container| {
+            (container.resource(), Standing { running: !container.is_exited(), created: Some(container.created) })
+        }));
     }
     Ok(found)
 }
@@ -266,33 +283,45 @@ async fn not_asked(backends: Backends<'_>, ledger: &Ledger, claims: &Claims) -> 
         .collect())
 }
 
-/// One round of removals, kind by kind: containers free their networks and
-/// volumes, so those go after them.
+/// One round of removals. Sandbox deletes start first, because sandboxes
+/// cost money by the minute, and are seen through beside the Docker
+/// removals rather than before them. Docker goes kind by kind in the order
+/// `fresh` is in (running containers, stopped ones, then networks and
+/// volumes, which the containers free).
 async fn remove_by_kind(
     backends: Backends<'_>,
     fresh: &[ResourceRef],
     options: &TeardownOptions,
     events: &Events,
 ) -> RemovalReport {
-    let mut round = RemovalReport::default();
-    for kind in [Kind::Container, Kind::Network, Kind::Volume, Kind::Sandbox] {
-        let batch: Vec<ResourceRef> = fresh.iter().filter(|resource| resource.kind == kind).cloned().collect();
-        if batch.is_empty() {
-            continue;
-        }
-        let removal = &options.removal;
-        match (kind, backends.docker, backends.daytona) {
-            (Kind::Sandbox, _, Some(daytona)) => {
+    let of_kind =
+        |kind: Kind| -> Vec<ResourceRef> { fresh.iter().filter(|resource| resource.kind == kind).cloned().collect() };
+    let removal = &options.removal;
+    let sandboxes = async {
+        match (backends.daytona, of_kind(Kind::Sandbox)) {
+            (Some(daytona), batch) if !batch.is_empty() => {
                 let verify_for = removal.retry.deadline.min(VERIFY_FOR);
-                round.extend(remove_sandboxes(daytona, batch, removal, events, verify_for).await)
+                remove_sandboxes(daytona, batch, removal, events, verify_for).await
             }
-            (Kind::Sandbox, _, None) => {}
-            (_, Some(docker), _) => {
-                round.extend(remove_all(&docker.remover(options.stop_timeout), batch, removal, events).await)
-            }
-            (_, None, _) => {}
+            _ => RemovalReport::default(),
         }
-    }
+    };
+    let docker = async {
+        let mut report = RemovalReport::default();
+        let Some(docker) = backends.docker else {
+            return report;
+        };
+        for kind in [Kind::Container, Kind::Network, Kind::Volume] {
+            let batch = of_kind(kind);
+            if !batch.is_empty() {
+                report.extend(remove_all(&docker.remover(options.stop_timeout), batch, removal, events).await);
+            }
+        }
+        report
+    };
+    // `join!` polls in order: the sandbox deletes are sent before the first Docker removal.
+    let (mut round, docker) = tokio::join!(sandboxes, docker);
+    round.extend(docker);
     round
 }
 

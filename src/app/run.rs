@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::sys::signal::Signal;
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::{print_stdout, Session};
@@ -19,6 +20,7 @@ use crate::host;
 use crate::intercept::docker_proxy::DockerProxySettings;
 use crate::intercept::sockets::socket_roots;
 use crate::ledger::{self, Ledger, RunRecord};
+use crate::limits::{LimitsReport, LiveResources};
 use crate::recover::{recover_orphans, OrphanSource};
 use crate::report::text::{self, RunReport};
 use crate::results::Verdict;
@@ -47,6 +49,7 @@ struct Ending<'a> {
     pre_run: Option<&'a SweepResult>,
     status: ExitStatus,
     interrupted_by: Option<Signal>,
+    limits: Option<LimitsReport>,
 }
 
 pub async fn run(global: &GlobalSettings, settings: &RunSettings, session: &Session) -> Result<ExitStatus, Error> {
@@ -72,11 +75,12 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings, session: &Sess
     let reports = scheduler::run_all(Arc::clone(&context), settings.task_specs(&started.run_id), settings.jobs).await;
     context.teardowns.close();
     context.teardowns.wait().await;
+    let limits = context.live.report();
     drop(context);
     session.reporter.clear();
     let interrupted_by = shutdown.borrow().signal();
     let status = exit_status(&reports, interrupted_by, settings.fail_on_unresolved);
-    let ending = Ending { reports: &reports, pre_run: pre_run.as_ref(), status, interrupted_by };
+    let ending = Ending { reports: &reports, pre_run: pre_run.as_ref(), status, interrupted_by, limits };
     finish(&started, global, settings, &ending, session).await?;
     Ok(status)
 }
@@ -201,10 +205,10 @@ fn run_context(
             None
         }
     });
-    let watcher = started
-        .docker
-        .as_ref()
-        .map(|docker| Watcher::spawn(docker.clone(), started.ledger.clone(), started.started_at, events.clone()));
+    let live = LiveResources::new(settings.limits);
+    let watcher = started.docker.as_ref().map(|docker| {
+        Watcher::spawn(docker.clone(), started.ledger.clone(), started.started_at, live.clone(), events.clone())
+    });
     RunContext {
         run_id: started.run_id.clone(),
         host: started.host.clone(),
@@ -217,6 +221,8 @@ fn run_context(
         shutdown,
         events: events.clone(),
         teardowns: TaskTracker::new(),
+        teardown_slots: Arc::new(Semaphore::new(settings.jobs.max(1))),
+        live,
         watcher,
         docker_proxy,
         daytona_proxy: settings.daytona.as_ref().map(|daytona| daytona.proxy.clone()),
@@ -232,7 +238,7 @@ async fn finish(
     ending: &Ending<'_>,
     session: &Session,
 ) -> Result<(), Error> {
-    let Ending { reports, pre_run, status, interrupted_by } = *ending;
+    let Ending { reports, pre_run, status, interrupted_by, limits } = *ending;
     let report_path = settings.report.clone().unwrap_or_else(|| started.log_dir.join("report.json"));
     let report = RunReport {
         run_id: &started.run_id,
@@ -244,10 +250,11 @@ async fn finish(
         interrupted_by: interrupted_by.map(|signal| signal.to_string()),
         pre_run_sweep: pre_run,
         backends: session.metrics.backend_figures(),
+        limits,
         tasks: reports,
     };
     write_report(&report_path, &report)?;
-    print_stdout(&text::run_summary(reports))?;
+    print_stdout(&text::run_summary(reports, limits.as_ref()))?;
     if reports.iter().any(TaskReport::left_something) {
         // Left open (unended), the run becomes an orphan once we exit, so `recover` retries it.
         let left: usize =

@@ -106,6 +106,25 @@ impl Policy for DaytonaPolicy {
     fn upstream_head(&self, head: &Head, content_length: Option<usize>) -> Vec<u8> {
         head.rewritten(Some(&self.upstream_target(&head.target)), Some(&self.target.host), content_length)
     }
+
+    /// The API's error body (CONTRACT.md §6), so the SDK raises its own error with our message.
+    fn refusal(&self, head: &Head, message: &str) -> Vec<u8> {
+        let path = head.target.split('?').next().unwrap_or_default();
+        let timestamp = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let body = serde_json::json!({
+            "path": path,
+            "timestamp": timestamp,
+            "statusCode": 429,
+            "error": "Too Many Requests",
+            "message": format!("benchwarden: {message}"),
+        })
+        .to_string();
+        format!(
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
 }
 
 /// Sets `field` to `value` where the harness left it out or sent `null`

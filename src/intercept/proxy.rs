@@ -1,9 +1,9 @@
 //! The proxy engine both interceptors share: accept a client connection,
 //! read each request head, let the policy rewrite create calls (label the
-//! body, record the answer's id in the ledger before passing the answer
-//! back), and pass everything else through byte for byte: keep-alive,
-//! chunked and streaming bodies both ways, and hijacked or upgraded
-//! connections spliced raw.
+//! body, refuse it past a hard limit, record the answer's id in the ledger
+//! before passing the answer back), and pass everything else through byte
+//! for byte: keep-alive, chunked and streaming bodies both ways, and
+//! hijacked or upgraded connections spliced raw.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::events::{Event, Events};
 use crate::ledger::Ledger;
+use crate::limits::LiveResources;
 use crate::net::http::{error_response, Buffered, Framing, Head, HttpError};
 use crate::net::{BoxRead, BoxWrite, Upstream};
 use crate::resource::{Kind, ResourceRef};
@@ -37,6 +38,11 @@ pub(crate) trait Policy: Send + Sync + 'static {
     /// Endpoints that hijack the connection with a plain 200 (Docker's attach and exec).
     fn may_hijack(&self, _head: &Head) -> bool {
         false
+    }
+    /// The answer to a create refused by a hard limit, in the API's own
+    /// error shape; 429, so that a client that backs off may try again.
+    fn refusal(&self, _head: &Head, message: &str) -> Vec<u8> {
+        error_response(429, "Too Many Requests", message)
     }
 }
 
@@ -64,17 +70,20 @@ pub(crate) fn label_create_body(
     serde_json::to_vec(&value).map_err(|error| error.to_string())
 }
 
-/// Who owns what the proxied clients create, and where that is recorded.
+/// Who owns what the proxied clients create, where that is recorded, and
+/// the run's live count it adds to.
 pub(crate) struct Recorder {
     pub(crate) run_id: String,
     pub(crate) task_id: String,
     pub(crate) ledger: Ledger,
     pub(crate) events: Events,
+    pub(crate) live: LiveResources,
 }
 
 impl Recorder {
     async fn record(&self, resource: ResourceRef) {
         let kind = resource.kind;
+        self.live.add(&self.task_id, kind, &resource.id);
         self.events.emit(Event::Created { resource: &resource });
         // Committed before the client learns the id: a crash from here on leaves a record.
         if let Err(error) = self.ledger.record_resources(&self.run_id, &self.task_id, vec![resource]).await {
@@ -206,6 +215,15 @@ impl Streams<'_> {
             }
         };
         let body = self.client_in.copy_body(framing, &mut tokio::io::sink(), true).await?.unwrap_or_default();
+        // Counts as live from here until its answer, so two creates at once cannot both pass the last place.
+        let reservation = match recorder.live.reserve(&recorder.task_id, kind) {
+            Ok(reservation) => reservation,
+            Err(refusal) => {
+                recorder.events.emit(Event::Refused { task: &recorder.task_id, refusal: &refusal });
+                self.client_out.write_all(&policy.refusal(&head, &refusal.message())).await?;
+                return Ok(Next::Close);
+            }
+        };
         let rewritten = match policy.rewrite_create_body(kind, &body) {
             Ok(rewritten) => rewritten,
             Err(message) => {
@@ -223,7 +241,12 @@ impl Streams<'_> {
         let answer = self.upstream_in.copy_body(framing, &mut raw_body, true).await?.unwrap_or_default();
         if (200..300).contains(&response.status) {
             match policy.created(kind, &head.target, &body, &answer) {
-                Some((id, name)) => recorder.record(ResourceRef { kind, id, name }).await,
+                Some((id, name)) => {
+                    if let Some(reservation) = reservation {
+                        reservation.commit(&id);
+                    }
+                    recorder.record(ResourceRef { kind, id, name }).await
+                }
                 None => tracing::warn!("task {}: a {kind} create answered without an id", recorder.task_id),
             }
         }

@@ -4,7 +4,19 @@
 //! left behind an error.
 
 use crate::events::{Event, OrphanEvent, Press, RemovalEvent, StopWhen, TaskEvent, TaskOutcome, TaskReport};
+use crate::limits::Waiting;
 use crate::resource::RemovalOutcome;
+
+/// Why the next task waits, for people.
+pub(super) fn waiting_text(waiting: &Waiting) -> String {
+    let Waiting { kind, live, limit, expected, learning } = *waiting;
+    match learning {
+        true => format!("next task waits: learning how many {kind}s a task makes before starting another (limit {limit})"),
+        false => format!(
+            "next task waits for room: {live} {kind}(s) live, {expected} with it and what running tasks may still make (limit {limit})"
+        ),
+    }
+}
 
 pub(super) fn log(event: &Event<'_>) {
     match event {
@@ -44,6 +56,12 @@ pub(super) fn log(event: &Event<'_>) {
             )
         }
         Event::Created { resource } => tracing::debug!("created {resource}"),
+        Event::Refused { task, refusal } => {
+            tracing::warn!("task {task}: a {} create was refused: {}", refusal.kind, refusal.message())
+        }
+        Event::Waiting { waiting: Some(waiting), news: true } => tracing::info!("{}", waiting_text(waiting)),
+        Event::Waiting { waiting: Some(waiting), news: false } => tracing::debug!("{}", waiting_text(waiting)),
+        Event::Waiting { waiting: None, .. } => tracing::info!("room under the limits: starting the next task"),
         Event::Protected { resource, reason } => tracing::info!("leaving {resource} alone: {reason}"),
         Event::WouldRemove { resource } => tracing::info!("would remove {resource}"),
         Event::Leaked { resource } => tracing::error!("leaked: {resource} is still there after teardown"),

@@ -11,6 +11,7 @@ use crate::backend::docker::Container;
 use crate::cleanup::{CleanupReport, Skipped};
 use crate::events::{TaskOutcome, TaskReport};
 use crate::ledger::{History, RunRecord};
+use crate::limits::LimitsReport;
 use crate::metrics::BackendFigures;
 use crate::owner::LabelledOwner;
 use crate::recover::RecoveredRun;
@@ -233,11 +234,14 @@ pub(crate) struct RunReport<'a> {
     pub(crate) pre_run_sweep: Option<&'a SweepResult>,
     /// Per backend: removed, failed, retries and the removal success rate.
     pub(crate) backends: BTreeMap<&'static str, BackendFigures>,
+    /// The caps the run kept, the most it had live at once, the creates refused; absent without limits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) limits: Option<LimitsReport>,
     pub(crate) tasks: &'a [TaskReport],
 }
 
 /// The summary of a run: a row per task, the counts, then what went wrong.
-pub(crate) fn run_summary(reports: &[TaskReport]) -> String {
+pub(crate) fn run_summary(reports: &[TaskReport], limits: Option<&LimitsReport>) -> String {
     let rows: Vec<Vec<String>> = reports.iter().map(task_row).collect();
     let headers = [
         "TASK",
@@ -277,10 +281,30 @@ pub(crate) fn run_summary(reports: &[TaskReport]) -> String {
         counts.join(", ")
     ));
     text.push_str(&results_line(reports));
+    text.push_str(&limits.map(limits_line).unwrap_or_default());
     for report in reports {
         text.push_str(&task_problems(report));
     }
     text
+}
+
+/// What the limits held: each cap, the most live at once, the creates refused.
+fn limits_line(report: &LimitsReport) -> String {
+    let (limits, figures) = (&report.limits, &report.figures);
+    let mut parts = Vec::new();
+    for (cap, peak, refused, what) in [
+        (limits.max_containers, figures.peak_containers, figures.refused_containers, "containers"),
+        (limits.max_sandboxes, figures.peak_sandboxes, figures.refused_sandboxes, "sandboxes"),
+    ] {
+        let Some(cap) = cap else { continue };
+        let refused = match refused {
+            0 => String::new(),
+            count => format!(", {count} create(s) refused"),
+        };
+        parts.push(format!("at most {cap} {what} live (peak {peak}{refused})"));
+    }
+    let hard = if limits.hard { " (hard)" } else { "" };
+    format!("limits{hard}: {}\n", parts.join("; "))
 }
 
 /// The benchmark's own verdicts, when the harness's result files were read.
@@ -342,6 +366,9 @@ fn task_problems(report: &TaskReport) -> String {
     }
     if let Some(detail) = report.result.as_ref().and_then(|result| result.detail.as_ref()) {
         text.push_str(&format!("  {task}: result: {detail}\n"));
+    }
+    if report.refused_creates > 0 {
+        text.push_str(&format!("  {task}: {} create(s) refused at a hard limit\n", report.refused_creates));
     }
     for resource in &report.resources_leaked {
         text.push_str(&format!("  {task}: leaked {resource}\n"));
@@ -502,7 +529,7 @@ mod tests {
             detail: None,
             path: "results.json".into(),
         });
-        let text = run_summary(&[passed, leaky]);
+        let text = run_summary(&[passed, leaky], None);
         assert!(
             text.contains(
                 "1 passed, 1 timed out; 2 resource(s) removed, 1 leaked (3 created, 1 removed by the harness itself)\n"

@@ -1,5 +1,6 @@
 //! The terminal view: a bar for a batch of removals a person follows, and
-//! during a run one overall bar (done, failed, timed out) with a line per
+//! during a run one overall bar (done, failed, timed out, and why the next
+//! task waits when a limit holds it back) with a line per
 //! running task (elapsed time, live containers, what it is doing). Drawn
 //! only on a terminal and never with `-q`; log lines carry the same news
 //! everywhere else. Harness output echoed with `-j 1` goes above the bars.
@@ -26,6 +27,8 @@ struct Drawn {
     overall: Option<ProgressBar>,
     tasks: HashMap<String, TaskLine>,
     counts: TaskCounts,
+    /// Why the next task waits, while it does.
+    waiting: Option<String>,
 }
 
 struct TaskLine {
@@ -79,6 +82,10 @@ impl View {
             Event::RunStarted { tasks, .. } => drawn.start_run(*tasks),
             Event::Task(task) => drawn.task(task),
             Event::Removal(removal) => drawn.removal(removal),
+            Event::Waiting { waiting, .. } => {
+                drawn.waiting = waiting.map(super::lines::waiting_text);
+                drawn.show_overall();
+            }
             _ => {}
         }
     }
@@ -123,12 +130,21 @@ impl Drawn {
                     remove_bar(&line.bar);
                 }
                 self.counts.count(report);
-                if let Some(bar) = &self.overall {
-                    bar.set_position(self.counts.finished as u64);
-                    bar.set_message(format!("({} failed, {} timed out)", self.counts.failed, self.counts.timed_out));
-                }
+                self.show_overall();
             }
             _ => {}
+        }
+    }
+
+    fn show_overall(&self) {
+        let Some(bar) = &self.overall else {
+            return;
+        };
+        bar.set_position(self.counts.finished as u64);
+        let counts = format!("({} failed, {} timed out)", self.counts.failed, self.counts.timed_out);
+        match &self.waiting {
+            Some(waiting) => bar.set_message(format!("{counts}; {waiting}")),
+            None => bar.set_message(counts),
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use super::lifecycle::{self, Ending, Harness, Lifecycle, ProcessSet};
@@ -26,7 +26,9 @@ use crate::intercept::daytona_proxy::{DaytonaProxy, DaytonaProxySettings};
 use crate::intercept::docker_proxy::{DockerProxy, DockerProxySettings};
 use crate::intercept::proxy::Recorder;
 use crate::ledger::Ledger;
+use crate::limits::LiveResources;
 use crate::owner::{owner_labels, Claims};
+use crate::resource::ResourceRef;
 use crate::results::{self, TaskResult};
 use crate::teardown::{self, Backends, TeardownOptions, TeardownReport};
 
@@ -60,7 +62,12 @@ pub(crate) struct RunContext {
     pub(crate) echo_output: bool,
     pub(crate) shutdown: watch::Receiver<Shutdown>,
     pub(crate) events: Events,
+    /// Teardowns run here, off the tasks' `-j` slots: the run waits for them at its end.
     pub(crate) teardowns: TaskTracker,
+    /// Teardowns at once; a task's waits here once its processes are gone.
+    pub(crate) teardown_slots: Arc<Semaphore>,
+    /// The run's live containers and sandboxes, and its limits.
+    pub(crate) live: LiveResources,
     /// Records claimed containers as they are created; `None` without Docker.
     pub(crate) watcher: Option<Watcher>,
     /// Where each task's Docker proxy listens and forwards; `None` without Docker.
@@ -82,8 +89,15 @@ pub(crate) enum TaskStartError {
     Harness { program: String, cwd: String, source: std::io::Error },
 }
 
-/// Runs one task from start to teardown and returns its report.
-pub(crate) async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskReport {
+/// A task whose processes are all gone; its teardown is still ahead.
+pub(crate) struct EndedTask {
+    claims: Claims,
+    report: TaskReport,
+}
+
+/// Runs one task until every process of it has gone: the part that holds
+/// a `-j` slot. [`tear_down_task`] finishes it.
+pub(crate) async fn run_task(context: &RunContext, spec: TaskSpec) -> EndedTask {
     let events = &context.events;
     let started = Instant::now();
     let log_path = context.log_dir.join(format!("{}.log", spec.name));
@@ -97,22 +111,34 @@ pub(crate) async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskRe
     if let Err(error) = context.ledger.record_claims(&context.run_id, &spec.name, &spec.selectors).await {
         tracing::error!("task {}: {error}", spec.name);
     }
-    match supervise(&context, &spec, &log_path).await {
+    match supervise(context, &spec, &log_path).await {
         Ok((ending, status)) => record_ending(&mut report, ending, status),
         Err(error) => {
             report.outcome = TaskOutcome::SpawnFailed;
             report.error = Some(error.to_string());
         }
     }
+    context.live.processes_ended(&spec.name);
     report.result = read_result(&spec, report.outcome).await;
     report.seconds = started.elapsed().as_secs_f64();
     events.task(TaskEvent::Ended { report: &report });
-    events.task(TaskEvent::TearingDown { task: &spec.name });
-    tear_down(&context, claims, &mut report).await;
+    EndedTask { claims, report }
+}
+
+/// Tears down what an ended task owns, at most `teardown_slots` at once,
+/// and returns its finished report.
+pub(crate) async fn tear_down_task(context: &RunContext, ended: EndedTask) -> TaskReport {
+    let EndedTask { claims, mut report } = ended;
+    // The semaphore is never closed; were it, the teardown would go on unbounded rather than not at all.
+    let _slot = context.teardown_slots.acquire().await.ok();
+    context.events.task(TaskEvent::TearingDown { task: &report.task });
+    report.refused_creates = context.live.refused(&report.task);
+    let left = tear_down(context, claims, &mut report).await;
     if let Some(watcher) = &context.watcher {
-        watcher.unregister(&spec.name);
+        watcher.unregister(&report.task);
     }
-    events.task(TaskEvent::Finished { report: &report });
+    context.live.torn_down(&report.task, &left);
+    context.events.task(TaskEvent::Finished { report: &report });
     report
 }
 
@@ -139,10 +165,11 @@ fn record_ending(report: &mut TaskReport, ending: Ending, status: Option<ExitSta
 }
 
 /// Tears down what the task owns on its own tracked task, so that a
-/// cancelled caller cannot cut it short, and records how it went.
-async fn tear_down(context: &RunContext, claims: Claims, report: &mut TaskReport) {
+/// cancelled caller cannot cut it short, and records how it went. Returns
+/// what is still there (leaked, pending, or unknown after a failure).
+async fn tear_down(context: &RunContext, claims: Claims, report: &mut TaskReport) -> Vec<ResourceRef> {
     if context.docker.is_none() && context.daytona.is_none() {
-        return;
+        return Vec::new();
     }
     let (docker, daytona) = (context.docker.clone(), context.daytona.clone());
     let (ledger, options, events) = (context.ledger.clone(), context.teardown.clone(), context.events.clone());
@@ -152,26 +179,33 @@ async fn tear_down(context: &RunContext, claims: Claims, report: &mut TaskReport
         tokio::time::timeout(deadline, teardown::teardown(backends, &ledger, &claims, &options, &events)).await
     });
     let failure = match handle.await {
-        Ok(Ok(Ok(torn))) => return record_teardown(report, &torn),
+        Ok(Ok(Ok(torn))) => {
+            record_teardown(report, &torn);
+            return torn.leaked.into_iter().chain(torn.pending).collect();
+        }
         Ok(Ok(Err(error))) => error.to_string(),
         Ok(Err(_)) => "teardown passed its deadline".to_string(),
         Err(join_error) => format!("teardown task failed: {join_error}"),
     };
     report.teardown_error = Some(failure);
-    record_unverified(context, report).await;
+    record_unverified(context, report).await
 }
 
 /// After a teardown that failed, what the ledger recorded for the task and
 /// never saw released is still there as far as anyone can tell: it counts
 /// as found and leaked, by id, not as nothing.
-async fn record_unverified(context: &RunContext, report: &mut TaskReport) {
+async fn record_unverified(context: &RunContext, report: &mut TaskReport) -> Vec<ResourceRef> {
     match context.ledger.unreleased(&context.run_id, Some(&report.task)).await {
         Ok(rows) => {
             report.resources_found = rows.len();
             report.resources_leaked = rows.iter().map(|row| row.resource.to_string()).collect();
             report.resources = ResourceFates { created: rows.len(), leaked: rows.len(), ..ResourceFates::default() };
+            rows.into_iter().map(|row| row.resource).collect()
         }
-        Err(error) => tracing::error!("task {}: cannot read what the ledger recorded: {error}", report.task),
+        Err(error) => {
+            tracing::error!("task {}: cannot read what the ledger recorded: {error}", report.task);
+            Vec::new()
+        }
     }
 }
 
@@ -293,6 +327,7 @@ impl Interceptors {
             task_id: spec.name.clone(),
             ledger: context.ledger.clone(),
             events: context.events.clone(),
+            live: context.live.clone(),
         };
         let mut interceptors = Interceptors { docker: None, daytona: None };
         if let Some(settings) = &context.docker_proxy {

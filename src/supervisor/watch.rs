@@ -1,8 +1,9 @@
 //! The creation watcher: follows the Docker engine's event stream while a
 //! run lasts, and when a container, network or volume that a running task
 //! claims (owner labels or selectors) is created, records it in the ledger
-//! at once; for containers it also tells the task's live container count,
-//! which a destroy event counts down.
+//! at once; for containers it also keeps the run's live count (see
+//! [`crate::limits`]), which a destroy event counts down, and tells each
+//! task's.
 //!
 //! This is how what harnesses make without the proxy (`docker.proxy:
 //! false`, or a client that bypasses `DOCKER_HOST`) is recorded near the
@@ -10,7 +11,7 @@
 //! teardown still leaves a ledger row, and the report can tell what the
 //! harness removed itself from what benchwarden removed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,16 +22,12 @@ use futures_util::StreamExt;
 use crate::backend::docker::DockerBackend;
 use crate::events::{Event, Events, TaskEvent};
 use crate::ledger::Ledger;
+use crate::limits::LiveResources;
 use crate::owner::Claims;
 use crate::resource::{Kind, ResourceRef};
 
-/// What a registered task claims, and its containers alive now.
-struct Watched {
-    claims: Claims,
-    live: HashSet<String>,
-}
-
-type Registry = Arc<Mutex<HashMap<String, Watched>>>;
+/// What each registered task claims.
+type Registry = Arc<Mutex<HashMap<String, Claims>>>;
 
 /// Handle to the watcher of one run.
 #[derive(Clone)]
@@ -41,16 +38,22 @@ pub(crate) struct Watcher {
 impl Watcher {
     /// Starts following events from `since_unix` on (so nothing created
     /// between now and the first poll is missed). Ends with the runtime.
-    pub(crate) fn spawn(docker: DockerBackend, ledger: Ledger, since_unix: i64, events: Events) -> Self {
+    pub(crate) fn spawn(
+        docker: DockerBackend,
+        ledger: Ledger,
+        since_unix: i64,
+        live: LiveResources,
+        events: Events,
+    ) -> Self {
         let registry: Registry = Arc::default();
-        let follower = Follower { docker, ledger, registry: Arc::clone(&registry), events };
+        let follower = Follower { docker, ledger, registry: Arc::clone(&registry), live, events };
         tokio::spawn(follower.follow(since_unix));
         Watcher { registry }
     }
 
     /// Starts attributing creations to `task`.
     pub(crate) fn register(&self, task: &str, claims: Claims) {
-        lock(&self.registry).insert(task.to_string(), Watched { claims, live: HashSet::new() });
+        lock(&self.registry).insert(task.to_string(), claims);
     }
 
     pub(crate) fn unregister(&self, task: &str) {
@@ -58,7 +61,7 @@ impl Watcher {
     }
 }
 
-fn lock(registry: &Registry) -> std::sync::MutexGuard<'_, HashMap<String, Watched>> {
+fn lock(registry: &Registry) -> std::sync::MutexGuard<'_, HashMap<String, Claims>> {
     // A poisoned lock means a panic while counting; the counts are still usable.
     registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -98,6 +101,7 @@ struct Follower {
     docker: DockerBackend,
     ledger: Ledger,
     registry: Registry,
+    live: LiveResources,
     events: Events,
 }
 
@@ -134,7 +138,7 @@ impl Follower {
                 Ok(None) | Err(_) => return,
             }
         }
-        for (task, run_id) in count(&self.registry, &seen, &self.events) {
+        for (task, run_id) in count(&self.registry, &self.live, &seen, &self.events) {
             self.events.emit(Event::Created { resource: &seen.resource });
             if let Err(error) = self.ledger.record_resources(&run_id, &task, vec![seen.resource.clone()]).await {
                 tracing::warn!("task {task}: cannot record a new {} in the ledger: {error}", seen.resource.kind);
@@ -143,25 +147,29 @@ impl Follower {
     }
 }
 
-/// Counts a created or destroyed container for every task that claims it,
-/// telling each changed count; returns the (task, run) pairs that claim a
-/// created resource, for the ledger.
-fn count(registry: &Registry, seen: &Seen, events: &Events) -> Vec<(String, String)> {
+/// Counts a created container for every task that claims it, and a
+/// destroyed one for the task that had it, telling each changed count;
+/// returns the (task, run) pairs that claim a created resource, for the
+/// ledger.
+fn count(registry: &Registry, live: &LiveResources, seen: &Seen, events: &Events) -> Vec<(String, String)> {
+    let resource = &seen.resource;
+    if !seen.created {
+        if let Some((task, containers)) = live.remove(resource.kind, &resource.id) {
+            events.task(TaskEvent::Live { task: &task, containers });
+        }
+        return Vec::new();
+    }
     let mut claimed = Vec::new();
-    for (task, watched) in lock(registry).iter_mut() {
-        if !watched.claims.claims_labels(&seen.attributes) {
+    for (task, claims) in lock(registry).iter() {
+        if !claims.claims_labels(&seen.attributes) {
             continue;
         }
-        if seen.resource.kind == Kind::Container {
-            let id = &seen.resource.id;
-            let changed = if seen.created { watched.live.insert(id.clone()) } else { watched.live.remove(id) };
-            if changed {
-                events.task(TaskEvent::Live { task, containers: watched.live.len() });
+        if resource.kind == Kind::Container {
+            if let Some(containers) = live.add(task, resource.kind, &resource.id) {
+                events.task(TaskEvent::Live { task, containers });
             }
         }
-        if seen.created {
-            claimed.push((task.clone(), watched.claims.run_id.clone()));
-        }
+        claimed.push((task.clone(), claims.run_id.clone()));
     }
     claimed
 }

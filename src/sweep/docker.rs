@@ -13,7 +13,7 @@ use crate::backend::{remove_all, RemovalOptions};
 use crate::errors::Error;
 use crate::events::{Event, Events, RemovalEvent};
 use crate::owner::COMPOSE_PROJECT_LABEL;
-use crate::resource::{LabelSelector, RemovalOutcome, RemovalReport, ResourceRef};
+use crate::resource::{removal_rank, Kind, LabelSelector, RemovalOutcome, RemovalReport, ResourceRef, Standing};
 
 /// Which containers a sweep picks. Every set filter must match.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +87,10 @@ pub(crate) async fn sweep_docker(
     for item in &protected {
         events.emit(Event::Protected { resource: &item.resource, reason: &item.reason });
     }
+    // Running containers first, then stopped ones, the oldest first within each.
+    picked.sort_by_key(|container| {
+        removal_rank(Kind::Container, Standing { running: !container.is_exited(), created: Some(container.created) })
+    });
     let resources: Vec<ResourceRef> = picked.iter().map(Container::resource).collect();
     let containers = if sweep.dry_run {
         plan(resources, events)

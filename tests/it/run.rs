@@ -13,11 +13,11 @@ use crate::common::{self, run_cli, CliOutput, Running, ScopedEngine, TestScope, 
 /// harness runs `case "$1"` over the given task bodies; `start_container`
 /// starts a container claimed by the benchmark's selector and labelled with
 /// the test scope.
-struct Fixture {
+pub(crate) struct Fixture {
     benchmark: PathBuf,
 }
 
-fn fixture(scope: &TestScope, tasks: &[(&str, &str)], extra_yaml: &str) -> Fixture {
+pub(crate) fn fixture(scope: &TestScope, tasks: &[(&str, &str)], extra_yaml: &str) -> Fixture {
     let dir = scope.state_dir().join("fixture");
     std::fs::create_dir_all(&dir).unwrap();
     let mut script = format!(
@@ -50,15 +50,23 @@ fn fixture(scope: &TestScope, tasks: &[(&str, &str)], extra_yaml: &str) -> Fixtu
 
 /// The `--label` arguments of what a fixture harness creates: the test
 /// scope's label, and the one the fixture benchmark's selector claims.
-fn claimed_labels(scope: &TestScope) -> String {
+pub(crate) fn claimed_labels(scope: &TestScope) -> String {
     format!(
         "--label {SCOPE_LABEL}={id} --label fixture.owner.{id}=\"$BENCHWARDEN_RUN_ID.$BENCHWARDEN_TASK_ID\"",
         id = scope.id()
     )
 }
 
-fn path(fixture: &Fixture) -> &str {
+pub(crate) fn path(fixture: &Fixture) -> &str {
     fixture.benchmark.to_str().unwrap()
+}
+
+/// The JSON report a run wrote (its path is on stderr).
+#[track_caller]
+pub(crate) fn report_json(output: &CliOutput) -> serde_json::Value {
+    let path =
+        output.stderr.lines().find_map(|line| line.strip_prefix("report: ")).unwrap_or_else(|| panic!("{output}"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[track_caller]
