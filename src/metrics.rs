@@ -109,6 +109,7 @@ impl Tally {
             ("removed_by_harness", fates.removed_by_harness),
             ("removed_by_benchwarden", fates.removed_by_benchwarden),
             ("leaked", fates.leaked),
+            ("kept", fates.kept),
         ] {
             *self.fates.entry(fate).or_default() += count as u64;
         }
@@ -306,7 +307,8 @@ mod tests {
         let mut report = TaskReport::unstarted("t", "t.log".into());
         report.outcome = TaskOutcome::TimedOut;
         report.teardown_seconds = 0.3;
-        report.resources = ResourceFates { created: 4, removed_by_harness: 3, removed_by_benchwarden: 1, leaked: 0 };
+        report.resources =
+            ResourceFates { created: 4, removed_by_harness: 3, removed_by_benchwarden: 1, leaked: 0, kept: 0 };
         report.result = Some(TaskResult {
             verdict: Verdict::Unresolved,
             score: Some(0.25),

@@ -14,8 +14,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use super::keep::{self, KeepPolicy};
 use super::lifecycle::{self, Ending, Harness, Lifecycle, ProcessSet};
-use super::process::{self, TaskProcesses, ENV_HOST, ENV_PID, ENV_RUN_ID, ENV_TASK_ID};
+use super::process::{self, TaskProcesses, ENV_HOST, ENV_PID, ENV_RUN_ID, ENV_STATE_DIR, ENV_TASK_ID};
 use super::signal::Shutdown;
 use super::watch::Watcher;
 use crate::backend::daytona::DaytonaBackend;
@@ -67,6 +68,10 @@ pub(crate) struct RunContext {
     pub(crate) docker_proxy: Option<DockerProxySettings>,
     /// Where each task's Daytona proxy forwards; `None` without Daytona.
     pub(crate) daytona_proxy: Option<DaytonaProxySettings>,
+    /// Whether a failed task's resources stay in place (`--keep-failed`).
+    pub(crate) keep: KeepPolicy,
+    /// The state directory, absolute: harnesses get it, so `benchwarden claim` finds the ledger.
+    pub(crate) state_dir: PathBuf,
 }
 
 /// Why a harness could not be started.
@@ -107,8 +112,10 @@ pub(crate) async fn run_task(context: Arc<RunContext>, spec: TaskSpec) -> TaskRe
     report.result = read_result(&spec, report.outcome).await;
     report.seconds = started.elapsed().as_secs_f64();
     events.task(TaskEvent::Ended { report: &report });
-    events.task(TaskEvent::TearingDown { task: &spec.name });
-    tear_down(&context, claims, &mut report).await;
+    if !keep::keep_if_failed(&context, &claims, &mut report).await {
+        events.task(TaskEvent::TearingDown { task: &spec.name });
+        tear_down(&context, claims, &mut report).await;
+    }
     if let Some(watcher) = &context.watcher {
         watcher.unregister(&spec.name);
     }
@@ -186,6 +193,7 @@ fn record_teardown(report: &mut TaskReport, torn: &TeardownReport) {
         removed_by_harness: torn.removed_by_others.len(),
         removed_by_benchwarden: report.resources_removed,
         leaked: torn.leaked.len(),
+        kept: 0,
     };
 }
 
@@ -264,6 +272,8 @@ fn harness_command(context: &RunContext, spec: &TaskSpec) -> tokio::process::Com
         // For harness files that label what they create themselves (Harbor's compose override).
         .env(ENV_HOST, &context.host)
         .env(ENV_PID, std::process::id().to_string())
+        // So that `benchwarden claim`, run by the harness, finds this run's ledger.
+        .env(ENV_STATE_DIR, &context.state_dir)
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false);
