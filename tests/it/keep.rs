@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use daytona_contract::ContractConfig;
 
 use crate::common::daytona::{assert_gone, seed_with, Org};
-use crate::common::{self, run_cli, CliOutput, ScopedEngine, TestScope, SCOPE_LABEL};
+use nix::sys::signal::Signal;
+
+use crate::common::{self, run_cli, CliOutput, Running, ScopedEngine, TestScope, SCOPE_LABEL};
 
 /// A benchmark whose harness runs `case "$1"` over the task bodies, in the
 /// scope's state directory. `start_container` starts a container the
@@ -144,12 +146,70 @@ async fn keep_failed_keeps_failed_and_timed_out_tasks_and_the_printed_command_re
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn recovering_a_killed_run_spares_what_it_kept_until_include_kept() {
+    let scope = TestScope::new("keep-kill9").await;
+    let benchmark = fixture(
+        &scope,
+        &[("fails", "start_container; exit 1"), ("waits", "start_container; echo ready; while :; do sleep 1; done")],
+    );
+    let mut command = scope.benchwarden();
+    command.args(["run", benchmark.to_str().unwrap(), "--keep-failed", "-j", "1"]);
+    let mut running = Running::start(command);
+    running.wait_for("ready").await;
+    running.send(Signal::SIGKILL);
+    running.child.wait().await.unwrap();
+    assert_eq!(scope.leftovers().await.containers.len(), 2);
+
+    let recover = scope.cli(&["recover"]).await;
+    recover.assert_code(0);
+    let owner = format!("fixture.owner.{}", scope.id());
+    let left = scope.leftovers().await;
+    let tasks: Vec<&str> =
+        left.containers.iter().filter_map(|container| container.labels.get(&owner)?.rsplit('.').next()).collect();
+    assert_eq!(tasks, ["fails"], "recover took the kept container, or left the other\n{recover}");
+    let everything = scope.cli(&["recover", "--include-kept"]).await;
+    everything.assert_code(0);
+    assert!(scope.leftovers().await.is_empty(), "{everything}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_host_that_cannot_be_reached_at_teardown_leaves_the_container_leaked_not_forgotten() {
+    let scope = TestScope::new("claim-host-gone").await;
+    let other_host = ScopedEngine::start(&scope.label_arg());
+    let body = format!(
+        "c=$(DOCKER_HOST={host} docker run -d --label {SCOPE_LABEL}={id} {image} sleep 3600) || exit 9\n\
+         DOCKER_HOST={host} \"$BW\" claim --docker \"$c\" || exit 8\n\
+         echo ready; while :; do sleep 1; done",
+        host = other_host.docker_host(),
+        id = scope.id(),
+        image = common::test_image(),
+    );
+    let benchmark = fixture(&scope, &[("remote", &body)]);
+    let mut command = scope.benchwarden();
+    command.args(["run", benchmark.to_str().unwrap(), "-j", "1", "--grace", "1s", "--retries", "0"]);
+    let mut running = Running::start(command);
+    running.wait_for("ready").await;
+    // The host goes away: a teardown that used the run's own engine would still remove the container.
+    drop(other_host);
+    running.send(Signal::SIGINT);
+    let output = running.finish().await;
+    output.assert_code(3);
+    let left = scope.leftovers().await.container_ids();
+    assert_eq!(left.len(), 1, "{output}");
+    assert!(output.stdout.contains("remote: leaked container"), "{output}");
+    for container in left {
+        common::docker_cli(&["rm", "-f", &container]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_pre_run_sweep_takes_kept_resources_only_once_older_than_the_cleanup_age() {
     let scope = TestScope::new("keep-age").await;
     let engine = ScopedEngine::start(&scope.label_arg());
-    // A container that has exited by the next run: `before_run.states` takes such a one at any age.
+    // A container that has exited when the task ends: `before_run.states` takes such a one at any age.
     let exits = format!(
-        "docker run -d --label {SCOPE_LABEL}={id} --label fixture.owner.{id}=\"$BENCHWARDEN_RUN_ID.$BENCHWARDEN_TASK_ID\" {image} true >/dev/null; exit 1",
+        "c=$(docker run -d --label {SCOPE_LABEL}={id} --label fixture.owner.{id}=\"$BENCHWARDEN_RUN_ID.$BENCHWARDEN_TASK_ID\" {image} true)\n\
+         docker wait \"$c\" >/dev/null; exit 1",
         id = scope.id(),
         image = common::test_image()
     );
