@@ -392,7 +392,7 @@ pub struct RecoverArgs {
     task, DOCKER_HOST is the task's proxy (the run's own engine) unless the harness points it \
     elsewhere. A claim for an unknown or ended run, or an unknown task, is exit 2.\n\n\
     Examples:\n  \
-    benchwarden claim --docker \"$(docker -H ssh://builder run -d image)\"\n  \
+    export DOCKER_HOST=tcp://builder:2375; benchwarden claim --docker \"$(docker run -d image)\"\n  \
     benchwarden claim --daytona 7f3c1d2e-0000-4000-8000-000000000000"
 )]
 pub struct ClaimArgs {

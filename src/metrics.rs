@@ -308,7 +308,7 @@ mod tests {
         report.outcome = TaskOutcome::TimedOut;
         report.teardown_seconds = 0.3;
         report.resources =
-            ResourceFates { created: 4, removed_by_harness: 3, removed_by_benchwarden: 1, leaked: 0, kept: 0 };
+            ResourceFates { created: 4, removed_by_harness: 3, removed_by_benchwarden: 1, leaked: 0, kept: 2 };
         report.result = Some(TaskResult {
             verdict: Verdict::Unresolved,
             score: Some(0.25),
@@ -330,6 +330,7 @@ mod tests {
         assert!(text.contains("benchwarden_tasks_total{outcome=\"timed_out\"} 1\n"), "{text}");
         assert!(text.contains("benchwarden_task_results_total{verdict=\"unresolved\"} 1\n"), "{text}");
         assert!(text.contains("benchwarden_task_resources_total{fate=\"removed_by_harness\"} 3\n"), "{text}");
+        assert!(text.contains("benchwarden_task_resources_total{fate=\"kept\"} 2\n"), "{text}");
         assert!(text.contains("benchwarden_task_score_sum 0.25\n"), "{text}");
         assert!(text.contains("benchwarden_task_scored_total 1\n"), "{text}");
         assert!(text.contains("benchwarden_live_resources{backend=\"docker\",kind=\"container\"} 1\n"), "{text}");
