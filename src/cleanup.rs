@@ -18,13 +18,13 @@ use crate::errors::{Error, ErrorClass, ExitStatus, Service};
 use crate::events::Events;
 use crate::events::SweepCounts;
 use crate::ledger::Ledger;
-use crate::recover::{recover_orphans, OrphanSource, RecoveredRun};
+use crate::recover::{recover_orphans, OrphanFilter, RecoveredRun};
 use crate::resource::{RemovalOutcome, RemovalReport};
 use crate::retry::RetryPolicy;
 use crate::sweep::daytona::{sweep_daytona, DaytonaSweep, DaytonaSweepResult, SandboxOwners, SandboxSelection};
 use crate::sweep::docker::SweepResult;
-use crate::sweep::owned::{sweep_owned, ContainerPick, OwnedSweep};
-use crate::teardown::{Backends, TeardownOptions};
+use crate::sweep::owned::{kept_containers, sweep_owned, ContainerPick, OwnedSweep};
+use crate::teardown::{Backends, TakeKept, TeardownOptions};
 
 /// Sandbox deletions in flight at once; the rate-limit headers pace them further.
 pub(crate) const SANDBOX_PARALLEL: usize = 64;
@@ -163,7 +163,9 @@ pub(crate) async fn clean_up(
         report.daytona = Some(sweep_daytona(daytona, &sweep, &runs, Some(ledger), host, events).await?);
     }
     if let Ok(docker) = targets.docker {
+        let kept = kept_containers(&ledger.all_unreleased().await?, i64::MIN);
         let sweep = OwnedSweep {
+            kept: &kept,
             selectors: &policy.selectors,
             pick: policy.container_pick(),
             own_run: None,
@@ -195,8 +197,10 @@ async fn recover(
         }
         false => Backends { docker, daytona },
     };
-    let options = TeardownOptions { removal: policy.removal(DEFAULT_PARALLEL), stop_timeout: None };
-    recover_orphans(backends, ledger, &options, dry_run, OrphanSource::Ledger, events).await
+    // What `run --keep-failed` kept waits for `recover --include-kept` or a pre-run sweep.
+    let options =
+        TeardownOptions { removal: policy.removal(DEFAULT_PARALLEL), stop_timeout: None, take_kept: TakeKept::Never };
+    recover_orphans(backends, ledger, &options, dry_run, OrphanFilter::LEDGER, events).await
 }
 
 #[cfg(test)]

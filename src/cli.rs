@@ -71,8 +71,11 @@ pub enum Command {
     Recover(RecoverArgs),
     /// Run `cleanup all`'s policy every DUR (or --once) until SIGINT or SIGTERM
     Sweep(SweepArgs),
-    /// Show runs in the ledger, the resources they still own, and orphans
+    /// Show runs in the ledger, the resources they still own (and keep), and orphans
     Status(StatusArgs),
+    /// From inside a task: record a resource the task made without benchwarden's proxies, so the
+    /// task's teardown removes it
+    Claim(ClaimArgs),
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +142,13 @@ pub struct RunArgs {
     /// tasks already running (limits.max_sandboxes)
     #[arg(long, value_name = "N")]
     pub(crate) max_sandboxes: Option<usize>,
+
+    /// Leave the resources of failed and timed-out tasks in place, to look at them (Harbor's
+    /// --no-delete, Terminal-Bench's --no-cleanup); the end of the run prints the command that
+    /// removes them, `status` shows them, and the pre-run sweep takes them once older than the
+    /// cleanup age
+    #[arg(long)]
+    pub(crate) keep_failed: bool,
 
     /// Arguments appended to the harness command, or the whole command without a benchmark file
     #[arg(last = true, value_name = "HARNESS ARGS")]
@@ -376,6 +386,37 @@ pub struct RecoverArgs {
     /// Print the result as one JSON object on stdout
     #[arg(long)]
     pub(crate) json: bool,
+
+    /// Also tear down what `run --keep-failed` kept, of runs whose process is gone
+    #[arg(long)]
+    pub(crate) include_kept: bool,
+
+    /// Only this run (its id, as `status` shows it)
+    #[arg(long, value_name = "RUN")]
+    pub(crate) run: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    group(clap::ArgGroup::new("resource").required(true).args(["docker", "daytona"])),
+    after_help = "Run it from inside a task of `benchwarden run` (a harness, or anything it starts): the \
+    run and task come from BENCHWARDEN_RUN_ID and BENCHWARDEN_TASK_ID, the ledger from \
+    BENCHWARDEN_STATE_DIR, all three set by benchwarden for the harness. The claimed resource is torn \
+    down with the task's own. A container is looked up on DOCKER_HOST, and torn down there: inside a \
+    task, DOCKER_HOST is the task's proxy (the run's own engine) unless the harness points it \
+    elsewhere. A claim for an unknown or ended run, or an unknown task, is exit 2.\n\n\
+    Examples:\n  \
+    export DOCKER_HOST=tcp://builder:2375; benchwarden claim --docker \"$(docker run -d image)\"\n  \
+    benchwarden claim --daytona 7f3c1d2e-0000-4000-8000-000000000000"
+)]
+pub struct ClaimArgs {
+    /// A Docker container, by id or name, on DOCKER_HOST
+    #[arg(long, value_name = "ID")]
+    pub(crate) docker: Option<String>,
+
+    /// A Daytona sandbox, by id
+    #[arg(long, value_name = "ID")]
+    pub(crate) daytona: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -180,6 +180,10 @@ pub(crate) enum TaskEvent<'a> {
     TearingDown {
         task: &'a str,
     },
+    /// The task failed and `--keep-failed` leaves its resources in place.
+    Keeping {
+        task: &'a str,
+    },
     /// Teardown is over: the report is complete.
     Finished {
         report: &'a TaskReport,
@@ -332,6 +336,8 @@ pub(crate) struct TaskReport {
     pub(crate) resources_leaked: Vec<String>,
     /// Deletion accepted but not finished (sandboxes still `destroying`): kept for `recover`.
     pub(crate) resources_pending: Vec<String>,
+    /// Left in place on purpose (`run --keep-failed`): marked kept in the ledger, not leaked.
+    pub(crate) resources_kept: Vec<String>,
     pub(crate) teardown_seconds: f64,
     pub(crate) teardown_error: Option<String>,
     /// What became of everything the task created.
@@ -356,6 +362,8 @@ pub(crate) struct ResourceFates {
     pub(crate) removed_by_benchwarden: usize,
     /// Still there after teardown, or unaccounted for because it failed.
     pub(crate) leaked: usize,
+    /// Left in place on purpose (`run --keep-failed`, a failed task).
+    pub(crate) kept: usize,
 }
 
 impl TaskReport {
@@ -373,6 +381,7 @@ impl TaskReport {
             resources_removed: 0,
             resources_leaked: Vec::new(),
             resources_pending: Vec::new(),
+            resources_kept: Vec::new(),
             teardown_seconds: 0.0,
             teardown_error: None,
             resources: ResourceFates::default(),

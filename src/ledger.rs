@@ -5,6 +5,9 @@
 //! rusqlite is blocking: every call runs on tokio's blocking pool, one
 //! connection behind a mutex. WAL mode and a busy timeout let several runs
 //! on one host share the file.
+//!
+//! Columns added after the first release (`resources.kept_at`,
+//! `resources.endpoint`) are added to an older ledger when it is opened.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -47,9 +50,16 @@ CREATE TABLE IF NOT EXISTS resources (
     released_at INTEGER,
     attempts    INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT,
+    kept_at     INTEGER,
+    endpoint    TEXT,
     PRIMARY KEY (backend, kind, id)
 );
 CREATE INDEX IF NOT EXISTS resources_by_run ON resources (run_id, task_id);
+CREATE TABLE IF NOT EXISTS tasks (
+    run_id      TEXT NOT NULL REFERENCES runs(id),
+    task_id     TEXT NOT NULL,
+    PRIMARY KEY (run_id, task_id)
+);
 ";
 
 #[derive(Clone)]
@@ -116,6 +126,34 @@ pub(crate) struct ResourceRecord {
     pub(crate) released_at: Option<i64>,
     pub(crate) attempts: u32,
     pub(crate) last_error: Option<String>,
+    /// When `run --keep-failed` kept it in place: only `recover
+    /// --include-kept`, or a pre-run sweep once it is older than the
+    /// cleanup age, takes it.
+    pub(crate) kept_at: Option<i64>,
+    /// The Docker host it lives on (`DOCKER_HOST`'s form), when a claim
+    /// named another than the run's own engine; `None`: the run's engine.
+    pub(crate) endpoint: Option<String>,
+}
+
+/// Columns added to `resources` after the first release, with their types.
+const ADDED_COLUMNS: [(&str, &str); 2] = [("kept_at", "INTEGER"), ("endpoint", "TEXT")];
+
+/// Adds the columns an older ledger lacks. The check and the change are one
+/// immediate transaction, so two processes opening the same old ledger do
+/// not both add a column.
+fn add_missing_columns(connection: &mut Connection) -> rusqlite::Result<()> {
+    let transaction = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let present: Vec<String> = {
+        let mut statement = transaction.prepare("SELECT name FROM pragma_table_info('resources')")?;
+        let names = statement.query_map([], |row| row.get(0))?;
+        names.collect::<rusqlite::Result<_>>()?
+    };
+    for (column, kind) in ADDED_COLUMNS {
+        if !present.iter().any(|name| name == column) {
+            transaction.execute_batch(&format!("ALTER TABLE resources ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    transaction.commit()
 }
 
 impl Ledger {
@@ -126,7 +164,7 @@ impl Ledger {
             |source: Box<dyn std::error::Error + Send + Sync>| Error::Ledger { path: path.clone(), source };
         std::fs::create_dir_all(state_dir)
             .map_err(|error| ledger_error(format!("cannot create {}: {error}", state_dir.display()).into()))?;
-        let connection = Connection::open(&path).map_err(|error| ledger_error(error.into()))?;
+        let mut connection = Connection::open(&path).map_err(|error| ledger_error(error.into()))?;
         connection.busy_timeout(Duration::from_secs(30)).map_err(|error| ledger_error(error.into()))?;
         connection
             .pragma_update(None, "journal_mode", "WAL")
@@ -139,6 +177,7 @@ impl Ledger {
             })
             .and_then(|()| connection.execute_batch(SCHEMA))
             .map_err(|error| ledger_error(error.into()))?;
+        add_missing_columns(&mut connection).map_err(|error| ledger_error(error.into()))?;
         Ok(Ledger { connection: Arc::new(Mutex::new(connection)), path })
     }
 
@@ -232,13 +271,16 @@ impl Ledger {
         .map(drop)
     }
 
-    /// Records the selectors a task claims, so `recover` can find what they
-    /// matched after a crash.
+    /// Records a task as started, and the selectors it claims, so `recover`
+    /// can find what they matched after a crash and `benchwarden claim` can
+    /// tell a task of the run from a typo.
     pub(crate) async fn record_claims(&self, run_id: &str, task_id: &str, selectors: &[Selector]) -> Result<(), Error> {
         let selectors: Vec<String> = selectors.iter().map(ToString::to_string).collect();
         let (run_id, task_id) = (run_id.to_string(), task_id.to_string());
         self.on_blocking_pool(move |connection| {
             let transaction = connection.transaction()?;
+            transaction
+                .execute("INSERT OR IGNORE INTO tasks (run_id, task_id) VALUES (?1, ?2)", params![run_id, task_id])?;
             for selector in selectors {
                 transaction.execute(
                     "INSERT OR IGNORE INTO claims (run_id, task_id, selector) VALUES (?1, ?2, ?3)",
@@ -296,6 +338,62 @@ impl Ledger {
                 )?;
             }
             transaction.commit()
+        })
+        .await
+    }
+
+    /// The tasks of a run that have started, by name.
+    pub(crate) async fn tasks(&self, run_id: &str) -> Result<Vec<String>, Error> {
+        let run_id = run_id.to_string();
+        self.on_blocking_pool(move |connection| {
+            let mut statement = connection.prepare("SELECT task_id FROM tasks WHERE run_id = ?1 ORDER BY task_id")?;
+            let rows = statement.query_map([run_id], |row| row.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Records a resource a task claimed itself (`benchwarden claim`), on
+    /// `endpoint` when it is another Docker host than the run's. A resource
+    /// already recorded keeps its first owner and host; returns whether this
+    /// claim recorded it.
+    pub(crate) async fn record_claimed(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        resource: ResourceRef,
+        endpoint: Option<String>,
+    ) -> Result<bool, Error> {
+        let (run_id, task_id) = (run_id.to_string(), task_id.to_string());
+        self.on_blocking_pool(move |connection| {
+            connection.execute(
+                "INSERT INTO resources (backend, kind, id, name, run_id, task_id, created_at, endpoint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (backend, kind, id) DO NOTHING",
+                params![
+                    resource.kind.backend(),
+                    resource.kind.as_str(),
+                    resource.id,
+                    resource.name,
+                    run_id,
+                    task_id,
+                    now_unix(),
+                    endpoint
+                ],
+            )
+        })
+        .await
+        .map(|inserted| inserted > 0)
+    }
+
+    /// Marks what a task still owns as kept (`run --keep-failed`); returns how many rows.
+    pub(crate) async fn keep(&self, run_id: &str, task_id: &str) -> Result<usize, Error> {
+        let (run_id, task_id) = (run_id.to_string(), task_id.to_string());
+        self.on_blocking_pool(move |connection| {
+            connection.execute(
+                "UPDATE resources SET kept_at = ?3
+                 WHERE run_id = ?1 AND task_id = ?2 AND released_at IS NULL AND kept_at IS NULL",
+                params![run_id, task_id, now_unix()],
+            )
         })
         .await
     }
@@ -391,7 +489,7 @@ fn query_unreleased(
     task_id: Option<&str>,
 ) -> rusqlite::Result<Vec<ResourceRecord>> {
     let mut statement = connection.prepare(
-        "SELECT kind, id, name, run_id, task_id, created_at, released_at, attempts, last_error
+        "SELECT kind, id, name, run_id, task_id, created_at, released_at, attempts, last_error, kept_at, endpoint
          FROM resources WHERE released_at IS NULL AND (?1 IS NULL OR run_id = ?1) AND (?2 IS NULL OR task_id = ?2)
          ORDER BY run_id, created_at, id",
     )?;
@@ -413,6 +511,8 @@ fn resource_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Resourc
         released_at: row.get(6)?,
         attempts: row.get(7)?,
         last_error: row.get(8)?,
+        kept_at: row.get(9)?,
+        endpoint: row.get(10)?,
     }))
 }
 
@@ -509,5 +609,50 @@ mod tests {
             result.unwrap();
         }
         assert_eq!(first.unreleased("r1", None).await.unwrap().len(), 50);
+    }
+
+    #[tokio::test]
+    async fn an_older_ledger_gains_the_new_columns_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The first release's table, before `kept_at` and `endpoint`.
+            let connection = Connection::open(dir.path().join("ledger.sqlite")).unwrap();
+            connection
+                .execute_batch(
+                    "CREATE TABLE resources (backend TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL,
+                     name TEXT NOT NULL, run_id TEXT NOT NULL, task_id TEXT NOT NULL, created_at INTEGER NOT NULL,
+                     released_at INTEGER, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+                     PRIMARY KEY (backend, kind, id));
+                     INSERT INTO resources (backend, kind, id, name, run_id, task_id, created_at)
+                     VALUES ('docker', 'container', 'old', '', 'r1', 'a', 1);",
+                )
+                .unwrap();
+        }
+        let first = Ledger::open(dir.path()).unwrap();
+        let second = Ledger::open(dir.path()).unwrap();
+        let rows = second.unreleased("r1", None).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].kept_at, rows[0].endpoint.as_deref()), (None, None));
+        assert_eq!(first.keep("r1", "a").await.unwrap(), 1);
+        assert!(first.unreleased("r1", None).await.unwrap()[0].kept_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn kept_rows_stay_unreleased_and_claims_record_their_host_and_first_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.start_run(run("r1")).await.unwrap();
+        ledger.record_claims("r1", "a", &[]).await.unwrap();
+        assert_eq!(ledger.tasks("r1").await.unwrap(), ["a"]);
+        ledger.record_resources("r1", "a", vec![container("c1")]).await.unwrap();
+        let elsewhere = Some("tcp://10.0.0.2:2375".to_string());
+        assert!(ledger.record_claimed("r1", "a", container("c2"), elsewhere.clone()).await.unwrap());
+        assert!(!ledger.record_claimed("r1", "b", container("c1"), None).await.unwrap(), "c1 keeps its owner");
+        assert_eq!(ledger.keep("r1", "a").await.unwrap(), 2);
+        assert_eq!(ledger.keep("r1", "a").await.unwrap(), 0, "kept once");
+        let rows = ledger.unreleased("r1", Some("a")).await.unwrap();
+        assert!(rows.iter().all(|row| row.kept_at.is_some()), "{rows:?}");
+        let c2 = rows.iter().find(|row| row.resource.id == "c2").unwrap();
+        assert_eq!(c2.endpoint, elsewhere);
     }
 }

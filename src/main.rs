@@ -9,8 +9,8 @@ use benchwarden::cli::{CleanupCommand, Cli, Command};
 use benchwarden::errors::{error_chain, Error, ExitStatus};
 use benchwarden::report;
 use benchwarden::settings::{
-    CleanupAllSettings, DaytonaCleanupSettings, DockerCleanupSettings, GlobalSettings, ListSettings, RecoverSettings,
-    RunSettings, StatusSettings, SweepSettings,
+    ClaimSettings, CleanupAllSettings, DaytonaCleanupSettings, DockerCleanupSettings, GlobalSettings, ListSettings,
+    RecoverSettings, RunSettings, StatusSettings, SweepSettings,
 };
 use clap::Parser;
 
@@ -51,6 +51,7 @@ fn run(cli: Cli) -> Result<ExitStatus, Error> {
             Command::Recover(args) => app::recover(&global, &RecoverSettings::resolve(&args), &session).await,
             Command::Sweep(args) => app::sweep(&global, &SweepSettings::resolve(&args, &global)?, &session).await,
             Command::Status(args) => app::status(&global, &StatusSettings::resolve(&args)).await,
+            Command::Claim(args) => app::claim(&global, &ClaimSettings::resolve(&args)?).await,
         }
     })
 }

@@ -112,6 +112,7 @@ impl Tally {
             ("removed_by_harness", fates.removed_by_harness),
             ("removed_by_benchwarden", fates.removed_by_benchwarden),
             ("leaked", fates.leaked),
+            ("kept", fates.kept),
         ] {
             *self.fates.entry(fate).or_default() += count as u64;
         }
@@ -315,7 +316,8 @@ mod tests {
         let mut report = TaskReport::unstarted("t", "t.log".into());
         report.outcome = TaskOutcome::TimedOut;
         report.teardown_seconds = 0.3;
-        report.resources = ResourceFates { created: 4, removed_by_harness: 3, removed_by_benchwarden: 1, leaked: 0 };
+        report.resources =
+            ResourceFates { created: 4, removed_by_harness: 3, removed_by_benchwarden: 1, leaked: 0, kept: 2 };
         report.result = Some(TaskResult {
             verdict: Verdict::Unresolved,
             score: Some(0.25),
@@ -337,6 +339,7 @@ mod tests {
         assert!(text.contains("benchwarden_tasks_total{outcome=\"timed_out\"} 1\n"), "{text}");
         assert!(text.contains("benchwarden_task_results_total{verdict=\"unresolved\"} 1\n"), "{text}");
         assert!(text.contains("benchwarden_task_resources_total{fate=\"removed_by_harness\"} 3\n"), "{text}");
+        assert!(text.contains("benchwarden_task_resources_total{fate=\"kept\"} 2\n"), "{text}");
         assert!(text.contains("benchwarden_task_score_sum 0.25\n"), "{text}");
         assert!(text.contains("benchwarden_task_scored_total 1\n"), "{text}");
         assert!(text.contains("benchwarden_live_resources{backend=\"docker\",kind=\"container\"} 1\n"), "{text}");

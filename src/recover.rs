@@ -2,9 +2,12 @@
 //! gone and that never finished. Their processes are killed, everything they
 //! own (ledger rows, owner labels, recorded selectors) is torn down, and the
 //! runs are marked recovered. Runs known only from owner labels (the ledger
-//! file was lost) are found and adopted when asked.
+//! file was lost) are found and adopted when asked. What `run
+//! --keep-failed` kept is left alone unless the teardown options take it;
+//! then runs that ended, or whose process is gone, and that own kept
+//! resources are recovered too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
@@ -16,7 +19,7 @@ use crate::ledger::{Ledger, RunRecord};
 use crate::owner::{owner_is_alive, Claims, LabelledOwner, LABEL_HOST};
 use crate::resource::{LabelSelector, RemovalOutcome, ResourceRef};
 use crate::supervisor::process::{kill_orphaned_run, run_processes, RunProcess};
-use crate::teardown::{self, Backends, TeardownOptions};
+use crate::teardown::{self, Backends, TakeKept, TeardownOptions};
 
 /// What recovery did for one orphaned run.
 #[derive(Debug, Clone, Serialize)]
@@ -50,34 +53,66 @@ struct Orphan {
     run_id: String,
     pid: Option<u32>,
     in_ledger: bool,
+    /// The run has ended (it is here for what it kept): its outcome stays.
+    ended: bool,
 }
 
-/// Runs on this host whose process is gone and that never finished.
-async fn find_orphans(backends: Backends<'_>, ledger: &Ledger, source: OrphanSource) -> Result<Vec<Orphan>, Error> {
+/// Runs on this host whose process is gone and that never finished, and,
+/// when `take_kept` takes any, those whose process is gone that own kept
+/// resources it takes.
+async fn find_orphans(
+    backends: Backends<'_>,
+    ledger: &Ledger,
+    source: OrphanSource,
+    take_kept: TakeKept,
+) -> Result<Vec<Orphan>, Error> {
     let this_host = host::host_name();
     let runs = ledger.runs().await?;
     let labelled = match source {
         OrphanSource::Ledger => Vec::new(),
         OrphanSource::LedgerAndLabels => labels_on_this_host(backends, &this_host).await?,
     };
-    Ok(orphans_among(&runs, &labelled, &this_host))
+    let keeping: BTreeSet<String> = match take_kept.takes_any() {
+        true => ledger
+            .all_unreleased()
+            .await?
+            .into_iter()
+            .filter(|row| row.kept_at.is_some() && take_kept.takes(row.kept_at))
+            .map(|row| row.run_id)
+            .collect(),
+        false => BTreeSet::new(),
+    };
+    Ok(orphans_among(&runs, &labelled, &keeping, &this_host))
 }
 
 /// The orphans among the ledger's runs and the owners named by labels: a
-/// labelled run counts once, and only when its owner is not alive.
-fn orphans_among(runs: &[RunRecord], labelled: &[BTreeMap<String, String>], this_host: &str) -> Vec<Orphan> {
+/// labelled run counts once, and only when its owner is not alive. A run in
+/// `keeping` (it owns kept resources to take) counts once its process is
+/// gone, ended or not; a live run's never.
+fn orphans_among(
+    runs: &[RunRecord],
+    labelled: &[BTreeMap<String, String>],
+    keeping: &BTreeSet<String>,
+    this_host: &str,
+) -> Vec<Orphan> {
     let mut orphans: Vec<Orphan> = runs
         .iter()
         .filter(|run| run.is_orphaned(this_host))
-        .map(|run| Orphan { run_id: run.id.clone(), pid: Some(run.pid), in_ledger: true })
+        .map(|run| Orphan { run_id: run.id.clone(), pid: Some(run.pid), in_ledger: true, ended: false })
         .collect();
+    for run in runs.iter().filter(|run| keeping.contains(&run.id)) {
+        let mine_and_gone = run.host == this_host && !run.is_alive(this_host);
+        if mine_and_gone && !orphans.iter().any(|orphan| orphan.run_id == run.id) {
+            orphans.push(Orphan { run_id: run.id.clone(), pid: Some(run.pid), in_ledger: true, ended: true });
+        }
+    }
     for labels in labelled {
         let Some(owner) = LabelledOwner::from_labels(labels) else { continue };
         if orphans.iter().any(|orphan| orphan.run_id == owner.run_id) {
             continue;
         }
         if !owner_is_alive(&owner, runs, this_host) {
-            orphans.push(Orphan { run_id: owner.run_id.clone(), pid: owner.pid, in_ledger: false });
+            orphans.push(Orphan { run_id: owner.run_id.clone(), pid: owner.pid, in_ledger: false, ended: false });
         }
     }
     orphans
@@ -103,23 +138,38 @@ async fn labels_on_this_host(backends: Backends<'_>, this_host: &str) -> Result<
     Ok(labelled)
 }
 
+/// Which orphaned runs a recovery looks at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OrphanFilter<'a> {
+    pub(crate) source: OrphanSource,
+    /// Only this run, when given.
+    pub(crate) only_run: Option<&'a str>,
+}
+
+impl OrphanFilter<'_> {
+    /// Every orphan the ledger knows.
+    pub(crate) const LEDGER: OrphanFilter<'static> = OrphanFilter { source: OrphanSource::Ledger, only_run: None };
+}
+
 /// Tears down everything every orphaned run owns (ledger rows, owner
-/// labels, recorded selectors), kills what it left running, and marks
-/// those runs recovered. With `dry_run`, only finds and tells.
+/// labels, recorded selectors; kept resources as `options.take_kept`
+/// says), kills what it left running, and marks those runs recovered.
+/// With `dry_run`, only finds and tells.
 pub(crate) async fn recover_orphans(
     backends: Backends<'_>,
     ledger: &Ledger,
     options: &TeardownOptions,
     dry_run: bool,
-    source: OrphanSource,
+    filter: OrphanFilter<'_>,
     events: &Events,
 ) -> Result<Vec<RecoveredRun>, Error> {
     let mut recovered = Vec::new();
-    for orphan in find_orphans(backends, ledger, source).await? {
+    let orphans = find_orphans(backends, ledger, filter.source, options.take_kept).await?;
+    for orphan in orphans.into_iter().filter(|orphan| filter.only_run.is_none_or(|run| run == orphan.run_id)) {
         let selectors = ledger.claims(&orphan.run_id).await?;
         let claims = Claims { run_id: orphan.run_id.clone(), task_id: None, selectors };
         let run = match dry_run {
-            true => plan_recovery(backends, ledger, &claims, events).await?,
+            true => plan_recovery(backends, ledger, &claims, options.take_kept, events).await?,
             false => recover_orphan(backends, ledger, &orphan, &claims, options, events).await?,
         };
         recovered.push(run);
@@ -132,9 +182,10 @@ async fn plan_recovery(
     backends: Backends<'_>,
     ledger: &Ledger,
     claims: &Claims,
+    take_kept: TakeKept,
     events: &Events,
 ) -> Result<RecoveredRun, Error> {
-    let found = teardown::discover(backends, ledger, claims).await?.found;
+    let found = teardown::discover(backends, ledger, claims, take_kept).await?.found;
     for resource in &found {
         events.emit(Event::WouldRemove { resource });
     }
@@ -171,7 +222,8 @@ async fn recover_orphan(
         events.orphan(OrphanEvent::ProcessesKilled { run_id, processes: processes.len() });
     }
     let torn = teardown::teardown(backends, ledger, claims, options, events).await?;
-    if !torn.left_something() {
+    // A run that ended and is here for what it kept keeps its outcome.
+    if !torn.left_something() && !orphan.ended {
         ledger.end_run(run_id, "recovered").await?;
     }
     Ok(RecoveredRun {
@@ -228,9 +280,25 @@ mod tests {
             labels("done", "here", dead),
             labels("alive", "here", alive),
         ];
-        let orphans = orphans_among(&runs, &labelled, "here");
+        let orphans = orphans_among(&runs, &labelled, &BTreeSet::new(), "here");
         let ids: Vec<(&str, bool)> = orphans.iter().map(|orphan| (orphan.run_id.as_str(), orphan.in_ledger)).collect();
         // A finished run whose labelled resources are still here owns leftovers too.
         assert_eq!(ids, [("dead", true), ("lost", false), ("done", false)]);
+    }
+
+    #[test]
+    fn runs_keeping_resources_count_once_their_process_is_gone_and_never_while_alive() {
+        let (dead, alive) = (u32::MAX - 1, std::process::id());
+        let runs = [
+            run("ended", "here", dead, true),
+            run("killed", "here", dead, false),
+            run("live", "here", alive, false),
+            run("away", "there", dead, true),
+            run("clean", "here", dead, true),
+        ];
+        let keeping: BTreeSet<String> = ["ended", "killed", "live", "away"].map(String::from).into();
+        let orphans = orphans_among(&runs, &[], &keeping, "here");
+        let ids: Vec<(&str, bool)> = orphans.iter().map(|orphan| (orphan.run_id.as_str(), orphan.ended)).collect();
+        assert_eq!(ids, [("killed", false), ("ended", true)]);
     }
 }

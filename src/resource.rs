@@ -152,6 +152,45 @@ pub(crate) fn short_id(id: &str) -> &str {
     }
 }
 
+/// The longest id or name `claim` accepts.
+const MAX_REF: usize = 255;
+
+/// Whether `text` is one token of letters, digits, `_`, `.` and `-` that
+/// starts with a letter or digit: how Docker spells container ids and names,
+/// and safe as one segment of a Daytona URL path.
+fn is_plain_token(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars.next().is_some_and(|first| first.is_ascii_alphanumeric())
+        && chars.all(|char| char.is_ascii_alphanumeric() || matches!(char, '_' | '.' | '-'))
+        && text.len() <= MAX_REF
+}
+
+/// A container named on `claim --docker`: an id (or a prefix of one) or a
+/// name, as Docker spells them; a leading `/` (as `docker inspect` prints
+/// names) is dropped.
+pub(crate) fn check_container_ref(text: &str) -> Result<String, String> {
+    let reference = text.trim().strip_prefix('/').unwrap_or(text.trim());
+    match is_plain_token(reference) {
+        true => Ok(reference.to_string()),
+        false => Err(format!(
+            "--docker {text:?} is not a container id or name: an id is hex (as `docker ps -q` prints it), \
+             a name is letters, digits, `_`, `.` and `-`, starting with a letter or digit, at most {MAX_REF} long"
+        )),
+    }
+}
+
+/// A sandbox named on `claim --daytona`: its id, as the Daytona API gives it.
+pub(crate) fn check_sandbox_id(text: &str) -> Result<String, String> {
+    let id = text.trim();
+    match is_plain_token(id) {
+        true => Ok(id.to_string()),
+        false => Err(format!(
+            "--daytona {text:?} is not a sandbox id: ids are letters, digits, `_`, `.` and `-` \
+             (a UUID such as 7f3c1d2e-…), as `benchwarden list --daytona` shows them"
+        )),
+    }
+}
+
 /// A label selector: `key=value`, or `key` alone for any value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LabelSelector {
@@ -369,5 +408,38 @@ mod tests {
         assert_eq!(json["error"], "no entry (HTTP 401)");
         let RemovalOutcome::Failed { error, .. } = outcome else { unreachable!() };
         assert_eq!(error.class, ErrorClass::Denied);
+    }
+
+    #[test]
+    fn claims_take_container_ids_names_and_sandbox_ids_and_refuse_the_rest() {
+        let id = "3f2a9c0b7d1e".repeat(5) + "abcd";
+        assert_eq!(check_container_ref(&id).unwrap(), id);
+        assert_eq!(check_container_ref("/web-1").unwrap(), "web-1");
+        assert_eq!(check_container_ref(" tb_hello.1 ").unwrap(), "tb_hello.1");
+        for bad in ["", "/", "-x", "a b", "a/b", "x;rm", "é"] {
+            assert!(check_container_ref(bad).is_err(), "{bad:?}");
+            assert!(check_sandbox_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_container_ref(&"a".repeat(256)).is_err());
+        assert_eq!(check_sandbox_id("7f3c1d2e-0000-4000-8000-000000000000").unwrap().len(), 36);
+        assert!(check_sandbox_id("../sandbox").is_err());
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, an accepted reference is a plain token: nothing
+        /// that could change a URL path or a command line.
+        #[test]
+        fn accepted_references_are_plain_tokens(text in ".{0,300}") {
+            for reference in [check_container_ref(&text), check_sandbox_id(&text)].into_iter().flatten() {
+                proptest::prop_assert!(is_plain_token(&reference));
+                proptest::prop_assert!(!reference.contains(['/', '?', '#', '%', ' ']));
+            }
+        }
+
+        #[test]
+        fn every_docker_like_token_is_accepted(text in "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,100}") {
+            proptest::prop_assert_eq!(check_container_ref(&text), Ok(text.clone()));
+            proptest::prop_assert_eq!(check_sandbox_id(&text), Ok(text));
+        }
     }
 }

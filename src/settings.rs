@@ -18,6 +18,8 @@ use crate::limits::Limits;
 use crate::net::DockerEndpoint;
 use crate::report::{Color, OutputSettings, Verbosity};
 use crate::retry::RetryPolicy;
+use crate::supervisor::keep::KeepPolicy;
+use crate::supervisor::process::{ENV_RUN_ID, ENV_STATE_DIR, ENV_TASK_ID};
 use crate::supervisor::task::TaskSpec;
 use crate::sweep::daytona::{SandboxOwners, SandboxSelection};
 
@@ -85,7 +87,7 @@ fn resolve_state_dir(flag: Option<PathBuf>) -> Result<PathBuf, Error> {
         return Ok(dir);
     }
     let from_env = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
-    if let Some(dir) = from_env("BENCHWARDEN_STATE_DIR") {
+    if let Some(dir) = from_env(ENV_STATE_DIR) {
         return Ok(dir);
     }
     if let Some(dir) = from_env("XDG_STATE_HOME") {
@@ -356,11 +358,64 @@ pub struct RecoverSettings {
     pub(crate) dry_run: bool,
     pub(crate) from_labels: bool,
     pub(crate) json: bool,
+    /// Also what `run --keep-failed` kept.
+    pub(crate) include_kept: bool,
+    /// Only this run.
+    pub(crate) run: Option<String>,
 }
 
 impl RecoverSettings {
     pub fn resolve(args: &cli::RecoverArgs) -> Self {
-        RecoverSettings { dry_run: args.dry_run, from_labels: args.from_labels, json: args.json }
+        RecoverSettings {
+            dry_run: args.dry_run,
+            from_labels: args.from_labels,
+            json: args.json,
+            include_kept: args.include_kept,
+            run: args.run.clone(),
+        }
+    }
+}
+
+/// What `claim` records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ClaimTarget {
+    /// A container, by id or name, on the Docker host `DOCKER_HOST` names.
+    Docker {
+        container: String,
+    },
+    Daytona {
+        sandbox: String,
+    },
+}
+
+/// `claim`: what to record, and for which task, from the task's environment.
+#[derive(Debug, Clone)]
+pub struct ClaimSettings {
+    pub(crate) run_id: String,
+    pub(crate) task_id: String,
+    pub(crate) target: ClaimTarget,
+}
+
+impl ClaimSettings {
+    pub fn resolve(args: &cli::ClaimArgs) -> Result<Self, Error> {
+        let from_task = |name: &str| {
+            var(name).ok_or_else(|| {
+                Error::usage(format!(
+                    "{name} is not set: `benchwarden claim` runs inside a task of `benchwarden run`, \
+                     whose harness gets BENCHWARDEN_RUN_ID, BENCHWARDEN_TASK_ID and BENCHWARDEN_STATE_DIR"
+                ))
+            })
+        };
+        let target = match (&args.docker, &args.daytona) {
+            (Some(container), _) => ClaimTarget::Docker {
+                container: crate::resource::check_container_ref(container).map_err(Error::Usage)?,
+            },
+            (None, Some(sandbox)) => {
+                ClaimTarget::Daytona { sandbox: crate::resource::check_sandbox_id(sandbox).map_err(Error::Usage)? }
+            }
+            (None, None) => return Err(Error::usage("claim needs --docker ID or --daytona ID")),
+        };
+        Ok(ClaimSettings { run_id: from_task(ENV_RUN_ID)?, task_id: from_task(ENV_TASK_ID)?, target })
     }
 }
 
@@ -403,6 +458,8 @@ pub struct RunSettings {
     pub(crate) metrics_file: Option<PathBuf>,
     /// An unresolved (or error) harness result makes the task count as failed.
     pub(crate) fail_on_unresolved: bool,
+    /// What stays in place after a task: `--keep-failed`, and what counts as failed.
+    pub(crate) keep: KeepPolicy,
     pub(crate) harness_args: Vec<String>,
     pub(crate) retry: RetryPolicy,
     /// Removals at once in teardowns and sweeps.
@@ -487,6 +544,7 @@ impl RunSettings {
             report: args.report.clone(),
             metrics_file: args.metrics_file.clone(),
             fail_on_unresolved: args.fail_on_unresolved,
+            keep: KeepPolicy { keep_failed: args.keep_failed, fail_on_unresolved: args.fail_on_unresolved },
             harness_args,
             parallel,
             daytona,

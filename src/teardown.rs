@@ -3,7 +3,9 @@
 //! selectors; recorded before removal; removed with retry (Daytona
 //! sandboxes first, seen through to 404 beside the Docker removals; then
 //! running containers, stopped ones, networks and volumes, the oldest first
-//! within each); then listed again to prove nothing is left.
+//! within each); then listed again to prove nothing is left. Resources kept
+//! by `run --keep-failed` are left alone unless the options take them, and
+//! resources a task claimed on another Docker host are removed there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -15,7 +17,8 @@ use crate::backend::docker::{ContainerQuery, DockerBackend, DockerError};
 use crate::backend::{remove_all, RemovalOptions};
 use crate::errors::Error;
 use crate::events::{Event, Events, RemovalEvent};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, ResourceRecord};
+use crate::net::DockerEndpoint;
 use crate::owner::{Claims, COMPOSE_PROJECT_LABEL};
 use crate::resource::{in_removal_order, Kind, LabelSelector, RemovalOutcome, RemovalReport, ResourceRef, Standing};
 
@@ -66,6 +69,63 @@ pub(crate) struct TeardownOptions {
     pub(crate) removal: RemovalOptions,
     /// Stop containers gracefully with this timeout before removing them.
     pub(crate) stop_timeout: Option<Duration>,
+    /// Which resources kept by `run --keep-failed` this teardown takes.
+    pub(crate) take_kept: TakeKept,
+}
+
+/// Which resources kept by `run --keep-failed` a teardown or recovery takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum TakeKept {
+    /// None: they wait for `recover --include-kept` or the cleanup age.
+    #[default]
+    Never,
+    /// All of them (`recover --include-kept`).
+    All,
+    /// Those kept at or before this Unix time (the pre-run sweep: older than the cleanup age).
+    KeptBefore(i64),
+}
+
+impl TakeKept {
+    /// Whether a row kept at `kept_at` (`None`: not kept) may be taken.
+    pub(crate) fn takes(self, kept_at: Option<i64>) -> bool {
+        match (self, kept_at) {
+            (_, None) | (TakeKept::All, Some(_)) => true,
+            (TakeKept::Never, Some(_)) => false,
+            (TakeKept::KeptBefore(cutoff), Some(at)) => at <= cutoff,
+        }
+    }
+
+    /// Whether any kept row is taken at all.
+    pub(crate) fn takes_any(self) -> bool {
+        self != TakeKept::Never
+    }
+}
+
+/// The ledger's unreleased rows of an owner, split by how a teardown treats them.
+#[derive(Debug, Default)]
+struct Rows {
+    /// On the run's own backends, and not spared: checked and removed there.
+    here: Vec<ResourceRecord>,
+    /// Claimed on another Docker host: removed through that host.
+    elsewhere: Vec<ResourceRecord>,
+    /// Kept, and not taken by this teardown: left alone, and never found by listing either.
+    spared: BTreeSet<ResourceRef>,
+}
+
+impl Rows {
+    fn split(rows: Vec<ResourceRecord>, take_kept: TakeKept) -> Self {
+        let mut split = Rows::default();
+        for row in rows {
+            if !take_kept.takes(row.kept_at) {
+                split.spared.insert(row.resource);
+            } else if row.endpoint.is_some() {
+                split.elsewhere.push(row);
+            } else {
+                split.here.push(row);
+            }
+        }
+        split
+    }
 }
 
 /// What the claims point at now, and what the ledger recorded that is gone.
@@ -84,27 +144,40 @@ pub(crate) struct Discovery {
 type Standings = BTreeMap<ResourceRef, Standing>;
 
 /// Everything the claims point at now, in removal order, and the ledger's
-/// rows whose resource is gone.
-pub(crate) async fn discover(backends: Backends<'_>, ledger: &Ledger, claims: &Claims) -> Result<Discovery, Error> {
+/// rows whose resource is gone. Kept rows that `take_kept` does not take
+/// are left out, however found; rows on another Docker host are not looked
+/// at here.
+pub(crate) async fn discover(
+    backends: Backends<'_>,
+    ledger: &Ledger,
+    claims: &Claims,
+    take_kept: TakeKept,
+) -> Result<Discovery, Error> {
+    let rows = Rows::split(ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await?, take_kept);
     let mut found = Standings::new();
     let mut gone = Vec::new();
     if let Some(docker) = backends.docker {
-        let (there, vanished) = discover_docker(docker, ledger, claims).await?;
+        let (there, vanished) = discover_docker(docker, &rows.here, claims).await?;
         found.extend(there);
         gone.extend(vanished);
     }
     if let Some(daytona) = backends.daytona {
-        let (there, vanished) = discover_sandboxes(daytona, ledger, claims).await?;
+        let (there, vanished) = discover_sandboxes(daytona, &rows.here, claims).await?;
         found.extend(there);
         gone.extend(vanished);
     }
+    found.retain(|resource, _| !rows.spared.contains(resource));
     Ok(Discovery { found: in_removal_order(found), gone })
 }
 
 type Found = (Standings, Vec<ResourceRef>);
 
 /// Sandboxes with the owner labels, and the ledger's sandbox rows: those that still exist, and those gone.
-async fn discover_sandboxes(daytona: &DaytonaBackend, ledger: &Ledger, claims: &Claims) -> Result<Found, Error> {
+async fn discover_sandboxes(
+    daytona: &DaytonaBackend,
+    rows: &[ResourceRecord],
+    claims: &Claims,
+) -> Result<Found, Error> {
     let listing_failed = |error: DaytonaError| error.during("list sandboxes");
     let labels = claims.owner_labels().into_iter().filter_map(|label| Some((label.key, label.value?))).collect();
     let standing = |created| Standing { running: false, created };
@@ -116,14 +189,14 @@ async fn discover_sandboxes(daytona: &DaytonaBackend, ledger: &Ledger, claims: &
         .map(|sandbox| (sandbox.resource(), standing(sandbox.created_unix())))
         .collect();
     let mut gone = Vec::new();
-    for record in ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await? {
+    for record in rows {
         if record.resource.kind != Kind::Sandbox || found.contains_key(&record.resource) {
             continue;
         }
         match daytona.look_up(&record.resource.id).await.map_err(listing_failed)? {
-            Some(sandbox) => found.insert(record.resource, standing(sandbox.created_unix())),
+            Some(sandbox) => found.insert(record.resource.clone(), standing(sandbox.created_unix())),
             None => {
-                gone.push(record.resource);
+                gone.push(record.resource.clone());
                 None
             }
         };
@@ -133,15 +206,11 @@ async fn discover_sandboxes(daytona: &DaytonaBackend, ledger: &Ledger, claims: &
 
 /// Containers, networks and volumes the claims point at, and the ledger's
 /// Docker rows: those that still exist, and those gone.
-async fn discover_docker(backend: &DockerBackend, ledger: &Ledger, claims: &Claims) -> Result<Found, Error> {
+async fn discover_docker(backend: &DockerBackend, rows: &[ResourceRecord], claims: &Claims) -> Result<Found, Error> {
     // Every listing at once: each is a round trip to the daemon, and teardown
     // sits between a task's end and the next task's start.
-    let (containers, networks, volumes, unreleased) = tokio::join!(
-        claimed_containers(backend, claims),
-        backend.list_networks(&[]),
-        backend.list_volumes(&[]),
-        ledger.unreleased(&claims.run_id, claims.task_id.as_deref())
-    );
+    let (containers, networks, volumes) =
+        tokio::join!(claimed_containers(backend, claims), backend.list_networks(&[]), backend.list_volumes(&[]));
     let mut found: Standings = containers?;
     let networks = networks.map_err(|error| error.during("list networks"))?;
     let volumes = volumes.map_err(|error| error.during("list volumes"))?;
@@ -151,7 +220,7 @@ async fn discover_docker(backend: &DockerBackend, ledger: &Ledger, claims: &Clai
         }
     }
     let mut gone = Vec::new();
-    for record in unreleased? {
+    for record in rows {
         if record.resource.kind == Kind::Sandbox {
             continue;
         }
@@ -162,9 +231,9 @@ async fn discover_docker(backend: &DockerBackend, ledger: &Ledger, claims: &Clai
         }
         match backend.exists(&record.resource).await.map_err(|error| error.during("inspect"))? {
             // Its state is not known: a container counts as running, so it goes early.
-            true => found.insert(record.resource, Standing { running: true, created: Some(record.created_at) }),
+            true => found.insert(record.resource.clone(), Standing { running: true, created: Some(record.created_at) }),
             false => {
-                gone.push(record.resource);
+                gone.push(record.resource.clone());
                 None
             }
         };
@@ -214,15 +283,17 @@ pub(crate) async fn teardown(
 ) -> Result<TeardownReport, Error> {
     let started = Instant::now();
     let task_for_rows = claims.task_id.clone().unwrap_or_else(|| "-".to_string());
-    // What was recorded as it was created (proxy, watcher), before anyone here removed anything.
-    let recorded = ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await?;
-    let mut known: BTreeSet<ResourceRef> = recorded.into_iter().map(|row| row.resource).collect();
-    let mut removal = RemovalReport::default();
+    // What was recorded as it was created (proxy, watcher, claims), before anyone here removed anything.
+    let rows = Rows::split(ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await?, options.take_kept);
+    let mut known: BTreeSet<ResourceRef> =
+        rows.here.iter().chain(&rows.elsewhere).map(|row| row.resource.clone()).collect();
+    let elsewhere = tear_down_elsewhere(ledger, &rows.elsewhere, options, events).await?;
+    let mut removal = elsewhere.removal;
     let mut attempted: BTreeSet<ResourceRef> = BTreeSet::new();
     let mut removed_by_others: BTreeSet<ResourceRef> = BTreeSet::new();
     // A create already in flight when the harness was killed can still land after
     // the first listing, so list again until a round finds nothing new.
-    let mut found = discover(backends, ledger, claims).await?;
+    let mut found = discover(backends, ledger, claims, options.take_kept).await?;
     for round in 0..=TEARDOWN_ROUNDS {
         release_gone(ledger, &found.gone, &attempted, &mut removed_by_others).await?;
         let fresh: Vec<ResourceRef> =
@@ -238,20 +309,88 @@ pub(crate) async fn teardown(
         ledger.record_outcomes(ledger_outcomes(&outcomes)).await?;
         attempted.extend(fresh);
         removal.extend(outcomes);
-        found = discover(backends, ledger, claims).await?;
+        found = discover(backends, ledger, claims, options.take_kept).await?;
     }
     // Sandboxes whose deletion was accepted but has not finished are pending, not leaked.
     let pending = removal.resources(|outcome| matches!(outcome, RemovalOutcome::Pending { .. }));
-    let leaked: Vec<ResourceRef> = found.found.into_iter().filter(|resource| !pending.contains(resource)).collect();
+    let mut leaked: Vec<ResourceRef> = found.found.into_iter().filter(|resource| !pending.contains(resource)).collect();
+    leaked.extend(elsewhere.unreached);
     for resource in &leaked {
         events.emit(Event::Leaked { resource });
     }
-    let kept = not_asked(backends, ledger, claims).await?;
+    let kept = not_asked(backends, ledger, claims, options.take_kept).await?;
     known.extend(attempted.into_iter().chain(removed_by_others.iter().cloned()).chain(leaked.iter().cloned()));
     known.extend(kept.iter().cloned());
     let removed_by_others = removed_by_others.into_iter().collect();
     let seconds = started.elapsed().as_secs_f64();
     Ok(TeardownReport { removal, leaked, pending, kept, removed_by_others, known: known.len(), seconds })
+}
+
+/// What a teardown did on other Docker hosts.
+#[derive(Default)]
+struct Elsewhere {
+    removal: RemovalReport,
+    /// On a host that could not be reached, or whose removal failed: still there.
+    unreached: Vec<ResourceRef>,
+}
+
+/// Removes what a task claimed on another Docker host (`benchwarden claim`
+/// with a `DOCKER_HOST` of its own) through a connection to that host, and
+/// releases the rows of what went. Removal there treats 404 as gone, so no
+/// listing is needed first. A host that cannot be reached leaves its
+/// resources recorded and unreleased, for `recover` to try again.
+async fn tear_down_elsewhere(
+    ledger: &Ledger,
+    rows: &[ResourceRecord],
+    options: &TeardownOptions,
+    events: &Events,
+) -> Result<Elsewhere, Error> {
+    let mut by_host: BTreeMap<&str, Vec<ResourceRef>> = BTreeMap::new();
+    for row in rows {
+        if let Some(endpoint) = &row.endpoint {
+            by_host.entry(endpoint.as_str()).or_default().push(row.resource.clone());
+        }
+    }
+    let mut done = Elsewhere::default();
+    for (address, resources) in by_host {
+        match DockerBackend::connect(&DockerEndpoint::new(Some(address), None)).await {
+            Ok(docker) => {
+                let outcomes =
+                    remove_all(&docker.remover(options.stop_timeout), resources, &options.removal, events).await;
+                done.unreached.extend(outcomes.failures().map(|(resource, _)| resource.clone()));
+                done.removal.extend(outcomes);
+            }
+            Err(error) => {
+                tracing::warn!("cannot remove what was claimed on {address}: {error}");
+                done.unreached.extend(resources);
+            }
+        }
+    }
+    ledger.record_outcomes(ledger_outcomes(&done.removal)).await?;
+    Ok(done)
+}
+
+/// What keeping an owner's resources in place found.
+#[derive(Debug, Default)]
+pub(crate) struct KeptReport {
+    /// Still there, and now marked kept in the ledger.
+    pub(crate) kept: Vec<ResourceRef>,
+    /// Recorded as created, and already gone: the harness removed them itself.
+    pub(crate) removed_by_others: Vec<ResourceRef>,
+}
+
+/// Leaves what `claims` own in place (`run --keep-failed`): everything
+/// found is recorded, the rows of what is gone are released, and the rest
+/// is marked kept, so that only `recover --include-kept`, or a pre-run
+/// sweep once it is older than the cleanup age, takes it.
+pub(crate) async fn keep(backends: Backends<'_>, ledger: &Ledger, claims: &Claims) -> Result<KeptReport, Error> {
+    let task = claims.task_id.clone().unwrap_or_else(|| "-".to_string());
+    let found = discover(backends, ledger, claims, TakeKept::All).await?;
+    ledger.record_resources(&claims.run_id, &task, found.found).await?;
+    ledger.record_outcomes(found.gone.iter().map(|resource| (resource.clone(), 0, None)).collect()).await?;
+    ledger.keep(&claims.run_id, &task).await?;
+    let rows = ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await?;
+    Ok(KeptReport { kept: rows.into_iter().map(|row| row.resource).collect(), removed_by_others: found.gone })
 }
 
 /// Releases the ledger rows of resources found gone; those this teardown
@@ -270,10 +409,17 @@ async fn release_gone(
     Ok(())
 }
 
-/// The ledger's rows of the owner for a backend the teardown was not given.
-async fn not_asked(backends: Backends<'_>, ledger: &Ledger, claims: &Claims) -> Result<Vec<ResourceRef>, Error> {
-    let rows = ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await?;
+/// The ledger's rows of the owner for a backend the teardown was not given
+/// (rows it spares, and rows on other Docker hosts, are not its backends').
+async fn not_asked(
+    backends: Backends<'_>,
+    ledger: &Ledger,
+    claims: &Claims,
+    take_kept: TakeKept,
+) -> Result<Vec<ResourceRef>, Error> {
+    let rows = Rows::split(ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await?, take_kept);
     Ok(rows
+        .here
         .into_iter()
         .map(|row| row.resource)
         .filter(|resource| match resource.kind {
@@ -338,4 +484,42 @@ fn ledger_outcomes(report: &RemovalReport) -> Vec<(ResourceRef, u32, Option<Stri
             RemovalOutcome::NotAttempted | RemovalOutcome::WouldRemove | RemovalOutcome::Pending { .. } => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_rows_are_taken_only_when_asked_or_old_enough() {
+        assert!(TakeKept::Never.takes(None), "a row nobody kept is always taken");
+        assert!(!TakeKept::Never.takes(Some(5)));
+        assert!(TakeKept::All.takes(Some(5)));
+        assert!(TakeKept::KeptBefore(10).takes(Some(10)));
+        assert!(!TakeKept::KeptBefore(10).takes(Some(11)));
+        assert!(!TakeKept::Never.takes_any() && TakeKept::KeptBefore(0).takes_any());
+    }
+
+    #[test]
+    fn rows_split_into_here_elsewhere_and_spared() {
+        let row = |id: &str, kept_at: Option<i64>, endpoint: Option<&str>| ResourceRecord {
+            resource: ResourceRef { kind: Kind::Container, id: id.into(), name: String::new() },
+            run_id: "r".into(),
+            task_id: "t".into(),
+            created_at: 0,
+            released_at: None,
+            attempts: 0,
+            last_error: None,
+            kept_at,
+            endpoint: endpoint.map(str::to_string),
+        };
+        let rows = || vec![row("a", None, None), row("b", Some(1), None), row("c", None, Some("tcp://h:2375"))];
+        let split = Rows::split(rows(), TakeKept::Never);
+        let ids = |rows: &[ResourceRecord]| rows.iter().map(|row| row.resource.id.clone()).collect::<Vec<_>>();
+        assert_eq!((ids(&split.here), ids(&split.elsewhere)), (vec!["a".to_string()], vec!["c".to_string()]));
+        assert_eq!(split.spared.iter().map(|resource| resource.id.as_str()).collect::<Vec<_>>(), ["b"]);
+        let all = Rows::split(rows(), TakeKept::All);
+        assert_eq!(ids(&all.here), ["a", "b"]);
+        assert!(all.spared.is_empty());
+    }
 }

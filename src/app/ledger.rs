@@ -12,12 +12,12 @@ use crate::errors::{Error, ExitStatus};
 use crate::events::{Events, OrphanEvent};
 use crate::host;
 use crate::intercept::sockets;
-use crate::ledger::Ledger;
-use crate::recover::{recover_orphans, OrphanSource};
+use crate::ledger::{Ledger, ResourceRecord};
+use crate::recover::{recover_orphans, OrphanFilter, OrphanSource};
 use crate::report::text::{self, RunStatus, Status};
 use crate::resource::Kind;
 use crate::settings::{GlobalSettings, RecoverSettings, StatusSettings};
-use crate::teardown::{Backends, TeardownOptions};
+use crate::teardown::{Backends, TakeKept, TeardownOptions};
 
 /// The Daytona backend when credentials are in the environment. Without
 /// them, sandboxes recorded in the ledger cannot be recovered: say so.
@@ -52,9 +52,19 @@ pub async fn recover(
     let options = TeardownOptions {
         removal: RemovalOptions { parallel: DEFAULT_PARALLEL, fail_fast: false, retry: global.retry.clone() },
         stop_timeout: None,
+        take_kept: if settings.include_kept { TakeKept::All } else { TakeKept::Never },
     };
+    if let Some(run) = &settings.run {
+        if !ledger.runs().await?.iter().any(|known| &known.id == run) {
+            return Err(Error::usage(format!(
+                "--run {run}: no such run in the ledger {}; `benchwarden status` lists the runs",
+                ledger.path().display()
+            )));
+        }
+    }
     let source = if settings.from_labels { OrphanSource::LedgerAndLabels } else { OrphanSource::Ledger };
-    let recovered = recover_orphans(backends, &ledger, &options, settings.dry_run, source, events).await?;
+    let filter = OrphanFilter { source, only_run: settings.run.as_deref() };
+    let recovered = recover_orphans(backends, &ledger, &options, settings.dry_run, filter, events).await?;
     remove_stale_sockets(&global.state_dir, &ledger, settings.dry_run, events).await?;
     if settings.json {
         print_json(&recovered)?;
@@ -103,12 +113,11 @@ pub async fn status(global: &GlobalSettings, settings: &StatusSettings) -> Resul
             } else {
                 "running"
             };
-            let live_resources = unreleased
-                .iter()
-                .filter(|record| record.run_id == run.id)
-                .map(|record| record.resource.clone())
-                .collect();
-            RunStatus { run, state, live_resources }
+            let (kept, live): (Vec<_>, Vec<_>) =
+                unreleased.iter().filter(|record| record.run_id == run.id).partition(|record| record.kept_at.is_some());
+            let resources =
+                |records: Vec<&ResourceRecord>| records.into_iter().map(|record| record.resource.clone()).collect();
+            RunStatus { run, state, live_resources: resources(live), kept_resources: resources(kept) }
         })
         .collect();
     let status = Status::new(runs, &ledger.history().await?, now_unix());

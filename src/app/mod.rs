@@ -3,6 +3,7 @@
 //! status. Nothing here decides what to remove or how; it wires the work
 //! up, and says what happened.
 
+mod claim;
 mod cleanup;
 mod cleanup_all;
 mod daytona;
@@ -10,6 +11,7 @@ mod ledger;
 mod run;
 mod sweep;
 
+pub use claim::claim;
 pub use cleanup::cleanup_docker;
 pub use cleanup_all::cleanup_all;
 pub use daytona::{cleanup_daytona, list_daytona};

@@ -21,7 +21,7 @@ use crate::intercept::docker_proxy::DockerProxySettings;
 use crate::intercept::sockets::socket_roots;
 use crate::ledger::{self, Ledger, RunRecord};
 use crate::limits::{LimitsReport, LiveResources};
-use crate::recover::{recover_orphans, OrphanSource};
+use crate::recover::{recover_orphans, OrphanFilter};
 use crate::report::text::{self, RunReport};
 use crate::results::Verdict;
 use crate::settings::{GlobalSettings, RunSettings};
@@ -29,8 +29,8 @@ use crate::supervisor::task::RunContext;
 use crate::supervisor::watch::Watcher;
 use crate::supervisor::{process, scheduler, signal};
 use crate::sweep::docker::SweepResult;
-use crate::sweep::owned::{self, ContainerPick, OwnedSweep};
-use crate::teardown::{Backends, TeardownOptions};
+use crate::sweep::owned::{self, kept_containers, ContainerPick, OwnedSweep};
+use crate::teardown::{Backends, TakeKept, TeardownOptions};
 
 /// A run as it starts: recorded in the ledger, its backends connected.
 struct Started {
@@ -66,6 +66,7 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings, session: &Sess
     let teardown = TeardownOptions {
         removal: RemovalOptions { parallel: settings.parallel, fail_fast: false, retry: settings.retry.clone() },
         stop_timeout: settings.benchmark.docker.stop_timeout,
+        take_kept: TakeKept::Never,
     };
     let pre_run = match settings.skip_cleanup {
         false => Some(pre_run_cleanup(&started, &global.state_dir, settings, &teardown, &events).await?),
@@ -151,8 +152,9 @@ fn prepare_supervision() {
     process::spawn_reaper();
 }
 
-/// Before the tasks: tear down what orphaned runs own, then sweep claimed
-/// leftovers older than the cleanup age (or in a listed state).
+/// Before the tasks: tear down what orphaned runs own, and what `--keep-failed`
+/// kept longer ago than the cleanup age, then sweep claimed leftovers older
+/// than the cleanup age (or in a listed state), sparing what was kept since.
 async fn pre_run_cleanup(
     started: &Started,
     state_dir: &Path,
@@ -163,13 +165,17 @@ async fn pre_run_cleanup(
     let backends = Backends { docker: started.docker.as_ref(), daytona: started.daytona.as_deref() };
     // Runs known from labels alone wait for `recover --from-labels` or the age sweep below:
     // nothing the ledger does not know of goes without being asked.
-    let recovered = recover_orphans(backends, &started.ledger, teardown, false, OrphanSource::Ledger, events).await?;
+    let kept_before = now_unix().saturating_sub(settings.cleanup_age.as_secs() as i64);
+    let recovery = TeardownOptions { take_kept: TakeKept::KeptBefore(kept_before), ..teardown.clone() };
+    let recovered = recover_orphans(backends, &started.ledger, &recovery, false, OrphanFilter::LEDGER, events).await?;
     events.orphan(OrphanEvent::Recovered { runs: recovered.len() });
     super::ledger::remove_stale_sockets(state_dir, &started.ledger, false, events).await?;
     let Some(docker) = &started.docker else {
         return Ok(SweepResult::default());
     };
+    let kept = kept_containers(&started.ledger.all_unreleased().await?, kept_before);
     let sweep = OwnedSweep {
+        kept: &kept,
         selectors: &settings.benchmark.docker.selectors,
         pick: ContainerPick::OldOrInStates { age: settings.cleanup_age, states: settings.cleanup_states.clone() },
         own_run: Some(&started.run_id),
@@ -226,6 +232,9 @@ fn run_context(
         watcher,
         docker_proxy,
         daytona_proxy: settings.daytona.as_ref().map(|daytona| daytona.proxy.clone()),
+        keep: settings.keep,
+        // Absolute, since the harness may run elsewhere.
+        state_dir: std::path::absolute(&global.state_dir).unwrap_or_else(|_| global.state_dir.clone()),
     }
 }
 
@@ -255,6 +264,7 @@ async fn finish(
     };
     write_report(&report_path, &report)?;
     print_stdout(&text::run_summary(reports, limits.as_ref()))?;
+    print_stdout(&text::kept_summary(reports, &started.run_id, &global.state_dir))?;
     if reports.iter().any(TaskReport::left_something) {
         // Left open (unended), the run becomes an orphan once we exit, so `recover` retries it.
         let left: usize =

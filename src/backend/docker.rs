@@ -250,6 +250,20 @@ impl DockerBackend {
         }
     }
 
+    /// A container by id (or unique prefix) or name, with its full id and
+    /// name; `None` when the engine has no such container.
+    pub(crate) async fn find_container(&self, reference: &str) -> Result<Option<ResourceRef>, DockerError> {
+        match self.client.inspect_container(reference, None).await.map_err(DockerError::from) {
+            Ok(container) => Ok(Some(ResourceRef {
+                kind: Kind::Container,
+                id: container.id.unwrap_or_else(|| reference.to_string()),
+                name: container.name.map(|name| name.trim_start_matches('/').to_string()).unwrap_or_default(),
+            })),
+            Err(error) if error.status == Some(404) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// The labels of a network or volume, by inspecting it; `None` once it is gone.
     pub(crate) async fn labels_of(
         &self,

@@ -41,6 +41,16 @@ fn run_of(directory_name: &str) -> Option<&str> {
     (!run_id.is_empty() && !random.is_empty()).then_some(run_id)
 }
 
+/// Whether `DOCKER_HOST`'s value names a proxy socket of run `run_id`
+/// (`unix://…/<run id>.<random>/docker.sock`): inside a task, that is the
+/// run's own engine, so a resource claimed through it needs no host of its own.
+pub(crate) fn is_proxy_socket_of(docker_host: &str, run_id: &str) -> bool {
+    let Some(path) = docker_host.strip_prefix("unix://") else { return false };
+    let path = Path::new(path);
+    let directory = path.parent().and_then(Path::file_name).and_then(|name| name.to_str());
+    path.file_name().is_some_and(|name| name == SOCKET_NAME) && directory.and_then(run_of) == Some(run_id)
+}
+
 /// Whether a socket directory is stale: its run is known to the ledger and
 /// gone (ended, or orphaned on this host); or the ledger does not know it
 /// (another state directory's run shares the temp root, or a name this
@@ -137,5 +147,15 @@ mod tests {
         let name = directory.file_name().unwrap().to_string_lossy().into_owned();
         assert_eq!(run_of(&name), Some("20261130-1016-k3f9"));
         std::fs::remove_dir_all(&temp).unwrap();
+    }
+
+    #[test]
+    fn a_tasks_proxy_socket_is_told_from_another_docker_host() {
+        let run = "20261129-2304-k3f9";
+        assert!(is_proxy_socket_of(&format!("unix:///s/sockets/{run}.ab12cd34ef/docker.sock"), run));
+        assert!(!is_proxy_socket_of(&format!("unix:///s/sockets/{run}.ab12cd34ef/docker.sock"), "20261129-2304-zzzz"));
+        assert!(!is_proxy_socket_of("unix:///var/run/docker.sock", run));
+        assert!(!is_proxy_socket_of(&format!("tcp://{run}.x:2375"), run));
+        assert!(!is_proxy_socket_of(&format!("unix:///s/{run}.ab/other.sock"), run));
     }
 }

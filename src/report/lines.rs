@@ -88,9 +88,13 @@ fn log_task(event: &TaskEvent<'_>) {
         }
         TaskEvent::Ended { report } => log_task_ended(report),
         TaskEvent::TearingDown { task } => tracing::info!("task {task}: tearing down"),
+        TaskEvent::Keeping { task } => tracing::info!("task {task}: keeping its resources (--keep-failed)"),
         TaskEvent::Finished { report } => {
             if let Some(error) = &report.teardown_error {
                 tracing::error!("task {}: teardown: {error}; run `benchwarden recover` later", report.task);
+            }
+            if !report.resources_kept.is_empty() {
+                tracing::warn!("task {}: kept {} resource(s) in place", report.task, report.resources_kept.len());
             }
         }
         TaskEvent::Live { .. } | TaskEvent::Output { .. } => {}

@@ -276,8 +276,10 @@ pub(crate) fn run_summary(reports: &[TaskReport], limits: Option<&LimitsReport>)
     let counts: Vec<String> = counts.iter().map(|(key, count)| format!("{count} {key}")).collect();
     let pending = sum(|report| report.resources_pending.len());
     let pending = if pending > 0 { format!(", {pending} still being deleted") } else { String::new() };
+    let kept = sum(|report| report.resources_kept.len());
+    let kept = if kept > 0 { format!(", {kept} kept (--keep-failed)") } else { String::new() };
     text.push_str(&format!(
-        "{}; {removed} resource(s) removed, {leaked} leaked{pending} ({created} created, {by_harness} removed by the harness itself)\n",
+        "{}; {removed} resource(s) removed, {leaked} leaked{pending}{kept} ({created} created, {by_harness} removed by the harness itself)\n",
         counts.join(", ")
     ));
     text.push_str(&results_line(reports));
@@ -376,7 +378,24 @@ fn task_problems(report: &TaskReport) -> String {
     for resource in &report.resources_pending {
         text.push_str(&format!("  {task}: {resource} is still being deleted; `benchwarden recover` checks it again\n"));
     }
+    for resource in &report.resources_kept {
+        text.push_str(&format!("  {task}: kept {resource}\n"));
+    }
     text
+}
+
+/// The command that removes what `--keep-failed` kept in this run, exactly
+/// that, when it kept anything.
+pub(crate) fn kept_summary(reports: &[TaskReport], run_id: &str, state_dir: &std::path::Path) -> String {
+    let kept: usize = reports.iter().map(|report| report.resources_kept.len()).sum();
+    if kept == 0 {
+        return String::new();
+    }
+    format!(
+        "{kept} resource(s) of failed tasks kept in place; remove them with:\n  \
+         benchwarden recover --include-kept --run {run_id} --state-dir {}\n",
+        state_dir.display()
+    )
 }
 
 /// What `recover` did (or would do), run by run.
@@ -435,7 +454,10 @@ pub(crate) struct RunStatus {
     pub(crate) run: RunRecord,
     /// `running`, `orphaned` or `finished`.
     pub(crate) state: &'static str,
+    /// Still owned, and not kept.
     pub(crate) live_resources: Vec<ResourceRef>,
+    /// Kept in place by `run --keep-failed`.
+    pub(crate) kept_resources: Vec<ResourceRef>,
 }
 
 /// `status`: the runs, and what the ledger's history says of removals.
@@ -476,12 +498,24 @@ pub(crate) fn status_table(status: &Status, now: i64, state_dir: &std::path::Pat
                 status.run.pid.to_string(),
                 format_age(now - status.run.started_at),
                 status.live_resources.len().to_string(),
+                status.kept_resources.len().to_string(),
             ]
         })
         .collect();
-    let mut text = table(&["RUN", "BENCHMARK", "STATE", "OUTCOME", "PID", "AGE", "RESOURCES"], &rows);
+    let mut text = table(&["RUN", "BENCHMARK", "STATE", "OUTCOME", "PID", "AGE", "RESOURCES", "KEPT"], &rows);
     if let Some(age) = status.oldest_owned_resource_age_seconds {
         text.push_str(&format!("oldest resource still owned: recorded {} ago\n", format_age(age)));
+    }
+    for status in statuses.iter().filter(|status| !status.kept_resources.is_empty()) {
+        text.push_str(&format!("run {} keeps (--keep-failed):\n", status.run.id));
+        for resource in &status.kept_resources {
+            text.push_str(&format!("  {resource}\n"));
+        }
+        text.push_str(&format!(
+            "  `benchwarden recover --include-kept --run {} --state-dir {}` removes them once the run has ended\n",
+            status.run.id,
+            state_dir.display()
+        ));
     }
     let orphans = statuses.iter().filter(|status| status.state == "orphaned").count();
     if orphans > 0 {
@@ -521,7 +555,8 @@ mod tests {
         let mut leaky = TaskReport::unstarted("b", "b.log".into());
         leaky.outcome = TaskOutcome::TimedOut;
         leaky.resources_leaked = vec!["container c".into()];
-        passed.resources = ResourceFates { created: 3, removed_by_harness: 1, removed_by_benchwarden: 2, leaked: 0 };
+        passed.resources =
+            ResourceFates { created: 3, removed_by_harness: 1, removed_by_benchwarden: 2, leaked: 0, kept: 0 };
         passed.result = Some(TaskResult {
             verdict: Verdict::Unresolved,
             score: Some(0.5),
@@ -541,5 +576,19 @@ mod tests {
         let row = text.lines().nth(1).unwrap();
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(cells[4..10], ["unresolved", "0.50", "3", "1", "2", "0"], "{text}");
+    }
+
+    #[test]
+    fn kept_resources_are_not_leaked_and_the_summary_says_how_to_remove_exactly_them() {
+        let mut failed = TaskReport::unstarted("f", "f.log".into());
+        failed.outcome = TaskOutcome::Failed;
+        failed.resources_kept = vec!["container abc".into()];
+        let reports = [failed];
+        let text = run_summary(&reports, None);
+        assert!(text.contains("0 leaked, 1 kept (--keep-failed)"), "{text}");
+        assert!(text.contains("  f: kept container abc\n"), "{text}");
+        let kept = kept_summary(&reports, "r1", std::path::Path::new("/state"));
+        assert!(kept.contains("benchwarden recover --include-kept --run r1 --state-dir /state"), "{kept}");
+        assert_eq!(kept_summary(&[], "r1", std::path::Path::new("/state")), "");
     }
 }

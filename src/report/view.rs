@@ -125,6 +125,11 @@ impl Drawn {
                     line.bar.set_message("tearing down");
                 }
             }
+            TaskEvent::Keeping { task } => {
+                if let Some(line) = self.tasks.get(*task) {
+                    line.bar.set_message("keeping its resources");
+                }
+            }
             TaskEvent::Finished { report } => {
                 if let Some(line) = self.tasks.remove(&report.task) {
                     remove_bar(&line.bar);

@@ -2,6 +2,7 @@
 //! scheduled at most `-j` at once, stopped on timeout or interrupt (the
 //! lifecycle), and followed by teardown of what the task owns.
 
+pub(crate) mod keep;
 pub(crate) mod lifecycle;
 pub(crate) mod process;
 pub(crate) mod scheduler;

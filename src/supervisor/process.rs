@@ -19,6 +19,9 @@ pub(crate) const ENV_TASK_ID: &str = "BENCHWARDEN_TASK_ID";
 /// This host's name and benchwarden's pid, as the owner labels carry them.
 pub(crate) const ENV_HOST: &str = "BENCHWARDEN_HOST";
 pub(crate) const ENV_PID: &str = "BENCHWARDEN_PID";
+/// The state directory, as `--state-dir` and this variable name it: the
+/// harness gets benchwarden's, so that `benchwarden claim` finds the ledger.
+pub(crate) const ENV_STATE_DIR: &str = "BENCHWARDEN_STATE_DIR";
 
 /// How often `recover` looks again for processes of a run it is killing.
 const EXIT_POLL: Duration = Duration::from_millis(20);

@@ -14,8 +14,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
+use super::keep::{self, KeepPolicy};
 use super::lifecycle::{self, Ending, Harness, Lifecycle, ProcessSet};
-use super::process::{self, TaskProcesses, ENV_HOST, ENV_PID, ENV_RUN_ID, ENV_TASK_ID};
+use super::process::{self, TaskProcesses, ENV_HOST, ENV_PID, ENV_RUN_ID, ENV_STATE_DIR, ENV_TASK_ID};
 use super::signal::Shutdown;
 use super::watch::Watcher;
 use crate::backend::daytona::DaytonaBackend;
@@ -74,6 +75,10 @@ pub(crate) struct RunContext {
     pub(crate) docker_proxy: Option<DockerProxySettings>,
     /// Where each task's Daytona proxy forwards; `None` without Daytona.
     pub(crate) daytona_proxy: Option<DaytonaProxySettings>,
+    /// Whether a failed task's resources stay in place (`--keep-failed`).
+    pub(crate) keep: KeepPolicy,
+    /// The state directory, absolute: harnesses get it, so `benchwarden claim` finds the ledger.
+    pub(crate) state_dir: PathBuf,
 }
 
 /// Why a harness could not be started.
@@ -125,15 +130,20 @@ pub(crate) async fn run_task(context: &RunContext, spec: TaskSpec) -> EndedTask 
     EndedTask { claims, report }
 }
 
-/// Tears down what an ended task owns, at most `teardown_slots` at once,
-/// and returns its finished report.
+/// Tears down what an ended task owns (or keeps it, `--keep-failed`), at
+/// most `teardown_slots` at once, and returns its finished report.
 pub(crate) async fn tear_down_task(context: &RunContext, ended: EndedTask) -> TaskReport {
     let EndedTask { claims, mut report } = ended;
     // The semaphore is never closed; were it, the teardown would go on unbounded rather than not at all.
     let _slot = context.teardown_slots.acquire().await.ok();
-    context.events.task(TaskEvent::TearingDown { task: &report.task });
     report.refused_creates = context.live.refused(&report.task);
-    let left = tear_down(context, claims, &mut report).await;
+    let left = match keep::keep_if_failed(context, &claims, &mut report).await {
+        Some(kept) => kept,
+        None => {
+            context.events.task(TaskEvent::TearingDown { task: &report.task });
+            tear_down(context, claims, &mut report).await
+        }
+    };
     if let Some(watcher) = &context.watcher {
         watcher.unregister(&report.task);
     }
@@ -220,6 +230,7 @@ fn record_teardown(report: &mut TaskReport, torn: &TeardownReport) {
         removed_by_harness: torn.removed_by_others.len(),
         removed_by_benchwarden: report.resources_removed,
         leaked: torn.leaked.len(),
+        kept: 0,
     };
 }
 
@@ -298,6 +309,8 @@ fn harness_command(context: &RunContext, spec: &TaskSpec) -> tokio::process::Com
         // For harness files that label what they create themselves (Harbor's compose override).
         .env(ENV_HOST, &context.host)
         .env(ENV_PID, std::process::id().to_string())
+        // So that `benchwarden claim`, run by the harness, finds this run's ledger.
+        .env(ENV_STATE_DIR, &context.state_dir)
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false);
