@@ -2,7 +2,10 @@
 //! daemon through a Unix socket of ours (`DOCKER_HOST` in the harness's
 //! environment). Create calls for containers, networks and volumes (under
 //! any `/v1.xx` prefix) get the task's owner labels added, and the new id is
-//! committed to the ledger before the response reaches the client.
+//! committed to the ledger before the response reaches the client. Builds
+//! get the owner labels too (their `labels` parameter), and the images
+//! builds, pulls and imports make are recorded before their answer ends
+//! (see [`super::images`]).
 //! Everything else passes through byte for byte (see [`super::proxy`]),
 //! including hijacked connections: `Upgrade: tcp` answered 101, the older
 //! plain-200 hijack of attach and exec, BuildKit's `/session` and `/grpc`.
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::net::UnixListener;
 
+use super::images::ImageCall;
 use super::proxy::{label_create_body, spawn_server, Policy, Recorder};
 use super::sockets::{private_directory, SOCKET_NAME};
 use crate::net::http::Head;
@@ -61,6 +65,10 @@ impl Policy for DockerPolicy {
 
     fn may_hijack(&self, head: &Head) -> bool {
         may_hijack(head)
+    }
+
+    fn image_call(&self, head: &Head) -> Option<ImageCall> {
+        ImageCall::of(&head.method, unversioned_path(&head.target), &head.target, &self.labels)
     }
 }
 
