@@ -444,7 +444,15 @@ impl Ledger {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (run_id, id) DO UPDATE SET tags = excluded.tags,
                      existed_before = MIN(images.existed_before, excluded.existed_before)",
-                params![run_id, task_id, image.id, tags.join("\n"), image.origin.as_str(), image.existed_before, now_unix()],
+                params![
+                    run_id,
+                    task_id,
+                    image.id,
+                    tags.join("\n"),
+                    image.origin.as_str(),
+                    image.existed_before,
+                    now_unix()
+                ],
             )?;
             transaction.commit()
         })

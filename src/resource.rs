@@ -182,15 +182,23 @@ impl fmt::Display for RecordedImage {
 pub enum ImageFate {
     /// Deleted; `bytes` is its size as the engine listed it (its layers may
     /// be shared with images that stay, so this is at most what was freed).
-    Removed { bytes: u64 },
+    Removed {
+        bytes: u64,
+    },
     /// Gone before we got to it.
     AlreadyGone,
     /// A dry run would remove it.
-    WouldRemove { bytes: u64 },
+    WouldRemove {
+        bytes: u64,
+    },
     /// Left alone, and why: it existed before the run, a live run or a
     /// container uses it.
-    Kept { reason: String },
-    Failed { error: String },
+    Kept {
+        reason: String,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// A label selector: `key=value`, or `key` alone for any value.

@@ -52,7 +52,8 @@ pub async fn cleanup_docker(
         }
     }
     session.write_metrics(settings.metrics_file.as_deref(), global).await?;
-    let failed = containers.as_ref().map(SweepResult::failed).unwrap_or(0) + disk.as_ref().map(DiskReport::failed).unwrap_or(0);
+    let failed =
+        containers.as_ref().map(SweepResult::failed).unwrap_or(0) + disk.as_ref().map(DiskReport::failed).unwrap_or(0);
     Ok(if failed > 0 { ExitStatus::Failure } else { ExitStatus::Success })
 }
 
@@ -100,9 +101,22 @@ async fn clean_disk(
     session: &Session,
 ) -> Result<DiskReport, Error> {
     let ledger = Ledger::open(&global.state_dir)?;
-    let policy = ImagePolicy { run: None, older_than: settings.older_than, dry_run: settings.dry_run };
+    let policy = ImagePolicy {
+        run: None,
+        older_than: settings.older_than,
+        labels: settings.labels.clone(),
+        dry_run: settings.dry_run,
+    };
     let images = settings.images.then_some(&policy);
     let this_host = host::host_name();
-    images::clean_disk(backend, &ledger, images, settings.build_cache_max, settings.dry_run, &this_host, &session.events)
-        .await
+    images::clean_disk(
+        backend,
+        &ledger,
+        images,
+        settings.build_cache_max,
+        settings.dry_run,
+        &this_host,
+        &session.events,
+    )
+    .await
 }

@@ -233,11 +233,14 @@ fn run_context(
 /// run's outcome, since nothing of a task leaked.
 async fn remove_run_images(started: &Started, settings: &RunSettings, events: &Events) -> Option<DiskReport> {
     let docker = started.docker.as_ref().filter(|_| settings.benchmark.docker.remove_images)?;
-    let policy = ImagePolicy { run: Some(&started.run_id), older_than: None, dry_run: false };
+    let policy = ImagePolicy { run: Some(&started.run_id), older_than: None, labels: Vec::new(), dry_run: false };
     match images::remove_images(docker, &started.ledger, &policy, &started.host, events).await {
         Ok(report) => Some(report),
         Err(error) => {
-            tracing::error!("run {}: cannot remove its images: {error}; `benchwarden cleanup docker --images` can", started.run_id);
+            tracing::error!(
+                "run {}: cannot remove its images: {error}; `benchwarden cleanup docker --images` can",
+                started.run_id
+            );
             None
         }
     }

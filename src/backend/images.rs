@@ -118,7 +118,10 @@ impl DockerBackend {
     pub(crate) async fn prune_build_cache(&self, max_bytes: u64) -> Result<u64, DockerError> {
         let not_speakable = || DockerError {
             status: None,
-            message: format!("pruning the build cache needs a unix or tcp DOCKER_HOST, not {}", self.endpoint().address),
+            message: format!(
+                "pruning the build cache needs a unix or tcp DOCKER_HOST, not {}",
+                self.endpoint().address
+            ),
         };
         let upstream = self.endpoint().upstream().ok_or_else(not_speakable)?;
         let io = |error: std::io::Error| DockerError { status: None, message: error.to_string() };
@@ -126,7 +129,8 @@ impl DockerBackend {
         let target = format!(
             "/build/prune?all=1&keep-storage={max_bytes}&reserved-space={max_bytes}&max-used-space={max_bytes}"
         );
-        let request = format!("POST {target} HTTP/1.1\r\nHost: docker\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("POST {target} HTTP/1.1\r\nHost: docker\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         write.write_all(request.as_bytes()).await.map_err(io)?;
         let mut answer = Buffered::new(read);
         let http = |error: crate::net::http::HttpError| DockerError { status: None, message: error.to_string() };

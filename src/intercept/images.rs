@@ -171,8 +171,10 @@ fn labelled_build_target(target: &str, labels: &BTreeMap<String, String>) -> Str
         Some(index) => pairs[index].1 = encoded,
         None => pairs.push(("labels".to_string(), encoded)),
     }
-    let query: Vec<String> =
-        pairs.iter().map(|(key, value)| if value.is_empty() && !key.is_empty() { key.clone() } else { format!("{key}={value}") }).collect();
+    let query: Vec<String> = pairs
+        .iter()
+        .map(|(key, value)| if value.is_empty() && !key.is_empty() { key.clone() } else { format!("{key}={value}") })
+        .collect();
     format!("{path}?{}", query.join("&"))
 }
 
@@ -285,7 +287,10 @@ mod tests {
         buildkit_trace.observe(b"{\"id\":\"moby.buildkit.trace\",\"aux\":\"AAAA\"}\n");
         assert_eq!(buildkit_trace.finish(), None, "no id, nothing to record");
         let mut failed = call("/build").unwrap();
-        failed.observe(format!("{{\"aux\":{{\"ID\":\"{ID}\"}}}}\n{{\"errorDetail\":{{\"message\":\"x\"}},\"error\":\"x\"}}\n").as_bytes());
+        failed.observe(
+            format!("{{\"aux\":{{\"ID\":\"{ID}\"}}}}\n{{\"errorDetail\":{{\"message\":\"x\"}},\"error\":\"x\"}}\n")
+                .as_bytes(),
+        );
         assert_eq!(failed.finish(), None);
     }
 

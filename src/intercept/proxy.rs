@@ -11,11 +11,11 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
+use super::images::{ImageCall, MadeImage};
 use crate::events::{Event, Events};
 use crate::ledger::Ledger;
 use crate::net::http::{error_response, Buffered, Framing, Head, HttpError};
 use crate::net::{BoxRead, BoxWrite, Upstream};
-use super::images::{ImageCall, MadeImage};
 use crate::resource::{Kind, RecordedImage, ResourceRef};
 
 /// What differs between the Docker and the Daytona proxy.

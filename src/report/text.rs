@@ -269,7 +269,9 @@ pub(crate) fn disk_summary(report: &DiskReport) -> String {
         let limit = human_bytes(prune.max_bytes);
         match (&prune.error, prune.reclaimed_bytes) {
             (Some(error), _) => out.push_str(&format!("build cache: prune to {limit} failed: {error}\n")),
-            (None, Some(bytes)) => out.push_str(&format!("build cache: pruned to {limit}, {} freed\n", human_bytes(bytes))),
+            (None, Some(bytes)) => {
+                out.push_str(&format!("build cache: pruned to {limit}, {} freed\n", human_bytes(bytes)))
+            }
             (None, None) => out.push_str(&format!("build cache: would be pruned to {limit} (dry run)\n")),
         }
     }

@@ -19,7 +19,7 @@ use crate::errors::Error;
 use crate::events::{DiskUse, Event, Events};
 use crate::ledger::{ImageRecord, Ledger, RunRecord};
 use crate::owner::{owner_is_alive, LabelledOwner, LABEL_RUN};
-use crate::resource::{ImageFate, ImageOrigin, RecordedImage};
+use crate::resource::{ImageFate, ImageOrigin, LabelSelector, RecordedImage};
 
 /// Which images a removal considers.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub(crate) struct ImagePolicy<'a> {
     pub(crate) run: Option<&'a str>,
     /// Only images created more than this long ago.
     pub(crate) older_than: Option<Duration>,
+    /// Only images with these labels (`cleanup docker --images --label`).
+    pub(crate) labels: Vec<LabelSelector>,
     pub(crate) dry_run: bool,
 }
 
@@ -60,10 +62,14 @@ pub(crate) struct Scene<'a> {
 }
 
 /// The one rule for whether an image may go.
-pub(crate) fn verdict(candidate: &Candidate, scene: &Scene<'_>, older_than: Option<Duration>) -> ImageVerdict {
+pub(crate) fn verdict(candidate: &Candidate, scene: &Scene<'_>, policy: &ImagePolicy<'_>) -> ImageVerdict {
     let Some(on_engine) = scene.engine.get(&candidate.image.id) else {
         return ImageVerdict::Gone;
     };
+    if !policy.labels.iter().all(|selector| selector.matches(&on_engine.labels)) {
+        return ImageVerdict::Skip;
+    }
+    let older_than = policy.older_than;
     if candidate.image.existed_before {
         return ImageVerdict::Keep("it was on the engine before the run".to_string());
     }
@@ -151,7 +157,7 @@ pub(crate) async fn remove_images(
     let mut gone = Vec::new();
     for candidate in candidates {
         let size = engine.get(&candidate.image.id).map(|image| image.size).unwrap_or(0);
-        let fate = match verdict(&candidate, &scene, policy.older_than) {
+        let fate = match verdict(&candidate, &scene, policy) {
             ImageVerdict::Skip => continue,
             ImageVerdict::Gone => ImageFate::AlreadyGone,
             ImageVerdict::Keep(reason) => ImageFate::Kept { reason },
@@ -313,8 +319,13 @@ mod tests {
     fn engine(ids: &[(&str, i64)]) -> BTreeMap<String, EngineImage> {
         ids.iter()
             .map(|(id, created)| {
-                let image =
-                    EngineImage { id: id.to_string(), tags: Vec::new(), created: *created, size: 10, labels: BTreeMap::new() };
+                let image = EngineImage {
+                    id: id.to_string(),
+                    tags: Vec::new(),
+                    created: *created,
+                    size: 10,
+                    labels: BTreeMap::new(),
+                };
                 (id.to_string(), image)
             })
             .collect()
@@ -330,14 +341,23 @@ mod tests {
             image: image(id, existed_before),
             runs: runs.iter().map(ToString::to_string).collect(),
         };
-        assert_eq!(verdict(&candidate("a", false, &["mine"]), &scene, None), ImageVerdict::Take);
-        assert!(matches!(verdict(&candidate("b", true, &["mine"]), &scene, None), ImageVerdict::Keep(why) if why.contains("before")));
-        assert!(matches!(verdict(&candidate("c", false, &["mine", "other"]), &scene, None), ImageVerdict::Keep(why) if why.contains("other")));
-        assert!(matches!(verdict(&candidate("d", false, &["mine"]), &scene, None), ImageVerdict::Keep(why) if why.contains("web")));
-        let hour = Some(Duration::from_secs(60));
-        assert_eq!(verdict(&candidate("e", false, &["mine"]), &scene, hour), ImageVerdict::Skip, "too young");
-        assert_eq!(verdict(&candidate("a", false, &["mine"]), &scene, hour), ImageVerdict::Take);
-        assert_eq!(verdict(&candidate("z", false, &["mine"]), &scene, None), ImageVerdict::Gone);
+        let any = ImagePolicy { run: Some("mine"), older_than: None, labels: Vec::new(), dry_run: false };
+        assert_eq!(verdict(&candidate("a", false, &["mine"]), &scene, &any), ImageVerdict::Take);
+        assert!(
+            matches!(verdict(&candidate("b", true, &["mine"]), &scene, &any), ImageVerdict::Keep(why) if why.contains("before"))
+        );
+        assert!(
+            matches!(verdict(&candidate("c", false, &["mine", "other"]), &scene, &any), ImageVerdict::Keep(why) if why.contains("other"))
+        );
+        assert!(
+            matches!(verdict(&candidate("d", false, &["mine"]), &scene, &any), ImageVerdict::Keep(why) if why.contains("web"))
+        );
+        let old = ImagePolicy { older_than: Some(Duration::from_secs(60)), ..any.clone() };
+        assert_eq!(verdict(&candidate("e", false, &["mine"]), &scene, &old), ImageVerdict::Skip, "too young");
+        assert_eq!(verdict(&candidate("a", false, &["mine"]), &scene, &old), ImageVerdict::Take);
+        assert_eq!(verdict(&candidate("z", false, &["mine"]), &scene, &any), ImageVerdict::Gone);
+        let labelled = ImagePolicy { labels: vec![LabelSelector::parse("team=x").unwrap()], ..any.clone() };
+        assert_eq!(verdict(&candidate("a", false, &["mine"]), &scene, &labelled), ImageVerdict::Skip);
     }
 
     #[test]
