@@ -42,14 +42,19 @@ pub(crate) enum ImageRemoved {
 }
 
 impl DockerBackend {
-    /// Images with these labels (all of them, with none), intermediate ones
-    /// included: an image a later build used as its parent is still there.
-    pub(crate) async fn list_images(&self, labels: &[LabelSelector]) -> Result<Vec<EngineImage>, DockerError> {
+    /// Images with these labels (all of them, with none); with
+    /// `intermediate`, the layers of builds too (an image a later build
+    /// used as its parent is still there, though a plain list hides it).
+    pub(crate) async fn list_images(
+        &self,
+        labels: &[LabelSelector],
+        intermediate: bool,
+    ) -> Result<Vec<EngineImage>, DockerError> {
         let mut filters = HashMap::new();
         if !labels.is_empty() {
             filters.insert("label".to_string(), labels.iter().map(LabelSelector::to_filter).collect());
         }
-        let options = ListImagesOptions { all: true, filters: Some(filters), ..Default::default() };
+        let options = ListImagesOptions { all: intermediate, filters: Some(filters), ..Default::default() };
         let images = self.client().list_images(Some(options)).await?;
         Ok(images
             .into_iter()
@@ -86,6 +91,9 @@ impl DockerBackend {
     /// without force, and a tag moved to another image is not ours to take.
     pub(crate) async fn remove_image(&self, id: &str, tags: &[String]) -> Result<ImageRemoved, DockerError> {
         let options = || RemoveImageOptions { force: false, noprune: false, ..Default::default() };
+        let deleted = |items: &[bollard::models::ImageDeleteResponseItem]| {
+            items.iter().any(|item| item.deleted.as_deref() == Some(id))
+        };
         for tag in tags {
             match self.client().inspect_image(tag).await.map_err(DockerError::from) {
                 Ok(image) if image.id.as_deref() == Some(id) => {}
@@ -93,16 +101,17 @@ impl DockerBackend {
                 Err(error) if error.status == Some(404) => continue,
                 Err(error) => return Err(error),
             }
+            // Untagging the last tag deletes the image itself.
             match self.client().remove_image(tag, Some(options()), None).await.map_err(DockerError::from) {
+                Ok(items) if deleted(&items) => return Ok(ImageRemoved::Deleted),
                 Ok(_) => {}
                 Err(error) if error.status == Some(404) => {}
                 Err(error) => return Err(error),
             }
         }
         match self.client().remove_image(id, Some(options()), None).await.map_err(DockerError::from) {
-            Ok(items) if items.iter().any(|item| item.deleted.as_deref() == Some(id)) => Ok(ImageRemoved::Deleted),
+            Ok(items) if deleted(&items) => Ok(ImageRemoved::Deleted),
             Ok(_) => Ok(ImageRemoved::Gone),
-            // The last untag deleted it already.
             Err(error) if error.status == Some(404) => Ok(ImageRemoved::Gone),
             Err(error) => Err(error),
         }

@@ -68,7 +68,7 @@ impl Policy for DockerPolicy {
     }
 
     fn image_call(&self, head: &Head) -> Option<ImageCall> {
-        ImageCall::of(&head.method, unversioned_path(&head.target), &head.target, &self.labels)
+        ImageCall::of(&head.method, unversioned_path(&head.target), &head.target, &image_labels(&self.labels))
     }
 }
 
@@ -155,6 +155,15 @@ fn may_hijack(head: &Head) -> bool {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     head.method.eq_ignore_ascii_case("POST")
         && matches!(parts.as_slice(), ["containers", _, "attach"] | ["exec", _, "start"])
+}
+
+/// The owner labels as a build stamps them on its image: `benchwarden.run`
+/// becomes `benchwarden.image.run`, and so on. Not the owner labels
+/// themselves, because a container inherits its image's labels: every
+/// container made from the image, by anyone, would look owned by the run
+/// that built it, and be torn down with it.
+pub(crate) fn image_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels.iter().map(|(key, value)| (key.replacen("benchwarden.", "benchwarden.image.", 1), value.clone())).collect()
 }
 
 /// Adds the owner labels to a create body. `Err` when it is not a JSON object.

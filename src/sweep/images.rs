@@ -18,7 +18,7 @@ use crate::backend::images::{EngineImage, ImageRemoved, ImageUser};
 use crate::errors::Error;
 use crate::events::{DiskUse, Event, Events};
 use crate::ledger::{ImageRecord, Ledger, RunRecord};
-use crate::owner::{owner_is_alive, LabelledOwner, LABEL_RUN};
+use crate::owner::{image_owner, owner_is_alive, LabelledOwner, LABEL_IMAGE_RUN};
 use crate::resource::{ImageFate, ImageOrigin, LabelSelector, RecordedImage};
 
 /// Which images a removal considers.
@@ -147,10 +147,15 @@ pub(crate) async fn remove_images(
 ) -> Result<DiskReport, Error> {
     let list = |error: crate::backend::docker::DockerError| error.during("list images");
     let engine: BTreeMap<String, EngineImage> =
-        docker.list_images(&[]).await.map_err(list)?.into_iter().map(|image| (image.id.clone(), image)).collect();
+        docker.list_images(&[], true).await.map_err(list)?.into_iter().map(|image| (image.id.clone(), image)).collect();
+    // Found by label: final images only; the legacy builder labels each step's layer too.
+    let labelled: BTreeSet<String> = match policy.run {
+        Some(_) => BTreeSet::new(),
+        None => docker.list_images(&[], false).await.map_err(list)?.into_iter().map(|image| image.id).collect(),
+    };
     let users = docker.image_users().await.map_err(|error| error.during("list containers"))?;
     let runs = ledger.runs().await?;
-    let candidates = gather(ledger.images(None).await?, &engine, policy.run);
+    let candidates = gather(ledger.images(None).await?, &engine, &labelled, policy.run);
     let live_runs = live_runs(&candidates, &runs, &engine, policy.run, this_host);
     let scene = Scene { engine: &engine, users: &users, live_runs: &live_runs, now: crate::clock::now_unix() };
     let mut report = DiskReport::default();
@@ -197,6 +202,7 @@ async fn remove_one(docker: &DockerBackend, image: &RecordedImage, size: u64) ->
 pub(crate) fn gather(
     records: Vec<ImageRecord>,
     engine: &BTreeMap<String, EngineImage>,
+    final_images: &BTreeSet<String>,
     run: Option<&str>,
 ) -> Vec<Candidate> {
     let mut by_id: BTreeMap<String, Candidate> = BTreeMap::new();
@@ -220,8 +226,8 @@ pub(crate) fn gather(
         entry.runs.insert(record.run_id);
     }
     if run.is_none() {
-        for image in engine.values() {
-            let Some(owner) = image.labels.get(LABEL_RUN) else { continue };
+        for image in engine.values().filter(|image| final_images.contains(&image.id)) {
+            let Some(owner) = image.labels.get(LABEL_IMAGE_RUN) else { continue };
             wanted.insert(image.id.clone());
             let recorded = RecordedImage {
                 id: image.id.clone(),
@@ -248,7 +254,7 @@ fn live_runs(
     let mut live = BTreeSet::new();
     for candidate in candidates {
         let labels = engine.get(&candidate.image.id).map(|image| image.labels.clone()).unwrap_or_default();
-        let labelled = LabelledOwner::from_labels(&labels);
+        let labelled = image_owner(&labels);
         for run in candidate.runs.iter().filter(|run| Some(run.as_str()) != removing) {
             let owner = match &labelled {
                 Some(owner) if &owner.run_id == run => owner.clone(),
@@ -363,13 +369,16 @@ mod tests {
     #[test]
     fn candidates_gather_every_run_that_recorded_an_image() {
         let records = vec![record("r1", "a", false), record("r2", "a", true), record("r2", "b", false)];
-        let at_end_of_r1 = gather(records.clone(), &BTreeMap::new(), Some("r1"));
+        let at_end_of_r1 = gather(records.clone(), &BTreeMap::new(), &BTreeSet::new(), Some("r1"));
         assert_eq!(at_end_of_r1.len(), 1);
         assert_eq!(at_end_of_r1[0].runs, BTreeSet::from(["r1".to_string(), "r2".to_string()]));
         assert!(!at_end_of_r1[0].image.existed_before, "r1 made it; r2 found it there");
         let mut labelled = engine(&[("c", 0)]);
-        labelled.get_mut("c").unwrap().labels.insert(LABEL_RUN.to_string(), "r3".to_string());
-        let everything = gather(records, &labelled, None);
+        labelled.get_mut("c").unwrap().labels.insert(LABEL_IMAGE_RUN.to_string(), "r3".to_string());
+        let mut layer = engine(&[("d", 0)]).remove("d").unwrap();
+        layer.labels.insert(LABEL_IMAGE_RUN.to_string(), "r3".to_string());
+        labelled.insert("d".to_string(), layer);
+        let everything = gather(records, &labelled, &BTreeSet::from(["c".to_string()]), None);
         let ids: Vec<&str> = everything.iter().map(|candidate| candidate.image.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         assert!(everything[0].image.existed_before, "a cleanup keeps what any run found already there");
