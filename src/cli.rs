@@ -321,9 +321,12 @@ pub struct CleanupDaytonaArgs {
 
 #[derive(Debug, Args)]
 #[command(after_help = "Filters combine with AND. At least one of --exited, --older-than, --label, \
-    --all is required, so a bare `cleanup docker` never wipes a host.\n\n\
+    --all, --images, --build-cache-max is required, so a bare `cleanup docker` never wipes a host. \
+    With --images or --build-cache-max alone, no container is touched; --older-than then selects images.\n\n\
     Examples:\n  \
     benchwarden cleanup docker --exited --older-than 1d\n  \
+    benchwarden cleanup docker --images --older-than 2d --dry-run   # images benchwarden runs built\n  \
+    benchwarden cleanup docker --build-cache-max 30GB               # as Terminal-Bench's CI prunes\n  \
     benchwarden cleanup docker --label com.docker.compose.project=tb-run --dry-run\n  \
     benchwarden cleanup docker --all --volumes        # every container on this host")]
 pub struct CleanupDockerArgs {
@@ -342,6 +345,17 @@ pub struct CleanupDockerArgs {
     /// Select every container the other filters match, running ones included (alone: all of them)
     #[arg(long)]
     pub(crate) all: bool,
+
+    /// Also remove the images benchwarden runs built, pulled or imported (owner labels or the
+    /// ledger), older than --older-than if given; never one a live run or a container uses, nor
+    /// one that was there before its run
+    #[arg(long)]
+    pub(crate) images: bool,
+
+    /// Also prune the engine's build cache down to SIZE (30GB, 500MB, 2GiB, or bytes), least
+    /// recently used first; the cache is shared by every build on the engine
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) build_cache_max: Option<u64>,
 
     /// Stop gracefully with this timeout before removing, instead of force-removing at once
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
@@ -427,6 +441,34 @@ pub struct StatusArgs {
 }
 
 /// Parses human durations: `90s`, `30m`, `24h`, `2d`, `1h30m`.
+/// A size in bytes: a number with an optional unit, `B`, `kB`/`KB`, `MB`,
+/// `GB`, `TB` (powers of 1000, as docker prints sizes) or `KiB`, `MiB`,
+/// `GiB`, `TiB` (powers of 1024); case and a space before the unit do not matter.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let invalid = || format!("invalid size {text:?} (expected a size such as 30GB, 500MB, 2GiB or 1073741824)");
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: f64 = number.parse().map_err(|_| invalid())?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(invalid()),
+    };
+    let bytes = number * factor as f64;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(bytes.round() as u64)
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|error| format!("{error} (expected a duration such as 90s, 30m, 24h or 2d)"))
@@ -436,6 +478,31 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn sizes_read_as_docker_prints_them() {
+        assert_eq!(parse_size("30GB"), Ok(30_000_000_000));
+        assert_eq!(parse_size("1.5 gb"), Ok(1_500_000_000));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("0"), Ok(0));
+        for bad in ["", "GB", "-1GB", "1PB", "1e400", "1.2.3MB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_size_text_parses_or_is_refused_without_panicking(text in proptest::prelude::any::<String>()) {
+            let _ = parse_size(&text);
+        }
+
+        #[test]
+        fn whole_numbers_of_a_unit_read_back(number in 0u64..1_000_000, unit in 0usize..4) {
+            let (suffix, factor) = [("B", 1u64), ("kB", 1_000), ("MiB", 1 << 20), ("GB", 1_000_000_000)][unit];
+            proptest::prop_assert_eq!(parse_size(&format!("{number}{suffix}")), Ok(number * factor));
+        }
+    }
 
     #[test]
     fn the_cli_is_well_formed() {

@@ -125,11 +125,16 @@ pub(crate) struct DockerSection {
     pub(crate) stop_timeout: Option<Duration>,
     #[serde(default)]
     pub(crate) selectors: Vec<Selector>,
+    /// Remove the images the run's tasks built, pulled or imported when
+    /// the run ends (never one that was there before, or that a live run
+    /// or a container uses). Without it they are recorded and kept.
+    #[serde(default)]
+    pub(crate) remove_images: bool,
 }
 
 impl Default for DockerSection {
     fn default() -> Self {
-        DockerSection { enabled: true, proxy: true, stop_timeout: None, selectors: Vec::new() }
+        DockerSection { enabled: true, proxy: true, stop_timeout: None, selectors: Vec::new(), remove_images: false }
     }
 }
 

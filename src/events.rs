@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::errors::Service;
 use crate::limits::{Refusal, Waiting};
-use crate::resource::{Kind, RemovalOutcome, ResourceRef};
+use crate::resource::{ImageFate, Kind, RecordedImage, RemovalOutcome, ResourceRef};
 use crate::results::TaskResult;
 
 /// One thing that happened.
@@ -101,6 +101,38 @@ pub(crate) enum Event<'a> {
         protected: usize,
     },
     Orphan(OrphanEvent<'a>),
+    /// A task's Docker proxy recorded an image the task built, pulled or imported.
+    ImageRecorded {
+        image: &'a RecordedImage,
+        task: &'a str,
+    },
+    /// What became of an image that a removal of images considered.
+    Image {
+        image: &'a RecordedImage,
+        fate: &'a ImageFate,
+    },
+    /// The engine freed this much disk: removed images, or a build-cache prune.
+    DiskReclaimed {
+        what: DiskUse,
+        bytes: u64,
+    },
+}
+
+/// What disk space was freed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DiskUse {
+    Images,
+    BuildCache,
+}
+
+impl DiskUse {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DiskUse::Images => "images",
+            DiskUse::BuildCache => "build_cache",
+        }
+    }
 }
 
 /// What a retried call is about: named in its events, and counted by

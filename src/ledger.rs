@@ -20,7 +20,7 @@ use crate::clock::now_unix;
 use crate::config::Selector;
 use crate::errors::Error;
 use crate::host;
-use crate::resource::{Kind, ResourceRef};
+use crate::resource::{ImageOrigin, Kind, RecordedImage, ResourceRef};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -60,6 +60,26 @@ CREATE TABLE IF NOT EXISTS tasks (
     task_id     TEXT NOT NULL,
     PRIMARY KEY (run_id, task_id)
 );
+";
+
+/// Images live in a table of their own, not in `resources`: they are not
+/// torn down with their task (so teardown, `recover` and the leak count never
+/// see them), and one image id may be recorded by several runs (a build
+/// fully served from cache), each of which must know it used it. `tags` is
+/// the task's tags, one per line.
+const IMAGES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS images (
+    run_id         TEXT NOT NULL REFERENCES runs(id),
+    task_id        TEXT NOT NULL,
+    id             TEXT NOT NULL,
+    tags           TEXT NOT NULL,
+    origin         TEXT NOT NULL,
+    existed_before INTEGER NOT NULL,
+    recorded_at    INTEGER NOT NULL,
+    removed_at     INTEGER,
+    PRIMARY KEY (run_id, id)
+);
+CREATE INDEX IF NOT EXISTS images_by_id ON images (id);
 ";
 
 #[derive(Clone)]
@@ -176,6 +196,7 @@ impl Ledger {
                 connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map(drop)
             })
             .and_then(|()| connection.execute_batch(SCHEMA))
+            .and_then(|()| connection.execute_batch(IMAGES_SCHEMA))
             .map_err(|error| ledger_error(error.into()))?;
         add_missing_columns(&mut connection).map_err(|error| ledger_error(error.into()))?;
         Ok(Ledger { connection: Arc::new(Mutex::new(connection)), path })
@@ -482,6 +503,110 @@ impl Ledger {
     }
 }
 
+/// An image row: who recorded the image, and when.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ImageRecord {
+    pub(crate) image: RecordedImage,
+    pub(crate) run_id: String,
+    pub(crate) task_id: String,
+    pub(crate) recorded_at: i64,
+}
+
+/// Images: recorded by the Docker proxy, removed at the end of a run that
+/// asks for it, or by `cleanup docker --images`.
+impl Ledger {
+    /// Records an image a task built, pulled or imported. Recorded again by
+    /// the same run, its tags are merged, and it counts as pre-existing only
+    /// if every record says so.
+    pub(crate) async fn record_image(&self, run_id: &str, task_id: &str, image: RecordedImage) -> Result<(), Error> {
+        let (run_id, task_id) = (run_id.to_string(), task_id.to_string());
+        self.on_blocking_pool(move |connection| {
+            let transaction = connection.transaction()?;
+            let known: Option<String> = transaction
+                .query_row("SELECT tags FROM images WHERE run_id = ?1 AND id = ?2", params![run_id, image.id], |row| {
+                    row.get(0)
+                })
+                .map(Some)
+                .or_else(|error| match error {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    other => Err(other),
+                })?;
+            let mut tags: Vec<String> = known.iter().flat_map(|text| text.lines().map(str::to_string)).collect();
+            for tag in image.tags {
+                if !tags.contains(&tag) {
+                    tags.push(tag);
+                }
+            }
+            transaction.execute(
+                "INSERT INTO images (run_id, task_id, id, tags, origin, existed_before, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (run_id, id) DO UPDATE SET tags = excluded.tags,
+                     existed_before = MIN(images.existed_before, excluded.existed_before)",
+                params![
+                    run_id,
+                    task_id,
+                    image.id,
+                    tags.join("\n"),
+                    image.origin.as_str(),
+                    image.existed_before,
+                    now_unix()
+                ],
+            )?;
+            transaction.commit()
+        })
+        .await
+    }
+
+    /// Images recorded and not yet removed: of one run, or of every run.
+    pub(crate) async fn images(&self, run_id: Option<&str>) -> Result<Vec<ImageRecord>, Error> {
+        let run_id = run_id.map(str::to_string);
+        self.on_blocking_pool(move |connection| {
+            let mut statement = connection.prepare(
+                "SELECT id, tags, origin, existed_before, run_id, task_id, recorded_at FROM images
+                 WHERE removed_at IS NULL AND (?1 IS NULL OR run_id = ?1) ORDER BY recorded_at, id",
+            )?;
+            let rows = statement.query_map(params![run_id], image_from_row)?;
+            Ok(rows.filter_map(Result::ok).flatten().collect())
+        })
+        .await
+    }
+
+    /// Marks images as removed (gone from the engine), for every run that recorded them.
+    pub(crate) async fn images_removed(&self, ids: Vec<String>) -> Result<(), Error> {
+        self.on_blocking_pool(move |connection| {
+            let transaction = connection.transaction()?;
+            for id in ids {
+                transaction.execute(
+                    "UPDATE images SET removed_at = ?2 WHERE id = ?1 AND removed_at IS NULL",
+                    params![id, now_unix()],
+                )?;
+            }
+            transaction.commit()
+        })
+        .await
+    }
+}
+
+fn image_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ImageRecord>> {
+    let origin: String = row.get(2)?;
+    let Some(origin) = ImageOrigin::parse(&origin) else {
+        // An origin written by a newer version: leave it to that version.
+        return Ok(None);
+    };
+    let tags: String = row.get(1)?;
+    Ok(Some(ImageRecord {
+        image: RecordedImage {
+            id: row.get(0)?,
+            tags: tags.lines().map(str::to_string).collect(),
+            origin,
+            existed_before: row.get(3)?,
+        },
+        run_id: row.get(4)?,
+        task_id: row.get(5)?,
+        recorded_at: row.get(6)?,
+    }))
+}
+
 /// Unreleased resources, of one run and one task when given, oldest first.
 fn query_unreleased(
     connection: &Connection,
@@ -575,6 +700,32 @@ mod tests {
         let history = ledger.history().await.unwrap();
         assert_eq!(history.removals, [("docker".to_string(), (1, 1))], "c1 released; c2 failed; c3 never tried");
         assert!(history.oldest_owned.is_some());
+    }
+
+    #[tokio::test]
+    async fn images_are_recorded_per_run_with_their_tags_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.start_run(run("r1")).await.unwrap();
+        ledger.start_run(run("r2")).await.unwrap();
+        let image = |tags: &[&str], existed_before| RecordedImage {
+            id: "sha256:aa".to_string(),
+            tags: tags.iter().map(ToString::to_string).collect(),
+            origin: ImageOrigin::Pulled,
+            existed_before,
+        };
+        ledger.record_image("r1", "a", image(&["x:1"], false)).await.unwrap();
+        ledger.record_image("r1", "b", image(&["x:1", "x:2"], true)).await.unwrap();
+        ledger.record_image("r2", "a", image(&[], true)).await.unwrap();
+        let of_r1 = ledger.images(Some("r1")).await.unwrap();
+        assert_eq!(of_r1.len(), 1);
+        assert_eq!(of_r1[0].image.tags, ["x:1", "x:2"]);
+        assert!(!of_r1[0].image.existed_before, "the first record found it new");
+        assert_eq!(of_r1[0].task_id, "a");
+        assert_eq!(ledger.images(None).await.unwrap().len(), 2, "each run knows it used the image");
+        ledger.images_removed(vec!["sha256:aa".to_string()]).await.unwrap();
+        assert!(ledger.images(None).await.unwrap().is_empty());
+        assert!(ledger.unreleased("r1", None).await.unwrap().is_empty(), "images are no resources to tear down");
     }
 
     #[tokio::test]

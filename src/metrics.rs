@@ -13,8 +13,8 @@ use std::sync::{Mutex, MutexGuard};
 use serde::Serialize;
 
 use crate::errors::Service;
-use crate::events::{Event, EventSink, RemovalEvent, TaskEvent, TaskOutcome, TaskReport};
-use crate::resource::{Kind, RemovalOutcome};
+use crate::events::{DiskUse, Event, EventSink, RemovalEvent, TaskEvent, TaskOutcome, TaskReport};
+use crate::resource::{ImageFate, Kind, RemovalOutcome};
 
 /// Upper bounds of the teardown-time histogram's buckets, in seconds.
 const TEARDOWN_BUCKETS: [f64; 11] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
@@ -64,6 +64,10 @@ struct Tally {
     refused: BTreeMap<Kind, u64>,
     teardown: Histogram,
     last_sweep: Option<i64>,
+    /// Bytes the engine freed, by what from.
+    reclaimed: BTreeMap<DiskUse, u64>,
+    /// Images considered for removal, by fate.
+    images: BTreeMap<&'static str, u64>,
 }
 
 /// Removal figures of one backend, for the run report.
@@ -74,6 +78,16 @@ pub(crate) struct BackendFigures {
     pub(crate) retries: u64,
     /// Removed over removed and failed; `None` when nothing was attempted.
     pub(crate) success_rate: Option<f64>,
+}
+
+fn image_fate(fate: &ImageFate) -> &'static str {
+    match fate {
+        ImageFate::Removed { .. } => "removed",
+        ImageFate::AlreadyGone => "already_gone",
+        ImageFate::WouldRemove { .. } => "would_remove",
+        ImageFate::Kept { .. } => "kept",
+        ImageFate::Failed { .. } => "failed",
+    }
 }
 
 impl Tally {
@@ -100,6 +114,8 @@ impl Tally {
                 self.count_result(report);
             }
             Event::SweepFinished { at, .. } => self.last_sweep = Some(*at),
+            Event::DiskReclaimed { what, bytes } => *self.reclaimed.entry(*what).or_default() += bytes,
+            Event::Image { fate, .. } => *self.images.entry(image_fate(fate)).or_default() += 1,
             Event::PreRunSweepFinished { .. } => self.last_sweep = Some(crate::clock::now_unix()),
             _ => {}
         }
@@ -222,6 +238,9 @@ impl Metrics {
         for (name, kind, help, samples) in &families {
             family(&mut text, &format!("benchwarden_{name}"), kind, help, samples);
         }
+        for (name, kind, help, samples) in &disk_families(&tally) {
+            family(&mut text, &format!("benchwarden_{name}"), kind, help, samples);
+        }
         histogram(&mut text, &tally.teardown);
         let name = "benchwarden_task_score_sum";
         let _ = writeln!(text, "# HELP {name} The sum of the scores in the harnesses' result files (mean: over benchwarden_task_scored_total).\n# TYPE {name} counter\n{name} {}", tally.score_sum);
@@ -238,6 +257,24 @@ impl Metrics {
 
 /// A metric family: its name (after `benchwarden_`), type, help, and samples (labels, value).
 type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
+
+/// The disk families: bytes freed (always both samples, so a rate is 0, not absent) and images by fate.
+fn disk_families(tally: &Tally) -> [Family; 2] {
+    let reclaimed = [DiskUse::Images, DiskUse::BuildCache]
+        .into_iter()
+        .map(|what| (labels(&[("what", what.as_str())]), tally.reclaimed.get(&what).copied().unwrap_or(0)))
+        .collect();
+    let images = tally.images.iter().map(|(fate, count)| (labels(&[("fate", fate)]), *count)).collect();
+    [
+        (
+            "disk_reclaimed_bytes_total",
+            "counter",
+            "Disk the engine freed: removed images (their listed sizes) and build-cache prunes (SpaceReclaimed).",
+            reclaimed,
+        ),
+        ("images_total", "counter", "Images a removal of images considered, by fate.", images),
+    ]
+}
 
 /// Samples labelled by backend and kind.
 fn by_kind(counts: &BTreeMap<(Service, Kind), u64>) -> Vec<(String, u64)> {

@@ -15,6 +15,23 @@ pub(crate) const LABEL_RUN: &str = "benchwarden.run";
 pub(crate) const LABEL_TASK: &str = "benchwarden.task";
 pub(crate) const LABEL_HOST: &str = "benchwarden.host";
 pub(crate) const LABEL_PID: &str = "benchwarden.pid";
+/// The owner labels as the Docker proxy stamps them on built images (see
+/// `intercept::docker_proxy::image_labels`): other keys than a resource's,
+/// since containers inherit their image's labels.
+pub(crate) const LABEL_IMAGE_PREFIX: &str = "benchwarden.image.";
+pub(crate) const LABEL_IMAGE_RUN: &str = "benchwarden.image.run";
+
+/// The owner an image's labels name, read as a resource's owner labels.
+pub(crate) fn image_owner(labels: &BTreeMap<String, String>) -> Option<LabelledOwner> {
+    let as_owner: BTreeMap<String, String> = labels
+        .iter()
+        .filter_map(|(key, value)| {
+            Some((format!("benchwarden.{}", key.strip_prefix(LABEL_IMAGE_PREFIX)?), value.clone()))
+        })
+        .collect();
+    LabelledOwner::from_labels(&as_owner)
+}
+
 /// The label docker compose puts on everything of a project.
 pub(crate) const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
 

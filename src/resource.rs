@@ -191,6 +191,87 @@ pub(crate) fn check_sandbox_id(text: &str) -> Result<String, String> {
     }
 }
 
+/// How a task came to have an image, as its Docker proxy saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageOrigin {
+    /// `POST /build`.
+    Built,
+    /// `POST /images/create?fromImage=…`.
+    Pulled,
+    /// `POST /images/create?fromSrc=…` (`docker import`).
+    Imported,
+}
+
+impl ImageOrigin {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ImageOrigin::Built => "built",
+            ImageOrigin::Pulled => "pulled",
+            ImageOrigin::Imported => "imported",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        match text {
+            "built" => Some(ImageOrigin::Built),
+            "pulled" => Some(ImageOrigin::Pulled),
+            "imported" => Some(ImageOrigin::Imported),
+            _ => None,
+        }
+    }
+}
+
+/// An image a task built, pulled or imported. Images are not torn down
+/// with the task (another task of the run may use them): they are recorded,
+/// and removed at the end of the run only when the benchmark asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordedImage {
+    /// The full id, `sha256:…`.
+    pub id: String,
+    /// The tags the task gave it (`t` of a build, the reference of a pull).
+    pub tags: Vec<String>,
+    pub origin: ImageOrigin,
+    /// The engine had this image before the task asked for it (a pull that
+    /// found it up to date): never removed by benchwarden.
+    pub existed_before: bool,
+}
+
+impl fmt::Display for RecordedImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = self.id.strip_prefix("sha256:").unwrap_or(&self.id);
+        match self.tags.first() {
+            Some(tag) => write!(f, "image {tag} ({})", short_id(id)),
+            None => write!(f, "image {}", short_id(id)),
+        }
+    }
+}
+
+/// What became of one image a removal of images considered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "fate", rename_all = "snake_case")]
+pub enum ImageFate {
+    /// Deleted; `bytes` is its size as the engine listed it (its layers may
+    /// be shared with images that stay, so this is at most what was freed).
+    Removed {
+        bytes: u64,
+    },
+    /// Gone before we got to it.
+    AlreadyGone,
+    /// A dry run would remove it.
+    WouldRemove {
+        bytes: u64,
+    },
+    /// Left alone, and why: it existed before the run, a live run or a
+    /// container uses it.
+    Kept {
+        reason: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
 /// A label selector: `key=value`, or `key` alone for any value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LabelSelector {

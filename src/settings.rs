@@ -255,17 +255,26 @@ pub struct DockerCleanupSettings {
     pub(crate) fail_fast: bool,
     pub(crate) json: bool,
     pub(crate) metrics_file: Option<PathBuf>,
+    /// Sweep containers: a container filter was given (not only the disk flags).
+    pub(crate) containers: bool,
+    /// `--images`: remove the images benchwarden runs made.
+    pub(crate) images: bool,
+    /// `--build-cache-max`: prune the build cache down to this many bytes.
+    pub(crate) build_cache_max: Option<u64>,
 }
 
 impl DockerCleanupSettings {
     pub fn resolve(args: &cli::CleanupDockerArgs) -> Result<Self, Error> {
         let labels = parse_labels(&args.labels)?;
-        if !args.exited && args.older_than.is_none() && labels.is_empty() && !args.all {
+        let disk = args.images || args.build_cache_max.is_some();
+        if !args.exited && args.older_than.is_none() && labels.is_empty() && !args.all && !disk {
             return Err(Error::usage(
                 "cleanup docker needs a selection: --exited, --older-than DUR, --label K=V, \
-                 or --all (every container on the host); add --dry-run to preview",
+                 --all (every container on the host), --images or --build-cache-max SIZE; add --dry-run to preview",
             ));
         }
+        // With only the disk flags (and perhaps --older-than, which then selects images), no container is touched.
+        let containers = args.exited || !labels.is_empty() || args.all || (args.older_than.is_some() && !disk);
         let parallel = args.parallel.unwrap_or(DEFAULT_PARALLEL);
         if parallel == 0 {
             return Err(Error::usage("--parallel must be at least 1"));
@@ -281,6 +290,9 @@ impl DockerCleanupSettings {
             fail_fast: args.fail_fast,
             json: args.json,
             metrics_file: args.metrics_file.clone(),
+            containers,
+            images: args.images,
+            build_cache_max: args.build_cache_max,
         })
     }
 }

@@ -29,6 +29,7 @@ use crate::supervisor::task::RunContext;
 use crate::supervisor::watch::Watcher;
 use crate::supervisor::{process, scheduler, signal};
 use crate::sweep::docker::SweepResult;
+use crate::sweep::images::{self, DiskReport, ImagePolicy};
 use crate::sweep::owned::{self, kept_containers, ContainerPick, OwnedSweep};
 use crate::teardown::{Backends, TakeKept, TeardownOptions};
 
@@ -46,6 +47,7 @@ struct Started {
 /// How a run ended, for its report.
 struct Ending<'a> {
     reports: &'a [TaskReport],
+    disk: Option<&'a DiskReport>,
     pre_run: Option<&'a SweepResult>,
     status: ExitStatus,
     interrupted_by: Option<Signal>,
@@ -81,7 +83,9 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings, session: &Sess
     session.reporter.clear();
     let interrupted_by = shutdown.borrow().signal();
     let status = exit_status(&reports, interrupted_by, settings.fail_on_unresolved);
-    let ending = Ending { reports: &reports, pre_run: pre_run.as_ref(), status, interrupted_by, limits };
+    let disk = remove_run_images(&started, settings, &events).await;
+    let ending =
+        Ending { reports: &reports, disk: disk.as_ref(), pre_run: pre_run.as_ref(), status, interrupted_by, limits };
     finish(&started, global, settings, &ending, session).await?;
     Ok(status)
 }
@@ -238,6 +242,26 @@ fn run_context(
     }
 }
 
+/// With `docker.remove_images`, removes the images the run's tasks made,
+/// once every task is torn down: not at a task's teardown, since another
+/// task of the run may use them. A failure to list is told and the images
+/// stay recorded for `cleanup docker --images`; it does not change the
+/// run's outcome, since nothing of a task leaked.
+async fn remove_run_images(started: &Started, settings: &RunSettings, events: &Events) -> Option<DiskReport> {
+    let docker = started.docker.as_ref().filter(|_| settings.benchmark.docker.remove_images)?;
+    let policy = ImagePolicy { run: Some(&started.run_id), older_than: None, labels: Vec::new(), dry_run: false };
+    match images::remove_images(docker, &started.ledger, &policy, &started.host, events).await {
+        Ok(report) => Some(report),
+        Err(error) => {
+            tracing::error!(
+                "run {}: cannot remove its images: {error}; `benchwarden cleanup docker --images` can",
+                started.run_id
+            );
+            None
+        }
+    }
+}
+
 /// Writes the JSON report, prints the summary, and closes the run in the
 /// ledger, or leaves it open for `recover` when something is left.
 async fn finish(
@@ -247,7 +271,7 @@ async fn finish(
     ending: &Ending<'_>,
     session: &Session,
 ) -> Result<(), Error> {
-    let Ending { reports, pre_run, status, interrupted_by, limits } = *ending;
+    let Ending { reports, disk, pre_run, status, interrupted_by, limits } = *ending;
     let report_path = settings.report.clone().unwrap_or_else(|| started.log_dir.join("report.json"));
     let report = RunReport {
         run_id: &started.run_id,
@@ -261,10 +285,15 @@ async fn finish(
         backends: session.metrics.backend_figures(),
         limits,
         tasks: reports,
+        disk,
+        disk_reclaimed_bytes: disk.map(|disk| disk.reclaimed_bytes).unwrap_or(0),
     };
     write_report(&report_path, &report)?;
     print_stdout(&text::run_summary(reports, limits.as_ref()))?;
     print_stdout(&text::kept_summary(reports, &started.run_id, &global.state_dir))?;
+    if let Some(disk) = disk {
+        print_stdout(&text::disk_summary(disk))?;
+    }
     if reports.iter().any(TaskReport::left_something) {
         // Left open (unended), the run becomes an orphan once we exit, so `recover` retries it.
         let left: usize =

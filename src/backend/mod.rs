@@ -5,6 +5,7 @@
 
 pub mod daytona;
 pub mod docker;
+pub(crate) mod images;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};

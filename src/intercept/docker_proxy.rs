@@ -2,7 +2,10 @@
 //! daemon through a Unix socket of ours (`DOCKER_HOST` in the harness's
 //! environment). Create calls for containers, networks and volumes (under
 //! any `/v1.xx` prefix) get the task's owner labels added, and the new id is
-//! committed to the ledger before the response reaches the client.
+//! committed to the ledger before the response reaches the client. Builds
+//! get the owner labels too (their `labels` parameter), and the images
+//! builds, pulls and imports make are recorded before their answer ends
+//! (see [`super::images`]).
 //! Everything else passes through byte for byte (see [`super::proxy`]),
 //! including hijacked connections: `Upgrade: tcp` answered 101, the older
 //! plain-200 hijack of attach and exec, BuildKit's `/session` and `/grpc`.
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::net::UnixListener;
 
+use super::images::ImageCall;
 use super::proxy::{label_create_body, spawn_server, Policy, Recorder};
 use super::sockets::{private_directory, SOCKET_NAME};
 use crate::net::http::Head;
@@ -61,6 +65,10 @@ impl Policy for DockerPolicy {
 
     fn may_hijack(&self, head: &Head) -> bool {
         may_hijack(head)
+    }
+
+    fn image_call(&self, head: &Head) -> Option<ImageCall> {
+        ImageCall::of(&head.method, unversioned_path(&head.target), &head.target, &image_labels(&self.labels))
     }
 }
 
@@ -147,6 +155,15 @@ fn may_hijack(head: &Head) -> bool {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     head.method.eq_ignore_ascii_case("POST")
         && matches!(parts.as_slice(), ["containers", _, "attach"] | ["exec", _, "start"])
+}
+
+/// The owner labels as a build stamps them on its image: `benchwarden.run`
+/// becomes `benchwarden.image.run`, and so on. Not the owner labels
+/// themselves, because a container inherits its image's labels: every
+/// container made from the image, by anyone, would look owned by the run
+/// that built it, and be torn down with it.
+pub(crate) fn image_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels.iter().map(|(key, value)| (key.replacen("benchwarden.", "benchwarden.image.", 1), value.clone())).collect()
 }
 
 /// Adds the owner labels to a create body. `Err` when it is not a JSON object.

@@ -5,5 +5,6 @@
 
 pub(crate) mod daytona_proxy;
 pub(crate) mod docker_proxy;
+pub(crate) mod images;
 pub(crate) mod proxy;
 pub(crate) mod sockets;

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
+use super::images::{ImageCall, MadeImage};
 use crate::events::{Event, Events};
 use crate::ledger::Ledger;
 use crate::limits::LiveResources;
 use crate::net::http::{error_response, Buffered, Framing, Head, HttpError};
 use crate::net::{BoxRead, BoxWrite, Upstream};
-use crate::resource::{Kind, ResourceRef};
+use crate::resource::{Kind, RecordedImage, ResourceRef};
 
 /// What differs between the Docker and the Daytona proxy.
 pub(crate) trait Policy: Send + Sync + 'static {
@@ -43,6 +44,10 @@ pub(crate) trait Policy: Send + Sync + 'static {
     /// error shape; 429, so that a client that backs off may try again.
     fn refusal(&self, _head: &Head, message: &str) -> Vec<u8> {
         error_response(429, "Too Many Requests", message)
+    }
+    /// A call that makes an image (Docker's builds, pulls and imports), whose answer is watched.
+    fn image_call(&self, _head: &Head) -> Option<ImageCall> {
+        None
     }
 }
 
@@ -90,6 +95,38 @@ impl Recorder {
             tracing::error!("task {}: cannot record a new {kind} in the ledger: {error}", self.task_id);
         }
     }
+}
+
+impl Recorder {
+    /// Records an image the task made, once the engine has named its full id.
+    async fn record_image(&self, made: MadeImage, upstream: &Upstream) {
+        let Some(id) = image_id(upstream, &made.reference).await else {
+            tracing::warn!("task {}: cannot find the image {} it made, to record it", self.task_id, made.reference);
+            return;
+        };
+        let image = RecordedImage { id, tags: made.tags, origin: made.origin, existed_before: made.existed_before };
+        self.events.emit(Event::ImageRecorded { image: &image, task: &self.task_id });
+        if let Err(error) = self.ledger.record_image(&self.run_id, &self.task_id, image).await {
+            tracing::error!("task {}: cannot record an image in the ledger: {error}", self.task_id);
+        }
+    }
+}
+
+/// The full id (`sha256:…`) of an image named by id, short id or
+/// reference, asked of the engine on a connection of its own.
+async fn image_id(upstream: &Upstream, reference: &str) -> Option<String> {
+    let (read, mut write) = upstream.connect().await.ok()?;
+    let request = format!("GET /images/{reference}/json HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n");
+    write.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Buffered::new(read);
+    let head = answer.read_head(false).await.ok()?;
+    let framing = head.response_framing("GET").ok()?;
+    let body = answer.copy_body(framing, &mut tokio::io::sink(), true).await.ok()??;
+    if head.status != 200 {
+        return None;
+    }
+    let value: Value = serde_json::from_slice(&body).ok()?;
+    value.get("Id")?.as_str().map(str::to_string)
 }
 
 /// Accepts connections with `accept` and serves each on its own task until
@@ -167,9 +204,10 @@ pub(crate) async fn serve<P: Policy>(
             upstream_in: &mut upstream_in,
             upstream_out: &mut upstream_out,
         };
-        let step = match policy.create_kind(&head) {
-            Some(kind) => streams.forward_create(kind, head, policy.as_ref(), &recorder).await,
-            None => streams.forward(head, policy.as_ref()).await,
+        let step = match (policy.create_kind(&head), policy.image_call(&head)) {
+            (Some(kind), _) => streams.forward_create(kind, head, policy.as_ref(), &recorder).await,
+            (None, Some(call)) => streams.forward_image(head, call, &recorder, &upstream).await,
+            (None, None) => streams.forward(head, policy.as_ref()).await,
         };
         match step {
             Ok(Next::KeepAlive) => continue,
@@ -256,32 +294,66 @@ impl Streams<'_> {
         Ok(next_after(framing, &head, &response))
     }
 
+    /// A call that makes an image: forwarded as it comes (a build's target
+    /// with owner labels), its answer streamed back while read for the
+    /// image's id; the image is recorded before the end of the answer
+    /// reaches the client.
+    async fn forward_image(
+        &mut self,
+        head: Head,
+        mut call: ImageCall,
+        recorder: &Recorder,
+        upstream: &Upstream,
+    ) -> Result<Next, HttpError> {
+        let framing = head.request_framing()?;
+        let response = self.send_request(head.rewritten(Some(&call.upstream_target), None, None), framing).await?;
+        self.client_out.write_all(&response.raw).await?;
+        self.client_out.flush().await?;
+        let answer_framing = response.response_framing(&head.method)?;
+        if !(200..300).contains(&response.status) {
+            self.upstream_in.copy_body(answer_framing, &mut *self.client_out, false).await?;
+            return Ok(next_after(answer_framing, &head, &response));
+        }
+        let mut observe = |bytes: &[u8]| call.observe(bytes);
+        let end = self.upstream_in.copy_body_observed(answer_framing, &mut *self.client_out, &mut observe).await?;
+        if let Some(made) = call.finish() {
+            recorder.record_image(made, upstream).await;
+        }
+        self.client_out.write_all(&end).await?;
+        self.client_out.flush().await?;
+        Ok(next_after(answer_framing, &head, &response))
+    }
+
+    /// Sends a request head and its body while reading the answer's head.
+    /// The server may answer before it has read the whole body (a build
+    /// that fails early), so sending and receiving race. A client that goes
+    /// away mid-body ends the exchange at once, which closes the upstream
+    /// side too: an answer would never come from a server that still
+    /// expects the rest of the body.
+    async fn send_request(&mut self, upstream_head: Vec<u8>, framing: Framing) -> Result<Head, HttpError> {
+        self.upstream_out.write_all(&upstream_head).await?;
+        self.upstream_out.flush().await?;
+        let send = self.client_in.copy_body(framing, &mut *self.upstream_out, false);
+        let receive = self.upstream_in.read_head(false);
+        tokio::pin!(send, receive);
+        tokio::select! {
+            sent = &mut send => {
+                sent?;
+                receive.await
+            }
+            response = &mut receive => {
+                let response = response?;
+                send.await?;
+                Ok(response)
+            }
+        }
+    }
+
     /// Any other call: head and body forwarded as they come, the answer
     /// streamed back, a hijack or upgrade spliced.
     async fn forward<P: Policy>(&mut self, head: Head, policy: &P) -> Result<Next, HttpError> {
         let framing = head.request_framing()?;
-        self.upstream_out.write_all(&policy.upstream_head(&head, None)).await?;
-        self.upstream_out.flush().await?;
-        // The server may answer before it has read the whole body (a build that fails early), so
-        // sending and receiving race. A client that goes away mid-body ends the exchange at once,
-        // which closes the upstream side too: an answer would never come from a server that still
-        // expects the rest of the body.
-        let response = {
-            let send = self.client_in.copy_body(framing, &mut *self.upstream_out, false);
-            let receive = self.upstream_in.read_head(false);
-            tokio::pin!(send, receive);
-            tokio::select! {
-                sent = &mut send => {
-                    sent?;
-                    receive.await?
-                }
-                response = &mut receive => {
-                    let response = response?;
-                    send.await?;
-                    response
-                }
-            }
-        };
+        let response = self.send_request(policy.upstream_head(&head, None), framing).await?;
         self.client_out.write_all(&response.raw).await?;
         self.client_out.flush().await?;
 

@@ -201,20 +201,54 @@ impl<R: AsyncRead + Unpin> Buffered<R> {
         keep: bool,
     ) -> Result<Option<Vec<u8>>, HttpError> {
         let mut kept = keep.then(Vec::new);
+        let mut keep_decoded = |bytes: &[u8]| keep_bytes(kept.as_mut(), bytes);
+        let end = self.copy_framed(framing, sink, &mut keep_decoded, false).await?;
+        debug_assert!(end.is_empty(), "nothing is held back unless asked");
+        Ok(kept)
+    }
+
+    /// Copies a body like [`Buffered::copy_body`], showing `observe` the
+    /// decoded bytes as they pass, but holds back the end of a chunked body
+    /// (its last chunk and trailers) and returns it: the client does not
+    /// see the answer end until the caller has acted on what it saw.
+    pub(crate) async fn copy_body_observed<W: AsyncWrite + Unpin>(
+        &mut self,
+        framing: Framing,
+        sink: &mut W,
+        observe: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<Vec<u8>, HttpError> {
+        let mut observe_all = |bytes: &[u8]| {
+            observe(bytes);
+            Ok(())
+        };
+        self.copy_framed(framing, sink, &mut observe_all, true).await
+    }
+
+    async fn copy_framed<W: AsyncWrite + Unpin>(
+        &mut self,
+        framing: Framing,
+        sink: &mut W,
+        observe: &mut (dyn FnMut(&[u8]) -> Result<(), HttpError> + Send),
+        hold_end: bool,
+    ) -> Result<Vec<u8>, HttpError> {
         match framing {
             Framing::None => {}
-            Framing::Length(length) => self.copy_exact(length, sink, kept.as_mut()).await?,
+            Framing::Length(length) => self.copy_exact(length, sink, observe).await?,
             Framing::UntilClose => loop {
                 if self.buffer.is_empty() && self.fill().await? == 0 {
                     break;
                 }
                 let bytes: Vec<u8> = self.buffer.drain(..).collect();
-                keep_bytes(kept.as_mut(), &bytes)?;
+                observe(&bytes)?;
                 sink.write_all(&bytes).await?;
                 sink.flush().await?;
             },
             Framing::Chunked => loop {
-                let line = self.read_line(sink).await?;
+                let mut held = Vec::new();
+                let line = match hold_end {
+                    true => self.read_line(&mut held).await?,
+                    false => self.read_line(sink).await?,
+                };
                 let size_text = String::from_utf8_lossy(&line);
                 let size_text = size_text.trim_end_matches("\r\n").split(';').next().unwrap_or("").trim().to_string();
                 let size = u64::from_str_radix(&size_text, 16)
@@ -222,15 +256,19 @@ impl<R: AsyncRead + Unpin> Buffered<R> {
                 if size == 0 {
                     // Trailers, then the blank line that ends the body.
                     loop {
-                        let trailer = self.read_line(sink).await?;
+                        let trailer = match hold_end {
+                            true => self.read_line(&mut held).await?,
+                            false => self.read_line(sink).await?,
+                        };
                         if trailer == b"\r\n" {
                             break;
                         }
                     }
                     sink.flush().await?;
-                    break;
+                    return Ok(held);
                 }
-                self.copy_exact(size, sink, kept.as_mut()).await?;
+                sink.write_all(&held).await?;
+                self.copy_exact(size, sink, observe).await?;
                 let end = self.read_line(sink).await?;
                 if end != b"\r\n" {
                     return Err(HttpError::Malformed("chunk not followed by CRLF".to_string()));
@@ -238,14 +276,14 @@ impl<R: AsyncRead + Unpin> Buffered<R> {
                 sink.flush().await?;
             },
         }
-        Ok(kept)
+        Ok(Vec::new())
     }
 
     async fn copy_exact<W: AsyncWrite + Unpin>(
         &mut self,
         mut remaining: u64,
         sink: &mut W,
-        mut kept: Option<&mut Vec<u8>>,
+        observe: &mut (dyn FnMut(&[u8]) -> Result<(), HttpError> + Send),
     ) -> Result<(), HttpError> {
         while remaining > 0 {
             if self.buffer.is_empty() && self.fill().await? == 0 {
@@ -253,7 +291,7 @@ impl<R: AsyncRead + Unpin> Buffered<R> {
             }
             let take = (remaining as usize).min(self.buffer.len());
             let bytes: Vec<u8> = self.buffer.drain(..take).collect();
-            keep_bytes(kept.as_deref_mut(), &bytes)?;
+            observe(&bytes)?;
             sink.write_all(&bytes).await?;
             remaining -= take as u64;
         }

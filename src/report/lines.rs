@@ -5,7 +5,17 @@
 
 use crate::events::{Event, OrphanEvent, Press, RemovalEvent, StopWhen, TaskEvent, TaskOutcome, TaskReport};
 use crate::limits::Waiting;
-use crate::resource::RemovalOutcome;
+use crate::resource::{ImageFate, RecordedImage, RemovalOutcome};
+
+fn log_image(image: &RecordedImage, fate: &ImageFate) {
+    match fate {
+        ImageFate::Removed { .. } => tracing::info!("removed {image}"),
+        ImageFate::AlreadyGone => tracing::info!("{image} was already gone"),
+        ImageFate::WouldRemove { .. } => tracing::info!("would remove {image}"),
+        ImageFate::Kept { reason } => tracing::info!("leaving {image} alone: {reason}"),
+        ImageFate::Failed { error } => tracing::error!("could not remove {image}: {error}"),
+    }
+}
 
 /// Why the next task waits, for people.
 pub(super) fn waiting_text(waiting: &Waiting) -> String {
@@ -74,6 +84,11 @@ pub(super) fn log(event: &Event<'_>) {
         }
         Event::SweepFinished { .. } | Event::SweepFailed { .. } | Event::SweepStopping { .. } => log_sweep(event),
         Event::Orphan(orphan) => log_orphan(orphan),
+        Event::ImageRecorded { image, task } => tracing::debug!("task {task}: recorded {image}"),
+        Event::Image { image, fate } => log_image(image, fate),
+        Event::DiskReclaimed { what, bytes } => {
+            tracing::info!("{}: {} freed", what.as_str().replace('_', " "), super::text::human_bytes(*bytes))
+        }
     }
 }
 

@@ -15,10 +15,11 @@ use crate::limits::LimitsReport;
 use crate::metrics::BackendFigures;
 use crate::owner::LabelledOwner;
 use crate::recover::RecoveredRun;
-use crate::resource::{short_id, RemovalOutcome, RemovalReport, ResourceRef};
+use crate::resource::{short_id, ImageFate, RemovalOutcome, RemovalReport, ResourceRef};
 use crate::results::TaskResult;
 use crate::sweep::daytona::DaytonaSweepResult;
 use crate::sweep::docker::SweepResult;
+use crate::sweep::images::DiskReport;
 
 /// Formats an age for tables: `45s`, `12m`, `3h`, `2d`.
 pub(crate) fn format_age(seconds: i64) -> String {
@@ -238,6 +239,63 @@ pub(crate) struct RunReport<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) limits: Option<LimitsReport>,
     pub(crate) tasks: &'a [TaskReport],
+    /// The images removed at the end (`docker.remove_images`), and the disk
+    /// that freed; `None` when the run kept its images.
+    pub(crate) disk: Option<&'a DiskReport>,
+    /// Bytes freed: `disk.reclaimed_bytes`, 0 without it.
+    pub(crate) disk_reclaimed_bytes: u64,
+}
+
+/// What removing images and pruning the build cache did, for people: a
+/// line per image not simply removed, the build-cache prune, the total.
+pub(crate) fn disk_summary(report: &DiskReport) -> String {
+    let mut out = String::new();
+    let count = |wanted: fn(&ImageFate) -> bool| report.count(wanted);
+    if !report.images.is_empty() {
+        out.push_str(&format!(
+            "images: {} removed, {} already gone, {} would go (dry run), {} kept, {} failed\n",
+            count(|fate| matches!(fate, ImageFate::Removed { .. })),
+            count(|fate| matches!(fate, ImageFate::AlreadyGone)),
+            count(|fate| matches!(fate, ImageFate::WouldRemove { .. })),
+            count(|fate| matches!(fate, ImageFate::Kept { .. })),
+            count(|fate| matches!(fate, ImageFate::Failed { .. })),
+        ));
+    }
+    for result in &report.images {
+        match &result.fate {
+            ImageFate::Kept { reason } => out.push_str(&format!("  kept: {}: {reason}\n", result.image)),
+            ImageFate::Failed { error } => out.push_str(&format!("  failed: {}: {error}\n", result.image)),
+            ImageFate::WouldRemove { .. } => out.push_str(&format!("  would remove: {}\n", result.image)),
+            ImageFate::Removed { .. } | ImageFate::AlreadyGone => {}
+        }
+    }
+    if let Some(prune) = &report.build_cache {
+        let limit = human_bytes(prune.max_bytes);
+        match (&prune.error, prune.reclaimed_bytes) {
+            (Some(error), _) => out.push_str(&format!("build cache: prune to {limit} failed: {error}\n")),
+            (None, Some(bytes)) => {
+                out.push_str(&format!("build cache: pruned to {limit}, {} freed\n", human_bytes(bytes)))
+            }
+            (None, None) => out.push_str(&format!("build cache: would be pruned to {limit} (dry run)\n")),
+        }
+    }
+    out.push_str(&format!("disk freed: {}\n", human_bytes(report.reclaimed_bytes)));
+    out
+}
+
+/// Bytes for people, in powers of 1000 as docker prints them: `1.2 GB`.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
 }
 
 /// The summary of a run: a row per task, the counts, then what went wrong.

@@ -6,6 +6,7 @@
 
 pub(crate) mod daytona;
 pub(crate) mod docker;
+pub(crate) mod images;
 pub(crate) mod owned;
 
 use serde::Serialize;

@@ -12,6 +12,7 @@ mod daytona;
 mod daytona_errors;
 mod docker_proxy;
 mod harnesses;
+mod images;
 mod keep;
 mod limits;
 mod metrics;
