@@ -207,12 +207,7 @@ impl Metrics {
         let verdicts =
             tally.verdicts.iter().map(|(verdict, count)| (labels(&[("verdict", verdict)]), *count)).collect();
         let fates = tally.fates.iter().map(|(fate, count)| (labels(&[("fate", fate)]), *count)).collect();
-        let refused = tally
-            .refused
-            .iter()
-            .map(|(kind, count)| (labels(&[("backend", kind.service().as_str()), ("kind", kind.as_str())]), *count))
-            .collect();
-        let families: [Family; 10] = [
+        let families: [Family; 9] = [
             ("resources_created_total", "counter", "Resources tasks created.", by_kind(&tally.created)),
             (
                 "resources_removed_total",
@@ -230,7 +225,6 @@ impl Metrics {
                 "What became of the resources tasks created: created, removed_by_harness, removed_by_benchwarden, leaked.",
                 fates,
             ),
-            ("creates_refused_total", "counter", "Creates refused at a hard limit (limits.hard).", refused),
             ("live_resources", "gauge", "Resources still owned, as the ledger records them.", by_kind(live)),
             ("last_sweep_timestamp_seconds", "gauge", "When the last sweep finished, in Unix seconds.", last_sweep),
         ];
@@ -238,7 +232,7 @@ impl Metrics {
         for (name, kind, help, samples) in &families {
             family(&mut text, &format!("benchwarden_{name}"), kind, help, samples);
         }
-        for (name, kind, help, samples) in &disk_families(&tally) {
+        for (name, kind, help, samples) in disk_families(&tally).iter().chain(&[refused_family(&tally)]) {
             family(&mut text, &format!("benchwarden_{name}"), kind, help, samples);
         }
         histogram(&mut text, &tally.teardown);
@@ -257,6 +251,16 @@ impl Metrics {
 
 /// A metric family: its name (after `benchwarden_`), type, help, and samples (labels, value).
 type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
+
+/// Creates refused at a hard limit, by backend and kind.
+fn refused_family(tally: &Tally) -> Family {
+    let refused = tally
+        .refused
+        .iter()
+        .map(|(kind, count)| (labels(&[("backend", kind.service().as_str()), ("kind", kind.as_str())]), *count))
+        .collect();
+    ("creates_refused_total", "counter", "Creates refused at a hard limit (limits.hard).", refused)
+}
 
 /// The disk families: bytes freed (always both samples, so a rate is 0, not absent) and images by fate.
 fn disk_families(tally: &Tally) -> [Family; 2] {

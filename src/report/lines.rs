@@ -66,12 +66,7 @@ pub(super) fn log(event: &Event<'_>) {
             )
         }
         Event::Created { resource } => tracing::debug!("created {resource}"),
-        Event::Refused { task, refusal } => {
-            tracing::warn!("task {task}: a {} create was refused: {}", refusal.kind, refusal.message())
-        }
-        Event::Waiting { waiting: Some(waiting), news: true } => tracing::info!("{}", waiting_text(waiting)),
-        Event::Waiting { waiting: Some(waiting), news: false } => tracing::debug!("{}", waiting_text(waiting)),
-        Event::Waiting { waiting: None, .. } => tracing::info!("room under the limits: starting the next task"),
+        Event::Refused { .. } | Event::Waiting { .. } => log_limits(event),
         Event::Protected { resource, reason } => tracing::info!("leaving {resource} alone: {reason}"),
         Event::WouldRemove { resource } => tracing::info!("would remove {resource}"),
         Event::Leaked { resource } => tracing::error!("leaked: {resource} is still there after teardown"),
@@ -89,6 +84,18 @@ pub(super) fn log(event: &Event<'_>) {
         Event::DiskReclaimed { what, bytes } => {
             tracing::info!("{}: {} freed", what.as_str().replace('_', " "), super::text::human_bytes(*bytes))
         }
+    }
+}
+
+fn log_limits(event: &Event<'_>) {
+    match event {
+        Event::Refused { task, refusal } => {
+            tracing::warn!("task {task}: a {} create was refused: {}", refusal.kind, refusal.message())
+        }
+        Event::Waiting { waiting: Some(waiting), news: true } => tracing::info!("{}", waiting_text(waiting)),
+        Event::Waiting { waiting: Some(waiting), news: false } => tracing::debug!("{}", waiting_text(waiting)),
+        Event::Waiting { waiting: None, .. } => tracing::info!("room under the limits: starting the next task"),
+        _ => {}
     }
 }
 
