@@ -23,6 +23,7 @@ use crate::resource::{RemovalOutcome, RemovalReport};
 use crate::retry::RetryPolicy;
 use crate::sweep::daytona::{sweep_daytona, DaytonaSweep, DaytonaSweepResult, SandboxOwners, SandboxSelection};
 use crate::sweep::docker::SweepResult;
+use crate::sweep::images::{self, DiskReport, ImagePolicy};
 use crate::sweep::owned::{kept_containers, sweep_owned, ContainerPick, OwnedSweep};
 use crate::teardown::{Backends, TakeKept, TeardownOptions};
 
@@ -35,6 +36,8 @@ const HOUR: Duration = Duration::from_secs(3_600);
 #[derive(Debug, Clone)]
 pub(crate) struct CleanupPolicy {
     pub(crate) aggressive: bool,
+    /// With `aggressive`: the build cache is pruned down to this many bytes.
+    pub(crate) build_cache_max: u64,
     /// The benchmark files' selectors: what they claim is benchmark-owned too.
     pub(crate) selectors: Vec<Selector>,
     pub(crate) docker_dry_run: bool,
@@ -84,6 +87,8 @@ pub(crate) struct CleanupReport {
     pub(crate) recovered: Vec<RecoveredRun>,
     pub(crate) docker: Option<SweepResult>,
     pub(crate) daytona: Option<DaytonaSweepResult>,
+    /// With `aggressive`: the images benchwarden runs made, and the build cache.
+    pub(crate) disk: Option<DiskReport>,
     pub(crate) skipped: Vec<Skipped>,
 }
 
@@ -126,7 +131,7 @@ impl CleanupReport {
             ExitStatus::Usage
         } else if left {
             ExitStatus::Leaked
-        } else if counts.failed > 0 || counts.pending > 0 {
+        } else if counts.failed > 0 || counts.pending > 0 || self.disk.as_ref().is_some_and(|disk| disk.failed() > 0) {
             ExitStatus::Failure
         } else {
             ExitStatus::Success
@@ -174,8 +179,25 @@ pub(crate) async fn clean_up(
             removal: policy.removal(DEFAULT_PARALLEL),
         };
         report.docker = Some(sweep_owned(docker, &runs, &sweep, host, events).await?);
+        if policy.aggressive {
+            report.disk = Some(clean_disk(docker, ledger, policy, host, events).await?);
+        }
     }
     Ok(report)
+}
+
+/// `aggressive`'s disk: the images benchwarden runs made, of any age (never
+/// one a live run or a container uses), then the build cache down to its cap.
+async fn clean_disk(
+    docker: &DockerBackend,
+    ledger: &Ledger,
+    policy: &CleanupPolicy,
+    host: &str,
+    events: &Events,
+) -> Result<DiskReport, Error> {
+    let images = ImagePolicy { run: None, older_than: None, labels: Vec::new(), dry_run: policy.docker_dry_run };
+    let dry_run = policy.docker_dry_run;
+    images::clean_disk(docker, ledger, Some(&images), Some(policy.build_cache_max), dry_run, host, events).await
 }
 
 /// Recovers orphaned runs with the backends that act: a backend in a dry
@@ -210,6 +232,7 @@ mod tests {
     fn policy(aggressive: bool) -> CleanupPolicy {
         CleanupPolicy {
             aggressive,
+            build_cache_max: 0,
             selectors: Vec::new(),
             docker_dry_run: false,
             daytona_dry_run: true,

@@ -191,9 +191,15 @@ pub enum CleanupCommand {
 /// What `cleanup all` and `sweep` take, and how.
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
-    /// Also remove running benchmark containers, and any benchmark sandbox older than 1 hour
+    /// Also remove running benchmark containers, any benchmark sandbox older than 1 hour, the images
+    /// benchwarden runs made (none a live run or a container uses), and prune the build cache to
+    /// --build-cache-max
     #[arg(long)]
     pub(crate) aggressive: bool,
+
+    /// With --aggressive, prune the build cache down to this size (30GB, 500MB, 2GiB) [default: 30GB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "aggressive")]
+    pub(crate) build_cache_max: Option<u64>,
 
     /// Only Docker: leave Daytona alone
     #[arg(long, conflicts_with = "daytona_only")]
@@ -229,7 +235,8 @@ pub struct PolicyArgs {
     - what orphaned runs own (runs on this host whose benchwarden process is gone)\n  \
     - exited containers that benchmarks own\n  \
     - stopped benchmark sandboxes older than 1 day\n\
-    With --aggressive: running benchmark containers too, and any benchmark sandbox older than 1 hour.\n\
+    With --aggressive: running benchmark containers too, any benchmark sandbox older than 1 hour, the images \
+    benchwarden runs made (not one a live run or a container uses), and the build cache beyond --build-cache-max.\n\
     \"Benchmarks own\" means benchwarden's owner labels (for sandboxes: of runs on this host), or the \
     selectors of the files given with --benchmark. A live run's resources are never touched.\n\n\
     Dry runs: Docker acts unless --dry-run, as `cleanup docker` does; Daytona is a dry run unless \

@@ -331,6 +331,7 @@ impl CleanupAllSettings {
         }
         let policy = CleanupPolicy {
             aggressive: args.aggressive,
+            build_cache_max: args.build_cache_max.unwrap_or(DEFAULT_BUILD_CACHE_MAX),
             selectors,
             docker_dry_run: args.dry_run,
             daytona_dry_run: !args.no_dry_run,
@@ -482,6 +483,8 @@ pub struct RunSettings {
     pub(crate) limits: Limits,
 }
 
+/// What `cleanup all --aggressive` prunes the build cache down to: Terminal-Bench's own CI keeps 30 GB.
+const DEFAULT_BUILD_CACHE_MAX: u64 = 30_000_000_000;
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_CLEANUP_AGE: Duration = Duration::from_secs(86_400);
 

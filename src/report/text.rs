@@ -142,6 +142,9 @@ pub(crate) fn cleanup_summary(report: &CleanupReport) -> String {
     if let Some(docker) = &report.docker {
         text.push_str(&sweep_summary(docker));
     }
+    if let Some(disk) = &report.disk {
+        text.push_str(&disk_summary(disk));
+    }
     if let Some(daytona) = &report.daytona {
         text.push_str(&daytona_sweep_summary(daytona));
     }

@@ -216,3 +216,39 @@ async fn build_cache_max_prunes_through_the_engine_api() {
     let bad = scope.cli(&["cleanup", "docker", "--build-cache-max", "lots"]).await;
     bad.assert_code(2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_all_aggressive_takes_the_images_runs_made_and_prunes_the_build_cache() {
+    let scope = TestScope::new("images-all").await;
+    let (images, _guard) = Images::new(&scope);
+    let output = run(&scope, &benchmark(&scope, &images, false)).await;
+    output.assert_code(0);
+    let run_id = report(&output)["run_id"].as_str().unwrap().to_string();
+    assert!(exists(&images.built) && exists(&images.used), "kept without the key");
+    // The engine as this run's images (and the container that inherited their labels) show it, so
+    // that no other test's images or containers are in sight; a build-cache prune through it
+    // prunes nothing of anyone's.
+    let engine = common::ScopedEngine::start(&format!("benchwarden.image.run={run_id}"));
+    let mut command = scope.benchwarden();
+    command
+        .args(["cleanup", "all", "--aggressive", "--docker-only", "--build-cache-max", "2GB", "--json"])
+        .env("DOCKER_HOST", engine.docker_host());
+    let cleaned = common::run_cli(command).await;
+    cleaned.assert_code(0);
+    let json = cleaned.json();
+    assert!(!exists(&images.built), "{cleaned}");
+    // The container made outside the run is no benchmark's: it stays, and so does its image.
+    assert!(exists(&images.used), "{cleaned}");
+    let fates: Vec<String> = json["disk"]["images"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no disk report: {cleaned}"))
+        .iter()
+        .map(|image| {
+            format!("{} {}", image["image"]["tags"][0].as_str().unwrap_or(""), image["fate"].as_str().unwrap())
+        })
+        .collect();
+    assert!(fates.contains(&format!("{} removed", images.built)), "{fates:?}");
+    assert!(fates.contains(&format!("{} kept", images.used)), "{fates:?}");
+    assert_eq!(json["disk"]["build_cache"]["max_bytes"], 2_000_000_000u64, "{cleaned}");
+    assert!(json["disk"]["build_cache"]["error"].is_null(), "{cleaned}");
+}

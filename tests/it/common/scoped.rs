@@ -1,6 +1,7 @@
 //! A test's own view of the Docker engine: a Unix socket that forwards
 //! every request to the real daemon, but adds the test's label to the
-//! `filters` of every listing (containers, networks, volumes). A command
+//! `filters` of every listing (containers, networks, volumes, images), and
+//! makes a build-cache prune prune nothing. A command
 //! that cleans up host-wide by policy (`cleanup all`, `sweep`, the old
 //! scripts' wrappers) pointed at it sees, and so removes, only what the
 //! test created, never another test's containers or a person's.
@@ -69,6 +70,13 @@ async fn forward(request: Request<Incoming>, label: String) -> Result<Response<B
             parts.uri = narrowed;
         }
     }
+    // The build cache cannot be scoped to a test: a prune through this socket prunes nothing
+    // (a cache record id no record has), and is answered as the engine answers it.
+    if parts.method == hyper::Method::POST && unversioned(parts.uri.path()) == Some("/build/prune") {
+        if let Some(narrowed) = with_filter(&parts.uri, "id", "benchwarden-test-prunes-nothing") {
+            parts.uri = narrowed;
+        }
+    }
     let request = Request::from_parts(parts, body);
     let answer = async {
         let stream = UnixStream::connect(docker_socket()).await.map_err(|error| error.to_string())?;
@@ -88,16 +96,26 @@ async fn forward(request: Request<Incoming>, label: String) -> Result<Response<B
     })
 }
 
+/// The path without its `/v1.xx` prefix.
+fn unversioned(path: &str) -> Option<&str> {
+    match path.strip_prefix("/v") {
+        Some(rest) => Some(&rest[rest.find('/')?..]),
+        None => Some(path),
+    }
+}
+
 /// The listing's URI with `label` added to its `filters`; `None` for any other request.
 fn narrowed_uri(uri: &hyper::Uri, label: &str) -> Option<hyper::Uri> {
-    let path = uri.path();
-    let unversioned = match path.strip_prefix("/v") {
-        Some(rest) => &rest[rest.find('/')?..],
-        None => path,
-    };
-    if !matches!(unversioned, "/containers/json" | "/networks" | "/networks/" | "/volumes" | "/volumes/") {
+    let listing = ["/containers/json", "/networks", "/networks/", "/volumes", "/volumes/", "/images/json"];
+    if !listing.contains(&unversioned(uri.path())?) {
         return None;
     }
+    with_filter(uri, "label", label)
+}
+
+/// The URI with `value` added to its `filters` under `key`.
+fn with_filter(uri: &hyper::Uri, key: &str, value: &str) -> Option<hyper::Uri> {
+    let path = uri.path();
     let mut pairs: Vec<(String, String)> = uri
         .query()
         .unwrap_or_default()
@@ -112,8 +130,8 @@ fn narrowed_uri(uri: &hyper::Uri, label: &str) -> Option<hyper::Uri> {
         Some(index) => serde_json::from_str(&pairs.remove(index).1).unwrap_or_else(|_| serde_json::json!({})),
         None => serde_json::json!({}),
     };
-    let labels = filters.as_object_mut()?.entry("label").or_insert_with(|| serde_json::json!([]));
-    labels.as_array_mut()?.push(Value::String(label.to_string()));
+    let values = filters.as_object_mut()?.entry(key).or_insert_with(|| serde_json::json!([]));
+    values.as_array_mut()?.push(Value::String(value.to_string()));
     pairs.push(("filters".to_string(), filters.to_string()));
     let query: Vec<String> =
         pairs.iter().map(|(key, value)| format!("{}={}", percent_encode(key), percent_encode(value))).collect();
