@@ -114,9 +114,11 @@ impl Refusal {
     /// For the harness's user, in the API's error body.
     pub(crate) fn message(&self) -> String {
         format!(
-            "this run's limit of {} {}s is reached ({} live or being created); the create was refused because \
+            "this run's limit of {} {} is reached ({} live or being created); the create was refused because \
              limits.hard is set in the benchmark file",
-            self.limit, self.kind, self.live
+            self.limit,
+            self.kind.plural(),
+            self.live
         )
     }
 }

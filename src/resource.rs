@@ -30,6 +30,16 @@ impl Kind {
         }
     }
 
+    /// The plural, for people: "sandboxes".
+    pub(crate) fn plural(self) -> &'static str {
+        match self {
+            Kind::Container => "containers",
+            Kind::Network => "networks",
+            Kind::Volume => "volumes",
+            Kind::Sandbox => "sandboxes",
+        }
+    }
+
     pub(crate) fn parse(text: &str) -> Option<Kind> {
         match text {
             "container" => Some(Kind::Container),

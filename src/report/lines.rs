@@ -21,9 +21,13 @@ fn log_image(image: &RecordedImage, fate: &ImageFate) {
 pub(super) fn waiting_text(waiting: &Waiting) -> String {
     let Waiting { kind, live, limit, expected, learning } = *waiting;
     match learning {
-        true => format!("next task waits: learning how many {kind}s a task makes before starting another (limit {limit})"),
+        true => format!(
+            "next task waits: learning how many {} a task makes before starting another (limit {limit})",
+            kind.plural()
+        ),
         false => format!(
-            "next task waits for room: {live} {kind}(s) live, {expected} with it and what running tasks may still make (limit {limit})"
+            "next task waits for room: {live} {} live, {expected} with it and what running tasks may still make (limit {limit})",
+            kind.plural()
         ),
     }
 }

@@ -10,8 +10,10 @@ use std::collections::{BTreeSet, HashMap};
 use bollard::query_parameters::EventsOptions;
 use futures_util::StreamExt;
 
+use crate::common::daytona::Org;
 use crate::common::{self, TestScope, SCOPE_LABEL};
 use crate::run::{claimed_labels, fixture, path};
+use daytona_contract::ContractConfig;
 
 /// Follows the engine's container create and destroy events of a scope and
 /// keeps the most containers live at once. Started before the run, read
@@ -227,4 +229,89 @@ async fn a_teardown_removes_running_containers_before_stopped_ones_the_oldest_fi
     }
     assert_eq!(order, ["running-1", "running-2", "stopped-1", "stopped-2"], "{output}");
     assert!(scope.leftovers().await.is_empty(), "{output}");
+}
+
+/// `harness.py COUNT`: creates COUNT sandboxes with the official SDK through
+/// the task's proxy, printing `created <id>` or `refused: <error>` for each,
+/// then holds them for a second.
+const SDK_LIMIT_HARNESS: &str = r#"
+import sys, time
+from daytona import Daytona, CreateSandboxFromSnapshotParams
+
+daytona = Daytona()
+for index in range(int(sys.argv[1])):
+    try:
+        sandbox = daytona.create(CreateSandboxFromSnapshotParams(labels={"fixture": "limits"}), timeout=60)
+        print(f"created {sandbox.id}", flush=True)
+    except Exception as error:
+        print(f"refused: {type(error).__name__}: {error}", flush=True)
+time.sleep(1)
+"#;
+
+fn sdk_benchmark(org: &Org, tasks: &[&str], count: usize, limits: &str) -> String {
+    let dir = org.state_dir().join("fixture");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("harness.py"), SDK_LIMIT_HARNESS).unwrap();
+    let yaml = format!(
+        "name: sdk-limits\n\
+         harness:\n  command: [\"{python}\", harness.py, \"{count}\"]\n  cwd: .\n\
+         tasks: [{tasks}]\n\
+         docker:\n  enabled: false\n\
+         daytona:\n  auto_stop_minutes: 30\n\
+         limits:\n{limits}",
+        python = common::venv_python("daytona").display(),
+        tasks = tasks.join(", "),
+    );
+    let benchmark = dir.join("benchmark.yaml");
+    std::fs::write(&benchmark, yaml).unwrap();
+    benchmark.to_str().unwrap().to_string()
+}
+
+/// The most sandboxes the server had at once that nobody had asked to delete, from its request log.
+fn most_undeleted(org: &Org) -> usize {
+    let (mut live, mut most) = (0usize, 0usize);
+    for request in org.server.requests() {
+        let succeeded = request.status.is_some_and(|status| (200..300).contains(&status));
+        match (request.route.as_str(), succeeded) {
+            ("POST /api/sandbox", true) => live += 1,
+            (route, true) if route.starts_with("DELETE ") => live = live.saturating_sub(1),
+            _ => {}
+        }
+        most = most.max(live);
+    }
+    most
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_of_two_sandboxes_under_a_cap_of_three_never_have_more_than_three() {
+    let org = Org::start(ContractConfig::default()).await;
+    let benchmark = sdk_benchmark(&org, &["a", "b", "c"], 2, "  max_sandboxes: 3\n");
+    let output = org.cli(&["run", &benchmark, "-j", "3"]).await;
+    output.assert_code(0);
+    assert_eq!(org.server.stats().creates, 6, "{output}");
+    let most = most_undeleted(&org);
+    assert!(most <= 3, "{most} sandboxes at once under a cap of 3\n{output}");
+    assert!(output.stdout.contains("limits: at most 3 sandboxes live (peak 2)"), "{output}");
+    assert!(org.left().is_empty(), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hard_cap_refuses_the_sandbox_past_it_through_the_official_sdk() {
+    let org = Org::start(ContractConfig::default()).await;
+    let benchmark = sdk_benchmark(&org, &["sdk"], 3, "  max_sandboxes: 2\n  hard: true\n");
+    let output = org.cli(&["run", &benchmark, "-j", "1"]).await;
+    output.assert_code(0);
+    let report = crate::run::report_json(&output);
+    let log = std::fs::read_to_string(report["tasks"][0]["log"].as_str().unwrap()).unwrap();
+    let refused = log.lines().find(|line| line.starts_with("refused: ")).unwrap_or_else(|| panic!("{log}\n{output}"));
+    // The SDK raised its own error for a 429, with our message.
+    assert!(refused.contains("DaytonaRateLimitError"), "{refused}");
+    assert!(
+        refused.contains("this run's limit of 2 sandboxs is reached") || refused.contains("limit of 2 sandbox"),
+        "{refused}"
+    );
+    assert_eq!(org.server.stats().creates, 2, "the refused create never reached the server\n{output}");
+    assert_eq!(report["tasks"][0]["refused_creates"], 1, "{report}");
+    assert_eq!(report["limits"]["refused_sandboxes"], 1, "{report}");
+    assert!(org.left().is_empty(), "{output}");
 }
