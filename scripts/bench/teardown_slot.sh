@@ -17,6 +17,12 @@
 # first, and checks that nothing of the round is left. Prints each round,
 # the medians, the ratio benchwarden/xargs and the overhead in percent.
 #
+# STOP=DUR makes each teardown wait, as a graceful stop or a Daytona delete
+# does, instead of using CPU: the benchmark file gets `docker.stop_timeout:
+# DUR` (the containers' `sleep` is PID 1 and ignores SIGTERM, so each stop
+# waits the whole DUR), and the xargs loop runs `docker stop -t DUR` before
+# its `docker rm -f`.
+#
 # BASELINE=/path/to/benchwarden adds that binary as a third contender in
 # each round (benchwarden and the baseline swap places every round), with
 # its medians and the ratio benchwarden/baseline: how a change moved the
@@ -27,6 +33,7 @@ set -euo pipefail
 tasks=${1:-40}
 jobs=${2:-8}
 rounds=${ROUNDS:-5}
+stop=${STOP:-}
 baseline=${BASELINE:-}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -65,7 +72,9 @@ EOF
     echo "harness:"
     echo "  command: [sh, $work/harness.sh, \"{task}\"]"
     echo "tasks: [$(seq -s ', ' -f 't%g' 1 "$tasks")]"
+    [[ -z $stop ]] || printf 'docker:\n  stop_timeout: %s\n' "$stop"
 } >"$work/benchmark.yaml"
+stop_seconds=$(sed -e 's/s$//' <<<"${stop:-0}")
 
 since() { awk -v start="$1" -v now="$EPOCHREALTIME" 'BEGIN { printf "%.3f", now - start }'; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -99,14 +108,14 @@ time_benchwarden() {
 time_xargs() {
     local began
     began=$EPOCHREALTIME
-    seq -f 't%g' 1 "$tasks" | ROUND=$1 BENCH=$bench_id xargs -P "$jobs" -I '{}' sh -c \
-        'sh "$0" "$1"; docker rm -f $(docker ps -aq --filter "label=bench=$BENCH" --filter "label=bench.task=$1" --filter "label=bench.round=$ROUND") >/dev/null' \
+    seq -f 't%g' 1 "$tasks" | ROUND=$1 BENCH=$bench_id STOP_SECONDS=$stop_seconds xargs -P "$jobs" -I '{}' sh -c \
+        'sh "$0" "$1"; ids=$(docker ps -aq --filter "label=bench=$BENCH" --filter "label=bench.task=$1" --filter "label=bench.round=$ROUND"); if [ "$STOP_SECONDS" != 0 ]; then docker stop -t "$STOP_SECONDS" $ids >/dev/null; fi; docker rm -f $ids >/dev/null' \
         "$work/harness.sh" '{}'
     took=$(since "$began")
     check_clean "$1" xargs
 }
 
-echo "$tasks tasks at -j $jobs, each: 2 containers held 1 s; $rounds rounds"
+echo "$tasks tasks at -j $jobs, each: 2 containers held 1 s${stop:+, stopped with a timeout of $stop}; $rounds rounds"
 echo "$(nproc) cores, Docker $(docker version --format '{{.Server.Version}}'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 b_times=() x_times=() l_times=()
 for round in $(seq "$rounds"); do
