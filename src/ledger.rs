@@ -341,22 +341,11 @@ impl Ledger {
         let (run_id, task_id) = (run_id.to_string(), task_id.to_string());
         self.on_blocking_pool(move |connection| {
             let transaction = connection.transaction()?;
-            for resource in resources {
-                transaction.execute(
-                    "INSERT INTO resources (backend, kind, id, name, run_id, task_id, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (backend, kind, id) DO UPDATE SET name = excluded.name
-                     WHERE resources.name = '' AND excluded.name != ''",
-                    params![
-                        resource.kind.backend(),
-                        resource.kind.as_str(),
-                        resource.id,
-                        resource.name,
-                        run_id,
-                        task_id,
-                        now_unix()
-                    ],
-                )?;
+            for resource in &resources {
+                // A name learnt later (a listing after a create that gave none) fills the gap.
+                let on_conflict =
+                    "DO UPDATE SET name = excluded.name WHERE resources.name = '' AND excluded.name != ''";
+                insert_resource(&transaction, resource, &run_id, &task_id, None, on_conflict)?;
             }
             transaction.commit()
         })
@@ -387,20 +376,7 @@ impl Ledger {
     ) -> Result<bool, Error> {
         let (run_id, task_id) = (run_id.to_string(), task_id.to_string());
         self.on_blocking_pool(move |connection| {
-            connection.execute(
-                "INSERT INTO resources (backend, kind, id, name, run_id, task_id, created_at, endpoint)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (backend, kind, id) DO NOTHING",
-                params![
-                    resource.kind.backend(),
-                    resource.kind.as_str(),
-                    resource.id,
-                    resource.name,
-                    run_id,
-                    task_id,
-                    now_unix(),
-                    endpoint
-                ],
-            )
+            insert_resource(connection, &resource, &run_id, &task_id, endpoint.as_deref(), "DO NOTHING")
         })
         .await
         .map(|inserted| inserted > 0)
@@ -605,6 +581,34 @@ fn image_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ImageRecor
         task_id: row.get(5)?,
         recorded_at: row.get(6)?,
     }))
+}
+
+/// Inserts one resource row, owned by `task_id` of `run_id` from now;
+/// `on_conflict` says what a row already there for it keeps.
+fn insert_resource(
+    connection: &Connection,
+    resource: &ResourceRef,
+    run_id: &str,
+    task_id: &str,
+    endpoint: Option<&str>,
+    on_conflict: &str,
+) -> rusqlite::Result<usize> {
+    connection.execute(
+        &format!(
+            "INSERT INTO resources (backend, kind, id, name, run_id, task_id, created_at, endpoint)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (backend, kind, id) {on_conflict}"
+        ),
+        params![
+            resource.kind.backend(),
+            resource.kind.as_str(),
+            resource.id,
+            resource.name,
+            run_id,
+            task_id,
+            now_unix(),
+            endpoint
+        ],
+    )
 }
 
 /// Unreleased resources, of one run and one task when given, oldest first.
