@@ -377,9 +377,19 @@ async fn kill_9_then_recover(harness: Harness, proxy: Proxy) -> CliOutput {
     let before = engine_leftovers(&run.scope, &run.tasks).await;
     assert!(!before.containers.is_empty(), "nothing to recover: the test proves nothing");
 
+    // A live harness keeps starting short-lived helpers (`docker info`, compose's plugin
+    // metadata), so the processes the dry run must list are those there both before it
+    // started and after it ended: the harness processes themselves among them.
+    let before_dry = run_processes(&run_id);
     let dry = run.scope.cli(&["recover", "--dry-run"]).await;
     dry.assert_code(0);
-    for process in run_processes(&run_id) {
+    let after_dry = run_processes(&run_id);
+    let throughout: Vec<&String> = before_dry.iter().filter(|process| after_dry.contains(process)).collect();
+    assert!(
+        throughout.iter().filter(|process| process.contains(" run ")).count() >= 2,
+        "the two harness processes were not running throughout: {before_dry:?} / {after_dry:?}"
+    );
+    for process in throughout {
         let pid = process.split(' ').next().unwrap();
         assert!(dry.stdout.contains(&format!("would kill: pid {pid} ")), "{process} not listed\n{dry}");
     }
