@@ -477,8 +477,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|error| format!("{error} (expected a duration such as 90s, 30m, 24h or 2d)"))
+    crate::clock::parse_duration(text)
 }
 
 #[cfg(test)]

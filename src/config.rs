@@ -249,9 +249,8 @@ fn yes() -> bool {
 fn optional_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
     let text: Option<String> = Option::deserialize(deserializer)?;
     text.map(|text| {
-        humantime::parse_duration(&text).map_err(|error| {
-            serde::de::Error::custom(format!("invalid duration {text:?}: {error} (e.g. 90s, 30m, 2d)"))
-        })
+        crate::clock::parse_duration(&text)
+            .map_err(|error| serde::de::Error::custom(format!("invalid duration {text:?}: {error}")))
     })
     .transpose()
 }

@@ -196,6 +196,13 @@ pub(crate) enum TaskEvent<'a> {
     Output {
         bytes: &'a [u8],
     },
+    /// Writing the harness's output to its log failed (a full disk): told
+    /// once; the output still reaches the terminal.
+    LogFailed {
+        task: &'a str,
+        path: &'a Path,
+        error: &'a str,
+    },
     /// Processes of the task outlived the grace and got SIGKILL.
     Killed {
         task: &'a str,
@@ -379,6 +386,8 @@ pub(crate) struct TaskReport {
     pub(crate) result: Option<TaskResult>,
     /// Creates of the task's that a hard limit (`limits.hard`) refused.
     pub(crate) refused_creates: usize,
+    /// Writing the harness's output to its log failed: the log is incomplete.
+    pub(crate) log_error: Option<String>,
 }
 
 /// What became of a task's resources. How often a harness cleans up after
@@ -419,6 +428,7 @@ impl TaskReport {
             resources: ResourceFates::default(),
             result: None,
             refused_creates: 0,
+            log_error: None,
         }
     }
 

@@ -169,7 +169,7 @@ async fn pre_run_cleanup(
     let backends = Backends { docker: started.docker.as_ref(), daytona: started.daytona.as_deref() };
     // Runs known from labels alone wait for `recover --from-labels` or the age sweep below:
     // nothing the ledger does not know of goes without being asked.
-    let kept_before = now_unix().saturating_sub(settings.cleanup_age.as_secs() as i64);
+    let kept_before = crate::clock::seconds_before(now_unix(), settings.cleanup_age);
     let recovery = TeardownOptions { take_kept: TakeKept::KeptBefore(kept_before), ..teardown.clone() };
     let recovered = recover_orphans(backends, &started.ledger, &recovery, false, OrphanFilter::LEDGER, events).await?;
     events.orphan(OrphanEvent::Recovered { runs: recovered.len() });

@@ -106,6 +106,10 @@ fn log_limits(event: &Event<'_>) {
 fn log_task(event: &TaskEvent<'_>) {
     match event {
         TaskEvent::Started { task } => tracing::info!("task {task}: started"),
+        TaskEvent::LogFailed { task, path, error } => tracing::error!(
+            "task {task}: cannot write its log {}: {error}; its output still reaches the terminal, the log is incomplete",
+            path.display()
+        ),
         TaskEvent::Killed { task, processes } => {
             tracing::info!("task {task}: killed {processes} process(es) with SIGKILL")
         }

@@ -430,6 +430,9 @@ fn task_problems(report: &TaskReport) -> String {
     if let Some(detail) = report.result.as_ref().and_then(|result| result.detail.as_ref()) {
         text.push_str(&format!("  {task}: result: {detail}\n"));
     }
+    if let Some(error) = &report.log_error {
+        text.push_str(&format!("  {task}: {error}; the log is incomplete\n"));
+    }
     if report.refused_creates > 0 {
         text.push_str(&format!("  {task}: {} create(s) refused at a hard limit\n", report.refused_creates));
     }

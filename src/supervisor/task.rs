@@ -117,7 +117,10 @@ pub(crate) async fn run_task(context: &RunContext, spec: TaskSpec) -> EndedTask 
         tracing::error!("task {}: {error}", spec.name);
     }
     match supervise(context, &spec, &log_path).await {
-        Ok((ending, status)) => record_ending(&mut report, ending, status),
+        Ok((ending, status, log_error)) => {
+            record_ending(&mut report, ending, status);
+            report.log_error = log_error;
+        }
         Err(error) => {
             report.outcome = TaskOutcome::SpawnFailed;
             report.error = Some(error.to_string());
@@ -257,7 +260,7 @@ async fn supervise(
     context: &RunContext,
     spec: &TaskSpec,
     log_path: &Path,
-) -> Result<(Ending, Option<ExitStatus>), TaskStartError> {
+) -> Result<(Ending, Option<ExitStatus>, Option<String>), TaskStartError> {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -273,7 +276,7 @@ async fn supervise(
     })?;
     // Read now, while the harness surely runs: its start time bounds the search for its descendants.
     let processes = TaskProcesses::new(pid, &context.run_id, &spec.name);
-    let copies = output.start(&mut child, &context.events);
+    let copies = output.start(&mut child, &context.events, &spec.name, log_path);
     tracing::debug!("task {}: harness pid {pid}", spec.name);
     let watch = lifecycle::Watch {
         task: &spec.name,
@@ -288,12 +291,16 @@ async fn supervise(
     };
     process::unregister_tokio_child(pid);
     interceptors.stop();
+    // The first write error on the log, whichever copy met it.
+    let mut log_error = None;
     for copy in copies {
-        let _ = copy.await;
+        if let Ok(Some(error)) = copy.await {
+            log_error.get_or_insert(error);
+        }
     }
     // Every way out of running sets an ending; a lifecycle without one was interrupted.
     let ending = stopped.ending().unwrap_or(Ending::Interrupted(Signal::SIGTERM));
-    Ok((ending, status))
+    Ok((ending, status, log_error))
 }
 
 /// The harness's command: its own process group, the run and task ids in
@@ -400,38 +407,69 @@ impl Output {
     }
 
     /// Starts copying piped output; the copies end when the harness's pipes close.
-    fn start(self, child: &mut tokio::process::Child, events: &Events) -> Vec<tokio::task::JoinHandle<()>> {
+    fn start(
+        self,
+        child: &mut tokio::process::Child,
+        events: &Events,
+        task: &str,
+        log_path: &Path,
+    ) -> Vec<tokio::task::JoinHandle<Option<String>>> {
         let Output::Echoed(log_file) = self else {
             return Vec::new();
         };
         let log = Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(log_file)));
         let mut copies = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            copies.push(tokio::spawn(tee(stdout, Arc::clone(&log), events.clone())));
+            let log = LogFile { file: Arc::clone(&log), task: task.to_string(), path: log_path.to_path_buf() };
+            copies.push(tokio::spawn(tee(stdout, log, events.clone())));
         }
         if let Some(stderr) = child.stderr.take() {
+            let log = LogFile { file: log, task: task.to_string(), path: log_path.to_path_buf() };
             copies.push(tokio::spawn(tee(stderr, log, events.clone())));
         }
         copies
     }
 }
 
-async fn tee(mut source: impl AsyncRead + Unpin, log: Arc<tokio::sync::Mutex<tokio::fs::File>>, events: Events) {
+/// A task's log file, shared by the copies of its stdout and stderr.
+struct LogFile {
+    file: Arc<tokio::sync::Mutex<tokio::fs::File>>,
+    task: String,
+    path: PathBuf,
+}
+
+/// Copies the harness's output to its log, then to the terminal. A write
+/// error on the log (a full disk) is told once, and returned: the output
+/// still reaches the terminal, and the report names the failure.
+async fn tee(mut source: impl AsyncRead + Unpin, log: LogFile, events: Events) -> Option<String> {
     let mut buffer = vec![0u8; 8192];
+    let mut failed: Option<String> = None;
     loop {
-        match source.read(&mut buffer).await {
+        let count = match source.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
-            Ok(count) => {
-                // The log first: it is the record that outlives us, so nothing seen on
-                // the terminal is missing from it if we are killed right after.
-                {
-                    let mut log = log.lock().await;
-                    let _ = log.write_all(&buffer[..count]).await;
-                    let _ = log.flush().await;
-                }
-                events.task(TaskEvent::Output { bytes: &buffer[..count] });
+            Ok(count) => count,
+        };
+        // The log first: it is the record that outlives us, so nothing seen on
+        // the terminal is missing from it if we are killed right after.
+        if failed.is_none() {
+            let mut file = log.file.lock().await;
+            if let Err(error) = write_flushed(&mut file, &buffer[..count]).await {
+                let error = error.to_string();
+                events.task(TaskEvent::LogFailed { task: &log.task, path: &log.path, error: &error });
+                failed = Some(format!("writing its log {}: {error}", log.path.display()));
             }
         }
+        events.task(TaskEvent::Output { bytes: &buffer[..count] });
     }
-    let _ = log.lock().await.flush().await;
+    if failed.is_none() {
+        if let Err(error) = log.file.lock().await.flush().await {
+            failed = Some(format!("writing its log {}: {error}", log.path.display()));
+        }
+    }
+    failed
+}
+
+async fn write_flushed(file: &mut tokio::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    file.write_all(bytes).await?;
+    file.flush().await
 }

@@ -67,9 +67,9 @@ impl SandboxSelection {
     /// cannot be told from here: such a sandbox is a candidate only because
     /// the owners chosen (anyone, or labels) said so, and that choice stands.
     pub(crate) fn verdict(&self, sandbox: &Sandbox, runs: &[RunRecord], this_host: &str, now: i64) -> Verdict {
-        let too_young = self
-            .older_than
-            .is_some_and(|age| sandbox.created_unix().is_none_or(|created| created > now - age.as_secs() as i64));
+        let too_young = self.older_than.is_some_and(|age| {
+            sandbox.created_unix().is_none_or(|created| created > crate::clock::seconds_before(now, age))
+        });
         if !self.is_candidate(sandbox, this_host) || (self.stopped && !sandbox.is_stopped()) || too_young {
             return Verdict::Skip;
         }

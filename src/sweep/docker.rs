@@ -31,7 +31,7 @@ impl ContainerSelection {
             return false;
         }
         if let Some(age) = self.older_than {
-            if container.created > now_unix - age.as_secs() as i64 {
+            if container.created > crate::clock::seconds_before(now_unix, age) {
                 return false;
             }
         }

@@ -73,7 +73,7 @@ pub(crate) fn verdict(candidate: &Candidate, scene: &Scene<'_>, policy: &ImagePo
     if candidate.image.existed_before {
         return ImageVerdict::Keep("it was on the engine before the run".to_string());
     }
-    if older_than.is_some_and(|age| on_engine.created > scene.now - age.as_secs() as i64) {
+    if older_than.is_some_and(|age| on_engine.created > crate::clock::seconds_before(scene.now, age)) {
         return ImageVerdict::Skip;
     }
     if let Some(run) = candidate.runs.iter().find(|run| scene.live_runs.contains(*run)) {

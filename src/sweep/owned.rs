@@ -82,7 +82,7 @@ impl OwnedSweep<'_> {
     fn picks(&self, container: &Container, now: i64) -> bool {
         match &self.pick {
             ContainerPick::OldOrInStates { age, states } => {
-                container.created <= now - age.as_secs() as i64 || states.contains(&container.state)
+                container.created <= crate::clock::seconds_before(now, *age) || states.contains(&container.state)
             }
             ContainerPick::Exited => container.is_exited(),
             ContainerPick::Any => true,

@@ -514,3 +514,37 @@ async fn a_harness_that_exits_at_once_keeps_its_exit_status() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_that_cannot_be_written_is_reported_not_dropped() {
+    let scope = TestScope::new("run-log-full").await;
+    // Files of benchwarden may grow to 1 MiB (the ledger stays far below); the harness prints
+    // 2 MB, so its log (written by benchwarden with -j 1) fails with EFBIG half way. SIGXFSZ is
+    // ignored, so the write fails instead of killing the process.
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", "trap '' XFSZ; ulimit -f 2048; exec \"$@\"", "sh", env!("CARGO_BIN_EXE_benchwarden")])
+        .args(["--state-dir", scope.state_dir().to_str().unwrap(), "run", "-j", "1", "--skip-cleanup", "--"])
+        .args(["sh", "-c", "head -c 2000000 /dev/zero | tr '\\0' x; echo; echo done"]);
+    let output = common::run_cli(command).await;
+    output.assert_code(0);
+    assert!(output.stderr.contains("cannot write its log"), "{}", &output.stderr[..output.stderr.len().min(4000)]);
+    assert!(output.stdout.contains("the log is incomplete"), "the summary does not name the failure");
+    // The terminal (stderr, above the bars) still got all of it.
+    assert!(output.stderr.contains("done"), "the output stopped with the log");
+    let report = report_json(&output);
+    assert!(
+        report["tasks"][0]["log_error"].as_str().is_some_and(|error| error.contains("writing its log")),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duration_past_a_hundred_years_is_exit_2_not_a_wrapped_age() {
+    let scope = TestScope::new("run-huge-age").await;
+    let output = scope.cli(&["cleanup", "docker", "--older-than", "300000000000y", "--dry-run"]).await;
+    output.assert_code(2);
+    assert!(output.stderr.contains("longer than the longest duration benchwarden takes, 100y"), "{output}");
+    let timeout = scope.cli(&["run", "--timeout", "300000000000y", "--", "true"]).await;
+    timeout.assert_code(2);
+}
