@@ -255,14 +255,42 @@ fn optional_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Optio
     .transpose()
 }
 
+/// The largest benchmark file read: 1 MiB, some thousand times a real one.
+const MAX_BENCHMARK_FILE: u64 = 1 << 20;
+
+/// The longest task name: it names the task's log file (`<task>.log`, at
+/// most 255 bytes on Linux) and goes into owner labels and compose project
+/// names, so it is kept well under every such limit.
+pub(crate) const MAX_TASK_NAME: usize = 200;
+
+/// Whether a task name can name a log file and a label value.
+pub(crate) fn check_task_name(task: &str) -> Result<(), String> {
+    if task.is_empty() || task.contains(['/', '\0']) || task == "." || task == ".." {
+        return Err("it must not be empty, `.` or `..`, nor hold '/'".to_string());
+    }
+    if task.chars().any(char::is_control) {
+        return Err("it must not hold control characters (tabs, newlines)".to_string());
+    }
+    if task.len() > MAX_TASK_NAME {
+        return Err(format!("it is {} bytes long, and at most {MAX_TASK_NAME} make a log file name", task.len()));
+    }
+    Ok(())
+}
+
 impl Benchmark {
     /// Reads and checks a benchmark file.
     pub(crate) fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            what: "read benchmark file",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let io_error = |source| Error::Io { what: "read benchmark file", path: path.to_path_buf(), source };
+        // A benchmark file is a few kilobytes; a huge one is a mistake (a log, a dataset) that
+        // would only cost memory and time to parse.
+        let size = std::fs::metadata(path).map_err(io_error)?.len();
+        if size > MAX_BENCHMARK_FILE {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: format!("{size} bytes is not a benchmark file (at most {MAX_BENCHMARK_FILE}); check the path"),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(io_error)?;
         Self::parse(&text, path)
     }
 
@@ -285,8 +313,8 @@ impl Benchmark {
         }
         let mut seen = std::collections::BTreeSet::new();
         for task in &benchmark.tasks {
-            if task.is_empty() || task.contains(['/', '\0']) {
-                return Err(config_error(format!("task name {task:?} is not usable: no '/' and not empty")));
+            if let Err(why) = check_task_name(task) {
+                return Err(config_error(format!("task name {task:?} is not usable: {why}")));
             }
             if !seen.insert(task) {
                 return Err(config_error(format!("task {task:?} is listed twice")));
@@ -406,6 +434,26 @@ fn matches_pieces(pieces: &[Piece], value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_names_that_cannot_name_a_log_file_are_refused() {
+        for bad in ["", ".", "..", "a/b", "a\nb", "tab\there", &"x".repeat(MAX_TASK_NAME + 1)] {
+            assert!(check_task_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["hello", "fix git", "ünïcode", &"x".repeat(MAX_TASK_NAME)] {
+            assert_eq!(check_task_name(good), Ok(()), "{good:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_accepted_task_name_makes_a_file_name_linux_takes(task in "\\PC{0,300}") {
+            if check_task_name(&task).is_ok() {
+                let file = format!("{task}.log");
+                proptest::prop_assert!(file.len() <= 255 && !file.contains('/'));
+            }
+        }
+    }
 
     #[test]
     fn the_shipped_benchmarks_parse() {

@@ -548,3 +548,33 @@ async fn a_duration_past_a_hundred_years_is_exit_2_not_a_wrapped_age() {
     let timeout = scope.cli(&["run", "--timeout", "300000000000y", "--", "true"]).await;
     timeout.assert_code(2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_benchmark_files_are_exit_2_naming_the_file_and_what_is_wrong() {
+    let scope = TestScope::new("run-bad-files").await;
+    let dir = scope.state_dir().join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let long = "x".repeat(300);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("syntax", "name: [unclosed\n".to_string(), "line"),
+        ("type", "name: b\nharness: {command: [true]}\nconcurrency: many\n".to_string(), "concurrency"),
+        ("unknown", "name: b\nharness: {command: [true]}\ncolour: red\n".to_string(), "unknown field `colour`"),
+        ("slash", "name: b\nharness: {command: [true]}\ntasks: [\"a/b\"]\n".to_string(), "hold '/'"),
+        ("long", format!("name: b\nharness: {{command: [true]}}\ntasks: [{long}]\n"), "at most 200"),
+        (
+            "huge",
+            format!("name: b\nharness: {{command: [true]}}\n# {}\n", "y".repeat(2 << 20)),
+            "is not a benchmark file",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        let output = scope.cli(&["run", path.to_str().unwrap(), "--skip-cleanup"]).await;
+        output.assert_code(2);
+        assert!(output.stderr.contains(path.to_str().unwrap()), "{name}: the file is not named\n{output}");
+        assert!(output.stderr.contains(expected), "{name}: no {expected:?}\n{output}");
+        // Nothing was started or recorded: no run directory.
+        assert!(!scope.state_dir().join("runs").exists(), "{name}: a run started\n{output}");
+    }
+}
