@@ -110,6 +110,11 @@ pub enum Error {
         source: BoxError,
     },
 
+    #[error(
+        "{path} is not a benchwarden ledger ({why})\n  move it away (benchwarden starts a new one) or pass another --state-dir"
+    )]
+    NotALedger { path: PathBuf, why: String },
+
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -143,7 +148,9 @@ impl Error {
 
     pub fn exit_status(&self) -> ExitStatus {
         match self {
-            Error::Usage(_) | Error::DockerUnreachable { .. } | Error::Config { .. } => ExitStatus::Usage,
+            Error::Usage(_) | Error::DockerUnreachable { .. } | Error::Config { .. } | Error::NotALedger { .. } => {
+                ExitStatus::Usage
+            }
             Error::Call { class: ErrorClass::Denied, .. } => ExitStatus::Usage,
             Error::Call { .. } | Error::Ledger { .. } | Error::Io { .. } | Error::Json { .. } => ExitStatus::Failure,
         }

@@ -186,6 +186,9 @@ impl Ledger {
             .map_err(|error| ledger_error(format!("cannot create {}: {error}", state_dir.display()).into()))?;
         let mut connection = Connection::open(&path).map_err(|error| ledger_error(error.into()))?;
         connection.busy_timeout(Duration::from_secs(30)).map_err(|error| ledger_error(error.into()))?;
+        // Before anything is written to it (the journal mode too): a file with tables that are not a
+        // ledger's, or no database at all, is left as it is.
+        check_shape(&connection, &path)?;
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| connection.pragma_update(None, "synchronous", "NORMAL"))
@@ -195,7 +198,9 @@ impl Ledger {
             .and_then(|()| {
                 connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map(drop)
             })
-            .and_then(|()| connection.execute_batch(SCHEMA))
+            .map_err(|error| ledger_error(error.into()))?;
+        connection
+            .execute_batch(SCHEMA)
             .and_then(|()| connection.execute_batch(IMAGES_SCHEMA))
             .map_err(|error| ledger_error(error.into()))?;
         add_missing_columns(&mut connection).map_err(|error| ledger_error(error.into()))?;
@@ -611,6 +616,50 @@ fn insert_resource(
     )
 }
 
+/// A file SQLite cannot read as a database is another program's, or damaged:
+/// not a writability problem, and said so.
+fn not_a_database(error: rusqlite::Error, path: &Path) -> Error {
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
+            Error::NotALedger { path: path.to_path_buf(), why: "not an SQLite database, or a damaged one".into() }
+        }
+        _ => Error::Ledger { path: path.to_path_buf(), source: error.into() },
+    }
+}
+
+/// The tables and columns every version of the ledger has had: a database
+/// with tables but without these is another program's.
+const REQUIRED_COLUMNS: [(&str, &[&str]); 2] = [
+    ("runs", &["id", "pid", "host", "started_at", "ended_at"]),
+    ("resources", &["backend", "kind", "id", "run_id", "task_id", "created_at", "released_at"]),
+];
+
+/// Refuses a database that has tables but not a ledger's; an empty one (a
+/// new ledger) passes, and is made a ledger.
+fn check_shape(connection: &Connection, path: &Path) -> Result<(), Error> {
+    let read = |sql: &str| -> Result<Vec<String>, Error> {
+        connection
+            .prepare(sql)
+            .and_then(|mut statement| statement.query_map([], |row| row.get(0))?.collect())
+            .map_err(|error| not_a_database(error, path))
+    };
+    if read("SELECT name FROM sqlite_master WHERE type = 'table'")?.is_empty() {
+        return Ok(());
+    }
+    for (table, columns) in REQUIRED_COLUMNS {
+        let present = read(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        if let Some(missing) = columns.iter().find(|column| !present.iter().any(|name| name == *column)) {
+            let what =
+                if present.is_empty() { format!("no table {table}") } else { format!("{table} has no {missing}") };
+            return Err(Error::NotALedger {
+                path: path.to_path_buf(),
+                why: format!("{what}: another program's database"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Unreleased resources, of one run and one task when given, oldest first.
 fn query_unreleased(
     connection: &Connection,
@@ -656,6 +705,30 @@ pub(crate) fn unreleased_now(path: &Path, run_id: &str) -> rusqlite::Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_corrupt_or_foreign_file_is_refused_and_left_as_it_is() {
+        let corrupt = tempfile::tempdir().unwrap();
+        std::fs::write(corrupt.path().join("ledger.sqlite"), vec![b'x'; 4096]).unwrap();
+        let error = Ledger::open(corrupt.path()).err().unwrap();
+        assert!(matches!(error, Error::NotALedger { .. }), "{error}");
+        assert_eq!(error.exit_status(), crate::errors::ExitStatus::Usage);
+
+        let foreign = tempfile::tempdir().unwrap();
+        let path = foreign.path().join("ledger.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE runs (x INTEGER); INSERT INTO runs VALUES (1);")
+            .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let error = Ledger::open(foreign.path()).err().unwrap();
+        assert!(error.to_string().contains("runs has no id"), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "the foreign file was changed");
+
+        let ours = tempfile::tempdir().unwrap();
+        Ledger::open(ours.path()).unwrap();
+        Ledger::open(ours.path()).expect("a ledger reopens");
+    }
 
     fn run(id: &str) -> RunRecord {
         RunRecord {
@@ -770,11 +843,14 @@ mod tests {
     async fn an_older_ledger_gains_the_new_columns_and_keeps_its_rows() {
         let dir = tempfile::tempdir().unwrap();
         {
-            // The first release's table, before `kept_at` and `endpoint`.
+            // The first release's tables, before `kept_at` and `endpoint`.
             let connection = Connection::open(dir.path().join("ledger.sqlite")).unwrap();
             connection
                 .execute_batch(
-                    "CREATE TABLE resources (backend TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL,
+                    "CREATE TABLE runs (id TEXT PRIMARY KEY, pid INTEGER NOT NULL, start_time INTEGER,
+                     host TEXT NOT NULL, benchmark TEXT NOT NULL, started_at INTEGER NOT NULL, ended_at INTEGER,
+                     outcome TEXT);
+                     CREATE TABLE resources (backend TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL,
                      name TEXT NOT NULL, run_id TEXT NOT NULL, task_id TEXT NOT NULL, created_at INTEGER NOT NULL,
                      released_at INTEGER, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
                      PRIMARY KEY (backend, kind, id));
