@@ -126,6 +126,28 @@ async fn label_filters_combine_with_and() {
     assert_eq!(left, set(&[&team_only, &tier_only]));
 }
 
+#[tokio::test]
+async fn label_values_with_equals_commas_quotes_and_non_ascii_select_exactly_their_containers() {
+    let scope = TestScope::new("label-odd").await;
+    let key = format!("bwtest.odd.{}", scope.id());
+    let values = ["a=b", "x,y", "say \"hi\"", "grüße, 世界", "a"];
+    let mut ids = Vec::new();
+    for value in values {
+        ids.push(scope.running(&[(key.as_str(), value)]).await);
+    }
+    // Each selector takes its own container and no other: `a=b` is not `a`, `x,y` not two values.
+    for (index, value) in values.iter().enumerate().take(4) {
+        let out = scope.cli(&["cleanup", "docker", "--label", &format!("{key}={value}")]).await;
+        out.assert_code(0);
+        let left = scope.leftovers().await.container_ids();
+        assert!(!left.contains(&ids[index]), "{value:?} did not take its container\n{out}");
+        assert_eq!(left.len(), values.len() - index - 1, "{value:?} took more than its container\n{out}");
+    }
+    assert_eq!(scope.leftovers().await.container_ids(), set(&[&ids[4]]), "only `a` is left");
+    let bad = scope.cli(&["cleanup", "docker", "--label", "=value"]).await;
+    bad.assert_code(2);
+}
+
 /// The library: a removal whose target someone else removed after it was
 /// listed is "already gone", in one attempt, and not a failure.
 #[tokio::test]
