@@ -219,3 +219,28 @@ fn encode_segment(text: &str) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_body_or_html_is_a_clear_error_naming_the_likely_cause() {
+        for body in [&b""[..], b"<html><body>502 Bad Gateway</body></html>", b"{\"items\": 7}"] {
+            let error = parse_list(body).err().unwrap_or_else(|| panic!("{body:?} parsed"));
+            assert!(error.to_string().contains("DAYTONA_API_URL"), "{error}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_list_answer_parses_or_is_an_error_never_a_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse_list(&body);
+        }
+
+        #[test]
+        fn any_json_shaped_answer_parses_or_is_an_error(text in "[\\[\\]{}\",:a-z0-9 ]{0,200}") {
+            let _ = parse_list(text.as_bytes());
+        }
+    }
+}
