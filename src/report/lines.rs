@@ -44,6 +44,13 @@ pub(super) fn log(event: &Event<'_>) {
         Event::ShutdownRequested { signal, press: Press::Second } => {
             tracing::warn!("{signal} again: killing every harness now; teardown goes on (again to exit at once)")
         }
+        Event::Suspended { processes } => {
+            tracing::warn!("SIGTSTP: stopped {processes} harness process(es), and benchwarden; `fg` or `bg` continues them, time limits paused meanwhile")
+        }
+        Event::Resumed { processes, stopped_for } => tracing::warn!(
+            "SIGCONT: continued {processes} harness process(es) after {:.1}s stopped; time limits go on from where they were",
+            stopped_for.as_secs_f64()
+        ),
         Event::Task(task) => log_task(task),
         Event::Removal(RemovalEvent::Outcome { resource, outcome }) => match outcome {
             RemovalOutcome::Removed { .. } => tracing::info!("removed {resource}"),
