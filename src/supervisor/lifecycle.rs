@@ -306,11 +306,8 @@ async fn next_happening(
         biased;
         // First: once continued, a deadline that passed while stopped must be moved before it is looked at.
         changed = waits.suspension.wait_for(|state| *state != suspension_seen), if waits.suspension_open => {
-            match changed {
-                Ok(state) => {
-                    let state = *state;
-                    waits.on_suspension(state);
-                }
+            match changed.map(|state| *state) {
+                Ok(state) => waits.on_suspension(state),
                 Err(_) => waits.suspension_open = false,
             }
             return None;
