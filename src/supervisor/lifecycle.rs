@@ -302,38 +302,42 @@ async fn next_happening(
     let seen = waits.shutdown_seen;
     let (time_limit, phase_ends) = (waits.time_limit, waits.phase_ends);
     let (suspension_seen, clocks_run) = (waits.suspension_seen, !waits.clocks_stopped());
+    let mut suspension = None;
     let happening = tokio::select! {
         biased;
         // First: once continued, a deadline that passed while stopped must be moved before it is looked at.
         changed = waits.suspension.wait_for(|state| *state != suspension_seen), if waits.suspension_open => {
             match changed.map(|state| *state) {
-                Ok(state) => waits.on_suspension(state),
+                Ok(state) => suspension = Some(state),
                 Err(_) => waits.suspension_open = false,
             }
-            return None;
+            None
         },
         changed = waits.shutdown.wait_for(|state| *state != seen), if waits.shutdown_open => match changed {
-            Ok(state) => Happening::Shutdown(*state),
+            Ok(state) => Some(Happening::Shutdown(*state)),
             Err(_) => {
                 waits.shutdown_open = false;
-                return None;
+                None
             }
         },
         status = harness.wait(), if lifecycle.awaits_harness() => match status {
-            Ok(status) => Happening::HarnessExited(status),
+            Ok(status) => Some(Happening::HarnessExited(status)),
             Err(error) => {
                 tracing::error!("waiting for the harness failed: {error}");
-                Happening::HarnessLost
+                Some(Happening::HarnessLost)
             }
         },
-        () = sleep_until(time_limit), if running && clocks_run => Happening::TimeLimitReached,
-        () = sleep_until(phase_ends), if !running && clocks_run => Happening::PhaseTimeOver,
-        () = all_gone(processes), if !running => Happening::ProcessesGone,
+        () = sleep_until(time_limit), if running && clocks_run => Some(Happening::TimeLimitReached),
+        () = sleep_until(phase_ends), if !running && clocks_run => Some(Happening::PhaseTimeOver),
+        () = all_gone(processes), if !running => Some(Happening::ProcessesGone),
     };
-    if let Happening::Shutdown(state) = happening {
+    if let Some(state) = suspension {
+        waits.on_suspension(state);
+    }
+    if let Some(Happening::Shutdown(state)) = happening {
         waits.shutdown_seen = state;
     }
-    Some(happening)
+    happening
 }
 
 async fn sleep_until(at: Option<Instant>) {
