@@ -202,7 +202,10 @@ fn run_context(
     global: &GlobalSettings,
     settings: &RunSettings,
     teardown: TeardownOptions,
-    (shutdown, suspension): (tokio::sync::watch::Receiver<signal::Shutdown>, tokio::sync::watch::Receiver<signal::Suspension>),
+    (shutdown, suspension): (
+        tokio::sync::watch::Receiver<signal::Shutdown>,
+        tokio::sync::watch::Receiver<signal::Suspension>,
+    ),
     events: &Events,
 ) -> RunContext {
     // `docker.proxy: false`: the harness talks to the engine itself; the watcher and the selectors know what it made.

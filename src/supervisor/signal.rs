@@ -97,7 +97,9 @@ impl Suspension {
     /// without a Ctrl-Z before it (someone's `kill -CONT`) changes nothing.
     pub(crate) fn resume(self, at: Instant) -> Self {
         match self.since {
-            Some(since) => Suspension { since: None, stopped_for: self.stopped_for + at.saturating_duration_since(since) },
+            Some(since) => {
+                Suspension { since: None, stopped_for: self.stopped_for + at.saturating_duration_since(since) }
+            }
             None => self,
         }
     }

@@ -115,7 +115,10 @@ async fn ctrl_z_stops_every_harness_process_and_the_time_limit_leaves_the_stop_o
     assert!(output.stderr.contains("SIGTSTP: stopped"), "{output}");
     assert!(output.stderr.contains("SIGCONT: continued"), "{output}");
     // Timed out on resume at once, the run would take the stop plus under a second.
-    assert!(took >= timeout + stopped_for, "took {took:?}, stopped {stopped_for:?} of it: the time limit counted the stop");
+    assert!(
+        took >= timeout + stopped_for,
+        "took {took:?}, stopped {stopped_for:?} of it: the time limit counted the stop"
+    );
     let left = scope.leftovers().await;
     assert!(left.is_empty(), "resources left: {left:?}\n{output}");
     for (what, pid) in harness {
