@@ -191,9 +191,11 @@ pub(crate) fn stop_every_task_then_self(told: impl FnOnce(usize)) {
     let children = tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let stopped = signal_tasks(&children, Signal::SIGSTOP);
     told(stopped);
-    // SIGSTOP cannot be caught: the kernel stops every thread before `kill` returns,
-    // and `kill` returns once something (`fg`, `bg`, `kill -CONT`) continues us.
-    let _ = kill(Pid::this(), Signal::SIGSTOP);
+    // To this thread, not `kill(getpid())`: a process-wide signal may be taken by another
+    // thread, and this one would go on (and take the stop as over) before the stop holds.
+    // Raised here, SIGSTOP stops every thread before `raise` returns, and `raise` returns
+    // once something (`fg`, `bg`, `kill -CONT`) continues us.
+    let _ = nix::sys::signal::raise(Signal::SIGSTOP);
     drop(children);
 }
 
