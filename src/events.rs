@@ -38,6 +38,18 @@ pub(crate) enum Event<'a> {
         signal: Signal,
         press: Press,
     },
+    /// Ctrl-Z (SIGTSTP): every running task's processes got SIGSTOP
+    /// (`processes` of them were reached); benchwarden stops itself next.
+    Suspended {
+        processes: usize,
+    },
+    /// SIGCONT after a Ctrl-Z (`fg`, `bg`): the tasks' processes got SIGCONT
+    /// (`processes` of them were reached) and their time limits and graces
+    /// go on, `stopped_for` later than they would have ended.
+    Resumed {
+        processes: usize,
+        stopped_for: Duration,
+    },
     Task(TaskEvent<'a>),
     Removal(RemovalEvent<'a>),
     /// One call failed and will be tried again after `delay`.

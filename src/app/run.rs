@@ -74,7 +74,13 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings, session: &Sess
         false => Some(pre_run_cleanup(&started, &global.state_dir, settings, &teardown, &events).await?),
         true => None,
     };
-    let context = Arc::new(run_context(&started, global, settings, teardown, shutdown.clone(), &events));
+    let suspension = signal::install_job_control(events.clone()).map_err(|source| Error::Io {
+        what: "listen for Ctrl-Z (SIGTSTP) and SIGCONT in",
+        path: "benchwarden".into(),
+        source,
+    })?;
+    let signals = (shutdown.clone(), suspension);
+    let context = Arc::new(run_context(&started, global, settings, teardown, signals, &events));
     let reports = scheduler::run_all(Arc::clone(&context), settings.task_specs(&started.run_id), settings.jobs).await;
     context.teardowns.close();
     context.teardowns.wait().await;
@@ -196,7 +202,10 @@ fn run_context(
     global: &GlobalSettings,
     settings: &RunSettings,
     teardown: TeardownOptions,
-    shutdown: tokio::sync::watch::Receiver<signal::Shutdown>,
+    (shutdown, suspension): (
+        tokio::sync::watch::Receiver<signal::Shutdown>,
+        tokio::sync::watch::Receiver<signal::Suspension>,
+    ),
     events: &Events,
 ) -> RunContext {
     // `docker.proxy: false`: the harness talks to the engine itself; the watcher and the selectors know what it made.
@@ -229,6 +238,7 @@ fn run_context(
         log_dir: started.log_dir.clone(),
         echo_output: settings.jobs == 1,
         shutdown,
+        suspension,
         events: events.clone(),
         teardowns: TaskTracker::new(),
         teardown_slots: Arc::new(Semaphore::new(settings.jobs.max(1))),

@@ -32,18 +32,35 @@ pub(super) fn waiting_text(waiting: &Waiting) -> String {
     }
 }
 
-pub(super) fn log(event: &Event<'_>) {
+/// What a signal to benchwarden did: a shutdown press, a Ctrl-Z, a continue.
+fn log_signal(event: &Event<'_>) {
     match event {
-        Event::RunStarted { run_id, tasks, benchmark, source, jobs, log_dir } => tracing::info!(
-            "run {run_id}: {tasks} task(s) of {benchmark} ({source}), {jobs} at once; logs in {}",
-            log_dir.display()
-        ),
         Event::ShutdownRequested { signal, press: Press::First } => {
             tracing::warn!("{signal}: starting no new tasks; stopping running ones (again to kill them at once)")
         }
         Event::ShutdownRequested { signal, press: Press::Second } => {
             tracing::warn!("{signal} again: killing every harness now; teardown goes on (again to exit at once)")
         }
+        Event::Suspended { processes } => tracing::warn!(
+            "SIGTSTP: stopped {processes} harness process(es), then benchwarden; `fg` or `bg` continues them, \
+             and time limits stand still meanwhile"
+        ),
+        Event::Resumed { processes, stopped_for } => tracing::warn!(
+            "SIGCONT: continued {processes} harness process(es) after {:.1}s stopped; \
+             time limits go on from where they were",
+            stopped_for.as_secs_f64()
+        ),
+        _ => {}
+    }
+}
+
+pub(super) fn log(event: &Event<'_>) {
+    match event {
+        Event::RunStarted { run_id, tasks, benchmark, source, jobs, log_dir } => tracing::info!(
+            "run {run_id}: {tasks} task(s) of {benchmark} ({source}), {jobs} at once; logs in {}",
+            log_dir.display()
+        ),
+        Event::ShutdownRequested { .. } | Event::Suspended { .. } | Event::Resumed { .. } => log_signal(event),
         Event::Task(task) => log_task(task),
         Event::Removal(RemovalEvent::Outcome { resource, outcome }) => match outcome {
             RemovalOutcome::Removed { .. } => tracing::info!("removed {resource}"),

@@ -3,7 +3,9 @@
 //! passed, a Ctrl-C, the grace ran out, no process is left) to the next
 //! phase and what to do (signal, kill). [`stop_when_done`] is the small
 //! async loop that waits for happenings and acts, over any [`Processes`], so
-//! both are tested without spawning anything.
+//! both are tested without spawning anything. The driver's clocks (the time
+//! limit, the grace, the wait after SIGKILL) stand still while the run is
+//! stopped by Ctrl-Z ([`Suspension`]) and go on from where they were.
 
 use std::future::Future;
 use std::process::ExitStatus;
@@ -13,7 +15,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::signal::Shutdown;
+use super::signal::{Shutdown, Suspension};
 use crate::events::{Events, TaskEvent, TaskOutcome};
 
 /// After SIGKILL, how long to wait for the task's processes to vanish.
@@ -191,6 +193,8 @@ pub(crate) struct Watch<'a> {
     pub(crate) task: &'a str,
     pub(crate) time_limit: Option<Duration>,
     pub(crate) shutdown: watch::Receiver<Shutdown>,
+    /// Whether the run is stopped by Ctrl-Z: the clocks stand still meanwhile.
+    pub(crate) suspension: watch::Receiver<Suspension>,
     pub(crate) events: &'a Events,
 }
 
@@ -201,6 +205,26 @@ struct Waits {
     shutdown: watch::Receiver<Shutdown>,
     shutdown_seen: Shutdown,
     shutdown_open: bool,
+    suspension: watch::Receiver<Suspension>,
+    suspension_seen: Suspension,
+    suspension_open: bool,
+}
+
+impl Waits {
+    /// Takes in a new suspension state: the time stopped since the last one
+    /// seen moves both deadlines that much later, so a stop longer than the
+    /// time left does not end the task the moment it is continued.
+    fn on_suspension(&mut self, state: Suspension) {
+        let stopped = state.stopped_for.saturating_sub(self.suspension_seen.stopped_for);
+        self.time_limit = self.time_limit.map(|at| at + stopped);
+        self.phase_ends = self.phase_ends.map(|at| at + stopped);
+        self.suspension_seen = state;
+    }
+
+    /// Whether the clocks stand still: the run is stopped, as last seen.
+    fn clocks_stopped(&self) -> bool {
+        self.suspension_seen.is_suspended()
+    }
 }
 
 /// Waits for the task to end, then stops every process of it (signal,
@@ -211,13 +235,17 @@ pub(crate) async fn stop_when_done(
     processes: &impl ProcessSet,
     watch: Watch<'_>,
 ) -> Lifecycle {
-    let Watch { task, time_limit, shutdown, events } = watch;
+    let Watch { task, time_limit, shutdown, suspension, events } = watch;
+    let suspension_seen = *suspension.borrow();
     let mut waits = Waits {
         time_limit: time_limit.map(|limit| Instant::now() + limit),
         phase_ends: None,
         shutdown,
         shutdown_seen: Shutdown::Running,
         shutdown_open: true,
+        suspension,
+        suspension_seen,
+        suspension_open: true,
     };
     loop {
         if let Phase::Stopped { survivors } = lifecycle.phase() {
@@ -262,7 +290,8 @@ fn act(action: Action, processes: &impl ProcessSet, task: &str, events: &Events)
 }
 
 /// Waits for the next thing that matters in the current phase; `None`
-/// when nothing did (the shutdown listener went away).
+/// when nothing the lifecycle takes did (the shutdown or job-control
+/// listener went away, or the run was stopped or continued).
 async fn next_happening(
     lifecycle: &Lifecycle,
     harness: &mut impl Harness,
@@ -272,30 +301,43 @@ async fn next_happening(
     let running = lifecycle.phase() == Phase::Running;
     let seen = waits.shutdown_seen;
     let (time_limit, phase_ends) = (waits.time_limit, waits.phase_ends);
+    let (suspension_seen, clocks_run) = (waits.suspension_seen, !waits.clocks_stopped());
+    let mut suspension = None;
     let happening = tokio::select! {
         biased;
+        // First: once continued, a deadline that passed while stopped must be moved before it is looked at.
+        changed = waits.suspension.wait_for(|state| *state != suspension_seen), if waits.suspension_open => {
+            match changed.map(|state| *state) {
+                Ok(state) => suspension = Some(state),
+                Err(_) => waits.suspension_open = false,
+            }
+            None
+        },
         changed = waits.shutdown.wait_for(|state| *state != seen), if waits.shutdown_open => match changed {
-            Ok(state) => Happening::Shutdown(*state),
+            Ok(state) => Some(Happening::Shutdown(*state)),
             Err(_) => {
                 waits.shutdown_open = false;
-                return None;
+                None
             }
         },
         status = harness.wait(), if lifecycle.awaits_harness() => match status {
-            Ok(status) => Happening::HarnessExited(status),
+            Ok(status) => Some(Happening::HarnessExited(status)),
             Err(error) => {
                 tracing::error!("waiting for the harness failed: {error}");
-                Happening::HarnessLost
+                Some(Happening::HarnessLost)
             }
         },
-        () = sleep_until(time_limit), if running => Happening::TimeLimitReached,
-        () = sleep_until(phase_ends), if !running => Happening::PhaseTimeOver,
-        () = all_gone(processes), if !running => Happening::ProcessesGone,
+        () = sleep_until(time_limit), if running && clocks_run => Some(Happening::TimeLimitReached),
+        () = sleep_until(phase_ends), if !running && clocks_run => Some(Happening::PhaseTimeOver),
+        () = all_gone(processes), if !running => Some(Happening::ProcessesGone),
     };
-    if let Happening::Shutdown(state) = happening {
+    if let Some(state) = suspension {
+        waits.on_suspension(state);
+    }
+    if let Some(Happening::Shutdown(state)) = happening {
         waits.shutdown_seen = state;
     }
-    Some(happening)
+    happening
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -487,7 +529,30 @@ mod tests {
     }
 
     async fn drive(script: Script, time_limit: Option<Duration>, presses: &[(Duration, Shutdown)]) -> Outcome {
+        drive_stopped(script, time_limit, presses, &[]).await
+    }
+
+    /// [`drive`], with the run stopped by Ctrl-Z over each `(from, until)`.
+    async fn drive_stopped(
+        script: Script,
+        time_limit: Option<Duration>,
+        presses: &[(Duration, Shutdown)],
+        stops: &[(Duration, Duration)],
+    ) -> Outcome {
         let fake = Fake::new(script);
+        let (stopper, suspension) = watch::channel(Suspension::default());
+        let origin = Instant::now();
+        let stops = stops.to_vec();
+        tokio::spawn(async move {
+            for (from, until) in stops {
+                tokio::time::sleep_until(origin + from).await;
+                stopper.send_modify(|state| *state = state.suspend(Instant::now()));
+                tokio::time::sleep_until(origin + until).await;
+                stopper.send_modify(|state| *state = state.resume(Instant::now()));
+            }
+            // Kept open: a listener that went away must not look like a change.
+            std::future::pending::<()>().await;
+        });
         let (sender, shutdown) = watch::channel(Shutdown::Running);
         for (after, state) in presses.iter().copied() {
             let sender = sender.clone();
@@ -499,7 +564,7 @@ mod tests {
         let seen = Arc::new(Seen::default());
         let events = Events::to_all(vec![seen.clone()]);
         let started = Instant::now();
-        let watch = Watch { task: "t", time_limit, shutdown, events: &events };
+        let watch = Watch { task: "t", time_limit, shutdown, suspension, events: &events };
         let lifecycle = stop_when_done(Lifecycle::new(Duration::from_secs(10)), &mut fake.clone(), &fake, watch).await;
         let events = seen.0.lock().unwrap().clone();
         Outcome { lifecycle, signals: fake.signals(), events, took: started.elapsed() }
@@ -555,5 +620,68 @@ mod tests {
         assert_eq!(outcome.lifecycle.phase(), Phase::Stopped { survivors: true });
         assert_eq!(outcome.events, ["Killed", "Unkillable"]);
         assert!(outcome.took >= secs(1) + secs(10) + KILL_WAIT, "{:?}", outcome.took);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_time_limit_leaves_out_the_time_stopped_by_ctrl_z() {
+        // Stopped at 10 s for 90 s: the 60 s limit is reached at 150 s, not at once on the continue at 100 s.
+        let outcome = drive_stopped(Script::default(), Some(secs(60)), &[], &[(secs(10), secs(100))]).await;
+        assert_eq!(outcome.lifecycle.ending(), Some(Ending::TimedOut));
+        assert!(outcome.took >= secs(150) && outcome.took < secs(151), "{:?}", outcome.took);
+
+        let twice = [(secs(10), secs(20)), (secs(30), secs(45))];
+        let outcome = drive_stopped(Script::default(), Some(secs(60)), &[], &twice).await;
+        assert!(outcome.took >= secs(85) && outcome.took < secs(86), "two stops, 25 s: {:?}", outcome.took);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_after_the_limit_would_have_passed_still_leaves_the_time_that_was_left() {
+        // Stopped at 50 s, continued at 500 s: 10 s of the 60 s limit were left.
+        let outcome = drive_stopped(Script::default(), Some(secs(60)), &[], &[(secs(50), secs(500))]).await;
+        assert!(outcome.took >= secs(510) && outcome.took < secs(511), "{:?}", outcome.took);
+        assert_eq!(outcome.signals, [(Signal::SIGTERM, 1)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_grace_leaves_out_the_time_stopped_by_ctrl_z() {
+        // SIGTERM at 1 s is ignored; stopped from 5 s to 25 s: SIGKILL at 1 + 10 + 20 s, not on the continue.
+        let script = Script { ignores_polite_signals: true, ..Default::default() };
+        let outcome = drive_stopped(script, Some(secs(1)), &[], &[(secs(5), secs(25))]).await;
+        assert_eq!(outcome.signals, [(Signal::SIGTERM, 1), (Signal::SIGKILL, 1)]);
+        assert!(outcome.took >= secs(31) && outcome.took < secs(32), "{:?}", outcome.took);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_press_while_the_clocks_stand_still_is_acted_on() {
+        // Ctrl-C is not a clock: sent to a stopped run and seen once it is continued, it stops the task.
+        let presses = [(secs(20), Shutdown::Graceful(Signal::SIGINT))];
+        let outcome = drive_stopped(Script::default(), Some(secs(60)), &presses, &[(secs(10), secs(30))]).await;
+        assert_eq!(outcome.lifecycle.ending(), Some(Ending::Interrupted(Signal::SIGINT)));
+        assert!(outcome.took >= secs(20) && outcome.took < secs(21), "{:?}", outcome.took);
+    }
+
+    #[test]
+    fn deadlines_move_by_the_time_stopped_since_the_state_last_seen() {
+        let (_, suspension) = watch::channel(Suspension::default());
+        let (_, shutdown) = watch::channel(Shutdown::Running);
+        let now = Instant::now();
+        let mut waits = Waits {
+            time_limit: Some(now + secs(60)),
+            phase_ends: None,
+            shutdown,
+            shutdown_seen: Shutdown::Running,
+            shutdown_open: true,
+            suspension,
+            suspension_seen: Suspension::default(),
+            suspension_open: true,
+        };
+        let stopped = Suspension::default().suspend(now);
+        waits.on_suspension(stopped);
+        assert!(waits.clocks_stopped());
+        assert_eq!(waits.time_limit, Some(now + secs(60)), "nothing moves until the stop's length is known");
+        // The watch may skip states: a stop and its continue seen at once count all the same.
+        waits.on_suspension(stopped.resume(now + secs(7)).suspend(now + secs(8)).resume(now + secs(10)));
+        assert!(!waits.clocks_stopped());
+        assert_eq!(waits.time_limit, Some(now + secs(69)));
     }
 }

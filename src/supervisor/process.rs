@@ -3,7 +3,7 @@
 //! their inherited `BENCHWARDEN_RUN_ID`/`BENCHWARDEN_TASK_ID`), signal
 //! escalation, and reaping of orphans adopted as a child subreaper.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -150,6 +150,65 @@ impl TaskProcesses {
         }
         processes.len()
     }
+}
+
+/// The running tasks' processes, by process group: what Ctrl-Z stops.
+fn running_tasks() -> &'static Mutex<HashMap<u32, TaskProcesses>> {
+    static RUNNING: OnceLock<Mutex<HashMap<u32, TaskProcesses>>> = OnceLock::new();
+    RUNNING.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// A task counted among the running ones until dropped, which must come
+/// after [`unregister_tokio_child`]: a harness group that is tokio's child
+/// but not registered gets Ctrl-Z's SIGSTOP by its group id alone.
+pub(crate) struct RunningTask(u32);
+
+impl RunningTask {
+    pub(crate) fn register(processes: &TaskProcesses) -> Self {
+        let mut running = running_tasks().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        running.insert(processes.process_group, processes.clone());
+        RunningTask(processes.process_group)
+    }
+}
+
+impl Drop for RunningTask {
+    fn drop(&mut self) {
+        running_tasks().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.0);
+    }
+}
+
+/// Sends `signal` to every process of every running task (group and
+/// escaped descendants); returns how many processes it reached.
+pub(crate) fn signal_every_task(signal: Signal) -> usize {
+    let children = tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    signal_tasks(&children, signal)
+}
+
+/// Ctrl-Z: SIGSTOP every process of every running task, tell how many
+/// (`told`), then stop this process; returns once it is continued. No
+/// harness starts in between: spawning waits for the lock held here.
+pub(crate) fn stop_every_task_then_self(told: impl FnOnce(usize)) {
+    let children = tokio_children().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let stopped = signal_tasks(&children, Signal::SIGSTOP);
+    told(stopped);
+    // To this thread, not `kill(getpid())`: a process-wide signal may be taken by another
+    // thread, and this one would go on (and take the stop as over) before the stop holds.
+    // Raised here, SIGSTOP stops every thread before `raise` returns, and `raise` returns
+    // once something (`fg`, `bg`, `kill -CONT`) continues us.
+    let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+    drop(children);
+}
+
+fn signal_tasks(children: &HashSet<u32>, signal: Signal) -> usize {
+    let running = running_tasks().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut reached = running.values().map(|task| task.signal(signal)).sum();
+    // A harness just spawned, not yet registered: its group is all it can have.
+    for group in children.iter().filter(|group| !running.contains_key(group)) {
+        if killpg(Pid::from_raw(*group as i32), signal).is_ok() {
+            reached += 1;
+        }
+    }
+    reached
 }
 
 /// SIGKILL every harness process group we are still waiting for: the

@@ -16,8 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use super::keep::{self, KeepPolicy};
 use super::lifecycle::{self, Ending, Harness, Lifecycle, ProcessSet};
-use super::process::{self, TaskProcesses, ENV_HOST, ENV_PID, ENV_RUN_ID, ENV_STATE_DIR, ENV_TASK_ID};
-use super::signal::Shutdown;
+use super::process::{self, RunningTask, TaskProcesses, ENV_HOST, ENV_PID, ENV_RUN_ID, ENV_STATE_DIR, ENV_TASK_ID};
+use super::signal::{Shutdown, Suspension};
 use super::watch::Watcher;
 use crate::backend::daytona::DaytonaBackend;
 use crate::backend::docker::DockerBackend;
@@ -62,6 +62,8 @@ pub(crate) struct RunContext {
     /// Harness output also goes to the terminal (with `-j 1`).
     pub(crate) echo_output: bool,
     pub(crate) shutdown: watch::Receiver<Shutdown>,
+    /// Whether the run is stopped by Ctrl-Z: the tasks' clocks stand still meanwhile.
+    pub(crate) suspension: watch::Receiver<Suspension>,
     pub(crate) events: Events,
     /// Teardowns run here, off the tasks' `-j` slots: the run waits for them at its end.
     pub(crate) teardowns: TaskTracker,
@@ -276,12 +278,14 @@ async fn supervise(
     })?;
     // Read now, while the harness surely runs: its start time bounds the search for its descendants.
     let processes = TaskProcesses::new(pid, &context.run_id, &spec.name);
+    let running = RunningTask::register(&processes);
     let copies = output.start(&mut child, &context.events, &spec.name, log_path);
     tracing::debug!("task {}: harness pid {pid}", spec.name);
     let watch = lifecycle::Watch {
         task: &spec.name,
         time_limit: spec.timeout,
         shutdown: context.shutdown.clone(),
+        suspension: context.suspension.clone(),
         events: &context.events,
     };
     let stopped = lifecycle::stop_when_done(Lifecycle::new(spec.grace), &mut child, &processes, watch).await;
@@ -290,6 +294,7 @@ async fn supervise(
         false => stopped.status(),
     };
     process::unregister_tokio_child(pid);
+    drop(running);
     interceptors.stop();
     // The first write error on the log, whichever copy met it.
     let mut log_error = None;

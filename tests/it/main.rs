@@ -8,6 +8,7 @@ mod architecture;
 mod cleanup_all;
 mod cleanup_docker;
 mod contract_server;
+mod ctrl_z;
 mod daytona;
 mod daytona_errors;
 mod docker_proxy;
