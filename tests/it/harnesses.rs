@@ -264,7 +264,7 @@ async fn engine_leftovers(scope: &TestScope, tasks: &[String]) -> EngineLeftover
 
 /// Processes whose environment carries the run's id: the harness and
 /// everything it started.
-fn run_processes(run_id: &str) -> Vec<String> {
+pub(crate) fn run_processes(run_id: &str) -> Vec<String> {
     let entry = format!("BENCHWARDEN_RUN_ID={run_id}");
     let mut found = Vec::new();
     for proc_entry in std::fs::read_dir("/proc").unwrap().flatten() {

@@ -17,6 +17,7 @@ mod images;
 mod keep;
 mod limits;
 mod metrics;
+mod misbehaving;
 mod run;
 mod support;
 mod sweep;

@@ -89,7 +89,7 @@ fn socket_directories(scope: &TestScope, run_id: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-fn fixture_processes(scope: &TestScope) -> Vec<u32> {
+pub(crate) fn fixture_processes(scope: &TestScope) -> Vec<u32> {
     let marker = scope.state_dir().join("fixture").join("harness.sh");
     let marker = marker.to_str().unwrap().to_string();
     let mut found = Vec::new();
