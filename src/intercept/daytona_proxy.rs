@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
-use super::proxy::{label_create_body, spawn_server, Policy, Recorder};
+use super::proxy::{finish_creates, label_create_body, spawn_server, Policy, Recorder};
 use crate::net::http::Head;
 use crate::net::{BoxRead, BoxWrite, Upstream};
 use crate::resource::Kind;
@@ -142,6 +143,8 @@ fn fill_gap(object: &mut serde_json::Map<String, Value>, field: &str, value: Opt
 pub(crate) struct DaytonaProxy {
     api_url: String,
     server: tokio::task::JoinHandle<()>,
+    creates: TaskTracker,
+    task: String,
 }
 
 impl DaytonaProxy {
@@ -159,8 +162,9 @@ impl DaytonaProxy {
                 Ok((Box::new(read) as BoxRead, Box::new(write) as BoxWrite))
             }
         };
+        let (creates, task) = (recorder.creates.clone(), recorder.task_id.clone());
         let server = spawn_server(accept, upstream, policy, recorder);
-        Ok(DaytonaProxy { api_url, server })
+        Ok(DaytonaProxy { api_url, server, creates, task })
     }
 
     /// A proxy for one task, labelling what it creates with `labels`.
@@ -183,7 +187,9 @@ impl DaytonaProxy {
         &self.api_url
     }
 
-    pub(crate) fn stop(self) {
+    /// Stops serving once the creates in flight have their answers recorded.
+    pub(crate) async fn stop(self) {
+        finish_creates(&self.creates, &self.task).await;
         self.server.abort();
     }
 }

@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::net::UnixListener;
+use tokio_util::task::TaskTracker;
 
 use super::images::ImageCall;
-use super::proxy::{label_create_body, spawn_server, Policy, Recorder};
+use super::proxy::{finish_creates, label_create_body, spawn_server, Policy, Recorder};
 use super::sockets::{private_directory, SOCKET_NAME};
 use crate::net::http::Head;
 use crate::net::{BoxRead, BoxWrite, Upstream};
@@ -78,6 +79,8 @@ pub(crate) struct DockerProxy {
     socket: PathBuf,
     directory: PathBuf,
     server: tokio::task::JoinHandle<()>,
+    creates: TaskTracker,
+    task: String,
 }
 
 impl DockerProxy {
@@ -103,8 +106,9 @@ impl DockerProxy {
                 Ok((Box::new(read) as BoxRead, Box::new(write) as BoxWrite))
             }
         };
+        let (creates, task) = (recorder.creates.clone(), recorder.task_id.clone());
         let server = spawn_server(accept, upstream, policy, recorder);
-        Ok(DockerProxy { socket, directory, server })
+        Ok(DockerProxy { socket, directory, server, creates, task })
     }
 
     /// A proxy for one task, labelling what it creates with `labels`.
@@ -122,8 +126,11 @@ impl DockerProxy {
         format!("unix://{}", self.socket.display())
     }
 
-    /// Stops serving, closes every connection, removes the socket and its directory.
-    pub(crate) fn stop(self) {
+    /// Stops serving once the creates in flight have their answers recorded
+    /// (see [`finish_creates`]), closes every connection, removes the socket
+    /// and its directory.
+    pub(crate) async fn stop(self) {
+        finish_creates(&self.creates, &self.task).await;
         self.server.abort();
         let _ = std::fs::remove_dir_all(&self.directory);
     }

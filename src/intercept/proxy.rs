@@ -7,9 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
+use tokio_util::task::TaskTracker;
 
 use super::images::{ImageCall, MadeImage};
 use crate::events::{Event, Events};
@@ -83,6 +85,25 @@ pub(crate) struct Recorder {
     pub(crate) ledger: Ledger,
     pub(crate) events: Events,
     pub(crate) live: LiveResources,
+    /// Creates forwarded and not yet answered: a proxy that stops waits for
+    /// them, so that a create the daemon carries out after the harness died
+    /// is still recorded before the task's teardown looks.
+    pub(crate) creates: TaskTracker,
+}
+
+/// How long a stopping proxy waits for the answers of creates in flight.
+pub(crate) const CREATE_ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits (at most [`CREATE_ANSWER_WAIT`]) for the creates `creates` has in flight.
+pub(crate) async fn finish_creates(creates: &TaskTracker, task: &str) {
+    creates.close();
+    if tokio::time::timeout(CREATE_ANSWER_WAIT, creates.wait()).await.is_err() {
+        tracing::warn!(
+            "task {task}: a create through its proxy had no answer within {}s; teardown goes on, and finds \
+             what it made by its owner labels",
+            CREATE_ANSWER_WAIT.as_secs()
+        );
+    }
 }
 
 impl Recorder {
@@ -253,6 +274,8 @@ impl Streams<'_> {
             }
         };
         let body = self.client_in.copy_body(framing, &mut tokio::io::sink(), true).await?.unwrap_or_default();
+        // From here until its answer is recorded, a stopping proxy waits for this create.
+        let _in_flight = recorder.creates.token();
         // Counts as live from here until its answer, so two creates at once cannot both pass the last place.
         let reservation = match recorder.live.reserve(&recorder.task_id, kind) {
             Ok(reservation) => reservation,

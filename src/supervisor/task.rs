@@ -295,7 +295,8 @@ async fn supervise(
     };
     process::unregister_tokio_child(pid);
     drop(running);
-    interceptors.stop();
+    // Every process of the task is gone; creates it sent that the daemon still carries out are recorded first.
+    interceptors.stop().await;
     // The first write error on the log, whichever copy met it.
     let mut log_error = None;
     for copy in copies {
@@ -353,6 +354,7 @@ impl Interceptors {
             ledger: context.ledger.clone(),
             events: context.events.clone(),
             live: context.live.clone(),
+            creates: TaskTracker::new(),
         };
         let mut interceptors = Interceptors { docker: None, daytona: None };
         if let Some(settings) = &context.docker_proxy {
@@ -372,13 +374,18 @@ impl Interceptors {
         Ok(interceptors)
     }
 
-    fn stop(self) {
-        if let Some(proxy) = self.docker {
-            proxy.stop();
-        }
-        if let Some(proxy) = self.daytona {
-            proxy.stop();
-        }
+    async fn stop(self) {
+        let docker = async {
+            if let Some(proxy) = self.docker {
+                proxy.stop().await;
+            }
+        };
+        let daytona = async {
+            if let Some(proxy) = self.daytona {
+                proxy.stop().await;
+            }
+        };
+        tokio::join!(docker, daytona);
     }
 }
 
