@@ -9,7 +9,6 @@
 //! a test that uses them cannot flake; [`FaultyEngine::injected`] says how
 //! often each rule fired, so a test can prove its fault really happened.
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,6 +41,9 @@ pub enum Fault {
     Reset,
     /// Forward, then send the full Content-Length but only half the body, and close.
     TruncatedBody,
+    /// Forward, then send half the body as if it were all of it (its own
+    /// Content-Length): well-formed HTTP, JSON cut short.
+    CutJson,
     /// Remove the socket file and drop every connection, as a restarting
     /// daemon does, and bind again after this long.
     Vanish(Duration),
@@ -109,8 +111,8 @@ struct State {
     /// Bumped on a vanish: every open connection closes, the listener goes away.
     epoch: watch::Sender<u64>,
     vanish_for: Mutex<Duration>,
-    /// Requests that reached the engine's socket, all of them.
-    requests: AtomicUsize,
+    /// Whether the socket is bound; false while vanished.
+    bound: watch::Sender<bool>,
 }
 
 /// The faulty socket in front of the engine; stops when dropped.
@@ -133,13 +135,8 @@ impl FaultyEngine {
         let socket = directory.path().join("docker.sock");
         let listener = UnixListener::bind(&socket).expect("bind the faulty engine's socket");
         let (epoch, _) = watch::channel(0);
-        let state = Arc::new(State {
-            rules,
-            socket,
-            epoch,
-            vanish_for: Mutex::new(Duration::ZERO),
-            requests: AtomicUsize::new(0),
-        });
+        let (bound, _) = watch::channel(true);
+        let state = Arc::new(State { rules, socket, epoch, vanish_for: Mutex::new(Duration::ZERO), bound });
         let server = tokio::spawn(serve(listener, state.clone()));
         FaultyEngine { _directory: directory, state, server }
     }
@@ -154,14 +151,10 @@ impl FaultyEngine {
         self.state.rules[index].injected.load(Ordering::SeqCst)
     }
 
-    /// How many requests came in, faulty or not.
-    pub fn requests(&self) -> usize {
-        self.state.requests.load(Ordering::SeqCst)
-    }
-
-    /// Whether the socket file is there now (it is not while vanished).
-    pub fn is_bound(&self) -> bool {
-        self.state.socket.exists()
+    /// Returns once the socket is bound again after a vanish (at once if it is bound).
+    pub async fn back(&self) {
+        let mut bound = self.state.bound.subscribe();
+        bound.wait_for(|bound| *bound).await.expect("the faulty engine is serving");
     }
 }
 
@@ -180,6 +173,7 @@ async fn serve(mut listener: UnixListener, state: Arc<State>) {
                 let away = *state.vanish_for.lock().unwrap();
                 tokio::time::sleep(away).await;
                 listener = bind_again(&state.socket);
+                state.bound.send_replace(true);
                 epoch.borrow_and_update();
             }
         }
@@ -205,7 +199,6 @@ async fn connection(client: UnixStream, state: Arc<State>) {
 
 /// The answer to one request: a fault, or the daemon's.
 async fn answer(request: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, BoxError> {
-    state.requests.fetch_add(1, Ordering::SeqCst);
     let path = unversioned(request.uri().path()).to_string();
     let fault = state.rules.iter().find_map(|rule| rule.decide(request.method(), &path));
     match fault {
@@ -221,10 +214,12 @@ async fn answer(request: Request<Incoming>, state: Arc<State>) -> Result<Respons
             Ok(forward(request).await)
         }
         Some(Fault::Reset) => Err("injected fault: connection reset".into()),
-        Some(Fault::TruncatedBody) => Ok(truncated(forward(request).await).await),
+        Some(Fault::TruncatedBody) => Ok(truncated(forward(request).await, false).await),
+        Some(Fault::CutJson) => Ok(truncated(forward(request).await, true).await),
         Some(Fault::Vanish(away)) => {
             *state.vanish_for.lock().unwrap() = away;
             let _ = std::fs::remove_file(&state.socket);
+            state.bound.send_replace(false);
             state.epoch.send_modify(|epoch| *epoch += 1);
             Err("injected fault: the daemon went away".into())
         }
@@ -239,18 +234,22 @@ fn json_answer(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
-/// The daemon's answer with its full length announced but half its body sent, then an error.
-async fn truncated(response: Response<Body>) -> Response<Body> {
+/// The daemon's answer with half its body: announced as the full length and then
+/// broken off, or (`honest_length`) announced as all there is.
+async fn truncated(response: Response<Body>, honest_length: bool) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     let whole = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) => return json_answer(StatusCode::BAD_GATEWAY, &error.to_string()),
     };
-    parts.headers.remove(hyper::header::TRANSFER_ENCODING);
-    parts.headers.insert(hyper::header::CONTENT_LENGTH, whole.len().into());
     let half = whole.slice(..whole.len() / 2);
-    let frames: Vec<Result<Frame<Bytes>, BoxError>> =
-        vec![Ok(Frame::data(half)), Err("injected fault: body cut short".into())];
+    parts.headers.remove(hyper::header::TRANSFER_ENCODING);
+    let announced = if honest_length { half.len() } else { whole.len() };
+    parts.headers.insert(hyper::header::CONTENT_LENGTH, announced.into());
+    let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![Ok(Frame::data(half))];
+    if !honest_length {
+        frames.push(Err("injected fault: body cut short".into()));
+    }
     Response::from_parts(parts, StreamBody::new(futures_util::stream::iter(frames)).boxed())
 }
 
