@@ -12,6 +12,7 @@ mod ctrl_z;
 mod daytona;
 mod daytona_errors;
 mod docker_proxy;
+mod faults;
 mod harnesses;
 mod images;
 mod keep;

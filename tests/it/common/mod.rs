@@ -11,13 +11,16 @@
 //!   contract server of its own;
 //! - `python`: the virtualenv Python of docker-py and the Daytona SDK;
 //! - `scoped`: [`ScopedEngine`], a socket whose listings show one test's
-//!   resources only, for commands that clean up host-wide by policy.
+//!   resources only, for commands that clean up host-wide by policy;
+//! - `faulty`: [`faulty::FaultyEngine`], a socket that injects 500s, 409s,
+//!   slow answers, resets, truncated bodies and daemon restarts.
 //!
 //! Tests that need the engine panic with a clear message when it cannot be
 //! reached; nothing here skips silently.
 
 mod cli;
 pub mod daytona;
+pub mod faulty;
 pub mod harness;
 mod image;
 mod python;
