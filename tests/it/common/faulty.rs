@@ -23,8 +23,6 @@ use tempfile::TempDir;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use super::image::docker_socket;
-
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
 
@@ -255,13 +253,7 @@ async fn truncated(response: Response<Body>, honest_length: bool) -> Response<Bo
 
 /// One request to the real daemon on a fresh connection; 502 when it cannot be reached.
 async fn forward(request: Request<Incoming>) -> Response<Body> {
-    let answer = async {
-        let stream = UnixStream::connect(docker_socket()).await.map_err(|error| error.to_string())?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|error| error.to_string())?;
-        tokio::spawn(connection);
-        sender.send_request(request).await.map_err(|error| error.to_string())
-    };
+    let answer = super::scoped::send_to_daemon(request);
     match answer.await {
         Ok(response) => response.map(|body| body.map_err(BoxError::from).boxed()),
         Err(error) => json_answer(StatusCode::BAD_GATEWAY, &error),

@@ -62,6 +62,15 @@ impl ScopedEngine {
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// One request to the real daemon on a fresh connection: its answer, or why none came.
+pub(super) async fn send_to_daemon(request: Request<Incoming>) -> Result<Response<Incoming>, String> {
+    let stream = UnixStream::connect(docker_socket()).await.map_err(|error| error.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|error| error.to_string())?;
+    tokio::spawn(connection);
+    sender.send_request(request).await.map_err(|error| error.to_string())
+}
+
 /// One request, its listing narrowed, to the real daemon on a fresh connection.
 async fn forward(request: Request<Incoming>, label: String) -> Result<Response<Body>, Infallible> {
     let (mut parts, body) = request.into_parts();
@@ -78,13 +87,7 @@ async fn forward(request: Request<Incoming>, label: String) -> Result<Response<B
         }
     }
     let request = Request::from_parts(parts, body);
-    let answer = async {
-        let stream = UnixStream::connect(docker_socket()).await.map_err(|error| error.to_string())?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|error| error.to_string())?;
-        tokio::spawn(connection);
-        sender.send_request(request).await.map_err(|error| error.to_string())
-    };
+    let answer = send_to_daemon(request);
     Ok(match answer.await {
         Ok(response) => response.map(BodyExt::boxed),
         Err(error) => {
