@@ -13,7 +13,9 @@
 //! - `scoped`: [`ScopedEngine`], a socket whose listings show one test's
 //!   resources only, for commands that clean up host-wide by policy;
 //! - `faulty`: [`faulty::FaultyEngine`], a socket that injects 500s, 409s,
-//!   slow answers, resets, truncated bodies and daemon restarts.
+//!   slow answers, resets, truncated bodies and daemon restarts;
+//! - `figures`: the reliability suite's scale (quick in `.ci/run`, long
+//!   under `scripts/reliability.sh`) and the figures it publishes.
 //!
 //! Tests that need the engine panic with a clear message when it cannot be
 //! reached; nothing here skips silently.
@@ -21,6 +23,7 @@
 mod cli;
 pub mod daytona;
 pub mod faulty;
+pub mod figures;
 pub mod harness;
 mod image;
 mod python;
