@@ -355,6 +355,7 @@ async fn tear_down_elsewhere(
     for (address, resources) in by_host {
         match DockerBackend::connect(&DockerEndpoint::new(Some(address), None)).await {
             Ok(docker) => {
+                let docker = docker.retrying_reads(options.removal.retry.clone(), events.clone());
                 let outcomes =
                     remove_all(&docker.remover(options.stop_timeout), resources, &options.removal, events).await;
                 done.unreached.extend(outcomes.failures().map(|(resource, _)| resource.clone()));

@@ -11,6 +11,7 @@
 use super::print_stdout;
 use crate::backend::docker::DockerBackend;
 use crate::errors::{Error, ExitStatus};
+use crate::events::Events;
 use crate::host;
 use crate::intercept::sockets;
 use crate::ledger::Ledger;
@@ -86,7 +87,7 @@ async fn docker_container(
     reference: &str,
 ) -> Result<(ResourceRef, Option<String>), Error> {
     let address = &global.docker.address;
-    let docker = DockerBackend::connect(&global.docker).await?;
+    let docker = DockerBackend::connect(&global.docker).await?.retrying_reads(global.retry.clone(), Events::discard());
     let found = docker.find_container(reference).await.map_err(|error| error.during(format!("inspect {reference}")))?;
     let Some(resource) = found else {
         return Err(Error::usage(format!(

@@ -31,7 +31,8 @@ pub async fn cleanup_docker(
     settings: &DockerCleanupSettings,
     session: &Session,
 ) -> Result<ExitStatus, Error> {
-    let backend = DockerBackend::connect(&global.docker).await?;
+    let backend =
+        DockerBackend::connect(&global.docker).await?.retrying_reads(global.retry.clone(), session.events.clone());
     let containers = match settings.containers {
         true => Some(sweep_containers(&backend, global, settings, session).await?),
         false => None,

@@ -46,7 +46,7 @@ pub async fn recover(
 ) -> Result<ExitStatus, Error> {
     let events = &session.events;
     let ledger = Ledger::open(&global.state_dir)?;
-    let docker = DockerBackend::connect(&global.docker).await?;
+    let docker = DockerBackend::connect(&global.docker).await?.retrying_reads(global.retry.clone(), events.clone());
     let daytona = daytona_if_configured(global, &ledger, events).await?;
     let backends = Backends { docker: Some(&docker), daytona: daytona.as_ref() };
     let options = TeardownOptions {

@@ -72,7 +72,8 @@ pub async fn list(global: &GlobalSettings, settings: &ListSettings, session: &Se
     if settings.daytona {
         return list_daytona(global, settings, &session.events).await;
     }
-    let backend = DockerBackend::connect(&global.docker).await?;
+    let backend =
+        DockerBackend::connect(&global.docker).await?.retrying_reads(global.retry.clone(), session.events.clone());
     let query = ContainerQuery { labels: settings.labels.clone(), all: settings.all };
     let mut containers = backend.list_containers(&query).await.map_err(|error| error.during("list containers"))?;
     containers.sort_by_key(|container| std::cmp::Reverse(container.created));

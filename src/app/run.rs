@@ -117,7 +117,8 @@ async fn start(global: &GlobalSettings, settings: &RunSettings, events: &Events)
         Some(connecting) => Some(connecting.await.map_err(|error| Error::DockerUnreachable {
             address: global.docker.address.clone(),
             reason: error.to_string(),
-        })??),
+        })??
+        .retrying_reads(settings.retry.clone(), events.clone())),
         None => None,
     };
     let host = host::host_name();

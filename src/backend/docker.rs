@@ -1,9 +1,13 @@
 //! The Docker backend: connects to the engine (at the `DOCKER_HOST` that
 //! settings resolved), lists containers, networks and volumes, removes
 //! them, and classifies every Engine API error once for the retry policy.
+//! Reads (listings and inspects) are retried under the same policy as
+//! removals: a listing cut short by a restarting daemon is asked again
+//! rather than ending a cleanup.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
 use bollard::query_parameters::{
@@ -15,10 +19,11 @@ use serde::Serialize;
 
 use super::Remover;
 use crate::errors::{error_chain, Error, ErrorClass, Service};
+use crate::events::Events;
 use crate::net::http::Buffered;
 use crate::net::{BoxRead, BoxWrite, DockerEndpoint};
 use crate::resource::{Kind, LabelSelector, ResourceRef};
-use crate::retry::{CallTimeout, Classify};
+use crate::retry::{Call, CallTimeout, Classify, RetryPolicy, Success};
 
 /// The label docker compose puts on everything of a project.
 pub(crate) const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
@@ -31,6 +36,14 @@ const CLIENT_TIMEOUT_SECONDS: u64 = 120;
 pub struct DockerBackend {
     client: Docker,
     endpoint: DockerEndpoint,
+    reads: Reads,
+}
+
+/// How reads are retried, and where their retries are told.
+#[derive(Clone)]
+struct Reads {
+    policy: RetryPolicy,
+    events: Events,
 }
 
 /// A container as `list` shows it and the filters see it.
@@ -165,7 +178,30 @@ impl DockerBackend {
                     .map_err(|error| unreachable(error_chain(&error)))?
             }
         };
-        Ok(DockerBackend { client, endpoint: endpoint.clone() })
+        let reads = Reads { policy: RetryPolicy::default(), events: Events::discard() };
+        Ok(DockerBackend { client, endpoint: endpoint.clone(), reads })
+    }
+
+    /// Retries reads under `policy`, telling each retry to `events`.
+    pub fn retrying_reads(mut self, policy: RetryPolicy, events: Events) -> Self {
+        self.reads = Reads { policy, events };
+        self
+    }
+
+    /// Runs one read under the read policy. A 404 is an answer to reads, so
+    /// `operation` turns it into a value; one that still arrives as an error
+    /// is returned as it is.
+    pub(crate) async fn read<T, F, Fut>(&self, what: &str, operation: F) -> Result<T, DockerError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, DockerError>>,
+    {
+        let call = Call { what, service: Service::Docker, kind: None };
+        match self.reads.policy.run(call, &self.reads.events, operation).await {
+            Ok((Success::Done(value), _)) => Ok(value),
+            Ok((Success::AlreadyDone, _)) => Err(DockerError { status: Some(404), message: format!("{what}: not found") }),
+            Err(failure) => Err(failure.error),
+        }
     }
 
     pub(crate) fn endpoint(&self) -> &DockerEndpoint {
@@ -182,7 +218,11 @@ impl DockerBackend {
             filters.insert("label".to_string(), query.labels.iter().map(LabelSelector::to_filter).collect());
         }
         let options = ListContainersOptions { all: query.all, filters: Some(filters), ..Default::default() };
-        let summaries = self.client.list_containers(Some(options)).await?;
+        let summaries = self
+            .read("list containers", || async {
+                Ok(self.client.list_containers(Some(options.clone())).await?)
+            })
+            .await?;
         Ok(summaries
             .into_iter()
             .filter_map(|summary| {
@@ -208,7 +248,9 @@ impl DockerBackend {
 
     pub(crate) async fn list_networks(&self, labels: &[LabelSelector]) -> Result<Vec<LabelledResource>, DockerError> {
         let options = ListNetworksOptions { filters: Some(label_filters(labels)) };
-        let networks = self.client.list_networks(Some(options)).await?;
+        let networks = self
+            .read("list networks", || async { Ok(self.client.list_networks(Some(options.clone())).await?) })
+            .await?;
         Ok(networks
             .into_iter()
             .filter_map(|network| {
@@ -223,7 +265,9 @@ impl DockerBackend {
 
     pub(crate) async fn list_volumes(&self, labels: &[LabelSelector]) -> Result<Vec<LabelledResource>, DockerError> {
         let options = ListVolumesOptions { filters: Some(label_filters(labels)) };
-        let response = self.client.list_volumes(Some(options)).await?;
+        let response = self
+            .read("list volumes", || async { Ok(self.client.list_volumes(Some(options.clone())).await?) })
+            .await?;
         Ok(response
             .volumes
             .unwrap_or_default()
@@ -237,31 +281,32 @@ impl DockerBackend {
 
     /// Whether the resource still exists. Used to verify teardown by listing.
     pub(crate) async fn exists(&self, resource: &ResourceRef) -> Result<bool, DockerError> {
-        let result = match resource.kind {
-            Kind::Container => self.client.inspect_container(&resource.id, None).await.map(drop),
-            Kind::Network => self.client.inspect_network(&resource.id, None).await.map(drop),
-            Kind::Volume => self.client.inspect_volume(&resource.id).await.map(drop),
-            Kind::Sandbox => return Err(not_docker(resource)),
-        };
-        match result.map_err(DockerError::from) {
-            Ok(()) => Ok(true),
-            Err(error) if error.status == Some(404) => Ok(false),
-            Err(error) => Err(error),
-        }
+        let client = &self.client;
+        let found = self
+            .read("inspect", || async {
+                let result = match resource.kind {
+                    Kind::Container => client.inspect_container(&resource.id, None).await.map(drop),
+                    Kind::Network => client.inspect_network(&resource.id, None).await.map(drop),
+                    Kind::Volume => client.inspect_volume(&resource.id).await.map(drop),
+                    Kind::Sandbox => return Err(not_docker(resource)),
+                };
+                found_or_none(result)
+            })
+            .await?;
+        Ok(found.is_some())
     }
 
     /// A container by id (or unique prefix) or name, with its full id and
     /// name; `None` when the engine has no such container.
     pub(crate) async fn find_container(&self, reference: &str) -> Result<Option<ResourceRef>, DockerError> {
-        match self.client.inspect_container(reference, None).await.map_err(DockerError::from) {
-            Ok(container) => Ok(Some(ResourceRef {
-                kind: Kind::Container,
-                id: container.id.unwrap_or_else(|| reference.to_string()),
-                name: container.name.map(|name| name.trim_start_matches('/').to_string()).unwrap_or_default(),
-            })),
-            Err(error) if error.status == Some(404) => Ok(None),
-            Err(error) => Err(error),
-        }
+        let inspected = self
+            .read("inspect container", || async { found_or_none(self.client.inspect_container(reference, None).await) })
+            .await?;
+        Ok(inspected.map(|container| ResourceRef {
+            kind: Kind::Container,
+            id: container.id.unwrap_or_else(|| reference.to_string()),
+            name: container.name.map(|name| name.trim_start_matches('/').to_string()).unwrap_or_default(),
+        }))
     }
 
     /// The labels of a network or volume, by inspecting it; `None` once it is gone.
@@ -269,22 +314,22 @@ impl DockerBackend {
         &self,
         resource: &ResourceRef,
     ) -> Result<Option<BTreeMap<String, String>>, DockerError> {
-        let labels = match resource.kind {
-            Kind::Network => {
-                self.client.inspect_network(&resource.id, None).await.map(|network| network.labels.unwrap_or_default())
-            }
-            Kind::Volume => self.client.inspect_volume(&resource.id).await.map(|volume| volume.labels),
-            Kind::Container => {
-                let inspected = self.client.inspect_container(&resource.id, None).await;
-                inspected.map(|container| container.config.and_then(|config| config.labels).unwrap_or_default())
-            }
-            Kind::Sandbox => return Err(not_docker(resource)),
-        };
-        match labels.map_err(DockerError::from) {
-            Ok(labels) => Ok(Some(labels.into_iter().collect())),
-            Err(error) if error.status == Some(404) => Ok(None),
-            Err(error) => Err(error),
-        }
+        let client = &self.client;
+        self.read("inspect", || async {
+            let labels = match resource.kind {
+                Kind::Network => {
+                    client.inspect_network(&resource.id, None).await.map(|network| network.labels.unwrap_or_default())
+                }
+                Kind::Volume => client.inspect_volume(&resource.id).await.map(|volume| volume.labels),
+                Kind::Container => {
+                    let inspected = client.inspect_container(&resource.id, None).await;
+                    inspected.map(|container| container.config.and_then(|config| config.labels).unwrap_or_default())
+                }
+                Kind::Sandbox => return Err(not_docker(resource)),
+            };
+            Ok(found_or_none(labels)?.map(|labels| labels.into_iter().collect()))
+        })
+        .await
     }
 
     pub fn remover(&self, stop_timeout: Option<Duration>) -> DockerRemover<'_> {
@@ -323,6 +368,15 @@ impl Remover for DockerRemover<'_> {
             Kind::Sandbox => return Err(not_docker(resource)),
         }
         Ok(())
+    }
+}
+
+/// An inspect's answer, with "no such object" (404) as `None`.
+fn found_or_none<T>(result: Result<T, bollard::errors::Error>) -> Result<Option<T>, DockerError> {
+    match result.map_err(DockerError::from) {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if error.status == Some(404) => Ok(None),
+        Err(error) => Err(error),
     }
 }
 

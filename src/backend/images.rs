@@ -55,7 +55,9 @@ impl DockerBackend {
             filters.insert("label".to_string(), labels.iter().map(LabelSelector::to_filter).collect());
         }
         let options = ListImagesOptions { all: intermediate, filters: Some(filters), ..Default::default() };
-        let images = self.client().list_images(Some(options)).await?;
+        let images = self
+            .read("list images", || async { Ok(self.client().list_images(Some(options.clone())).await?) })
+            .await?;
         Ok(images
             .into_iter()
             .map(|image| EngineImage {
@@ -71,7 +73,9 @@ impl DockerBackend {
     /// Every container, running or not, with the image id it was made from.
     pub(crate) async fn image_users(&self) -> Result<Vec<ImageUser>, DockerError> {
         let options = ListContainersOptions { all: true, ..Default::default() };
-        let containers = self.client().list_containers(Some(options)).await?;
+        let containers = self
+            .read("list containers", || async { Ok(self.client().list_containers(Some(options.clone())).await?) })
+            .await?;
         Ok(containers
             .into_iter()
             .filter_map(|container| {

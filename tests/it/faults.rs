@@ -80,33 +80,48 @@ async fn connections_reset_without_an_answer_are_retried() {
     assert_nothing_left(&scope.leftovers().await, &output);
 }
 
-/// A listing cut short is not retried (Docker listings are not, only removals
-/// are): `cleanup docker` stops with exit 1 and one line naming the call, and
-/// removes nothing; the next cleanup, the engine healthy again, removes all.
-async fn a_listing_cut_short_fails_clearly_and_the_next_cleanup_removes_all(name: &str, fault: Fault, says: &str) {
+/// A listing cut short once is asked again: `cleanup docker` tells the retry
+/// (with what broke) and removes all.
+async fn a_listing_cut_short_is_retried(name: &str, fault: Fault, says: &str) {
     let rules = vec![Rule::new("GET", "/containers/json", fault, When::First(1))];
     let (scope, engine, output) = cleanup_through_faults(name, 3, rules).await;
     assert_eq!(engine.injected(0), 1, "{output}");
+    output.assert_code(0);
+    let retry = output.stderr.lines().find(|line| line.contains("list containers")).unwrap_or_else(|| panic!("{output}"));
+    assert!(retry.contains("retrying in") && retry.contains(says), "{output}");
+    assert!(output.stdout.contains("containers: 3 removed, 0 already gone, 0 failed"), "{output}");
+    assert_nothing_left(&scope.leftovers().await, &output);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_broken_off_mid_body_is_retried() {
+    let says = "connection closed before message completed";
+    a_listing_cut_short_is_retried("faults-broken-off", Fault::TruncatedBody, says).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_of_half_a_json_document_is_retried() {
+    a_listing_cut_short_is_retried("faults-half-json", Fault::CutJson, "EOF").await;
+}
+
+/// A listing that breaks on every attempt: once the retries are spent,
+/// `cleanup docker` stops with exit 1 and one line naming the call, having
+/// removed nothing; the next cleanup, on a healthy engine, removes all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_that_always_breaks_fails_clearly_and_the_next_cleanup_removes_all() {
+    let rules = vec![Rule::new("GET", "/containers/json", Fault::CutJson, When::EveryNth(1))];
+    let (scope, engine, output) = cleanup_through_faults("faults-always-broken", 3, rules).await;
+    assert_eq!(engine.injected(0), 1 + 4, "the first listing and 4 retries\n{output}");
     output.assert_code(1);
     let error = output.stderr.lines().find(|line| line.starts_with("error: ")).unwrap_or_else(|| panic!("{output}"));
-    assert!(error.contains("docker list containers failed") && error.contains(says), "{output}");
+    assert!(error.contains("docker list containers failed") && error.contains("EOF"), "{output}");
     assert_eq!(scope.leftovers().await.containers.len(), 3, "{output}");
 
-    let again = cli_through(&scope, &engine, &["cleanup", "docker", "--label", &scope.label_arg()]).await;
+    let mut healthy = scope.benchwarden();
+    healthy.args(["cleanup", "docker", "--label", &scope.label_arg()]);
+    let again = run_cli(healthy).await;
     again.assert_code(0);
     assert_nothing_left(&scope.leftovers().await, &again);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_listing_broken_off_mid_body_fails_clearly() {
-    let says = "connection closed before message completed";
-    a_listing_cut_short_fails_clearly_and_the_next_cleanup_removes_all("faults-broken-off", Fault::TruncatedBody, says)
-        .await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_listing_of_half_a_json_document_fails_clearly() {
-    a_listing_cut_short_fails_clearly_and_the_next_cleanup_removes_all("faults-half-json", Fault::CutJson, "EOF").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
