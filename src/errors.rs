@@ -115,6 +115,9 @@ pub enum Error {
     )]
     NotALedger { path: PathBuf, why: String },
 
+    #[error("state directory {path} {why}\n  free some space or make it writable, or pass another --state-dir")]
+    StateDir { path: PathBuf, why: String },
+
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -151,6 +154,7 @@ impl Error {
             Error::Usage(_) | Error::DockerUnreachable { .. } | Error::Config { .. } | Error::NotALedger { .. } => {
                 ExitStatus::Usage
             }
+            Error::StateDir { .. } => ExitStatus::Usage,
             Error::Call { class: ErrorClass::Denied, .. } => ExitStatus::Usage,
             Error::Call { .. } | Error::Ledger { .. } | Error::Io { .. } | Error::Json { .. } => ExitStatus::Failure,
         }

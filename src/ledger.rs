@@ -6,6 +6,9 @@
 //! connection behind a mutex. WAL mode and a busy timeout let several runs
 //! on one host share the file.
 //!
+//! A disk that fills while a run goes on does not cost rows: the `reserve`
+//! is given back and the write tried again.
+//!
 //! Columns added after the first release (`resources.kept_at`,
 //! `resources.endpoint`) are added to an older ledger when it is opened.
 
@@ -21,6 +24,8 @@ use crate::config::Selector;
 use crate::errors::Error;
 use crate::host;
 use crate::resource::{ImageOrigin, Kind, RecordedImage, ResourceRef};
+
+pub(crate) mod reserve;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -211,17 +216,33 @@ impl Ledger {
         &self.path
     }
 
-    /// Runs `work` with the connection on the blocking pool, since rusqlite blocks.
+    /// Runs `work` with the connection on the blocking pool, since rusqlite
+    /// blocks. A full disk gives the reserve back and runs `work` once more.
     async fn on_blocking_pool<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        mut work: impl FnMut(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, Error> {
         let connection = Arc::clone(&self.connection);
         let path = self.path.clone();
+        let worker_path = path.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             // A poisoned lock means a panic mid-statement; SQLite rolled the statement back.
             let mut guard = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut guard)
+            match work(&mut guard) {
+                Err(error) if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => {
+                    let state_dir = worker_path.parent().unwrap_or(Path::new("."));
+                    if !reserve::release(state_dir) {
+                        return Err(error);
+                    }
+                    tracing::warn!(
+                        "the disk of {} is full: the ledger gave back its reserve to keep recording; free some \
+                         space before the next run",
+                        state_dir.display()
+                    );
+                    work(&mut guard)
+                }
+                result => result,
+            }
         })
         .await;
         match outcome {
@@ -307,7 +328,7 @@ impl Ledger {
             let transaction = connection.transaction()?;
             transaction
                 .execute("INSERT OR IGNORE INTO tasks (run_id, task_id) VALUES (?1, ?2)", params![run_id, task_id])?;
-            for selector in selectors {
+            for selector in &selectors {
                 transaction.execute(
                     "INSERT OR IGNORE INTO claims (run_id, task_id, selector) VALUES (?1, ?2, ?3)",
                     params![run_id, task_id, selector],
@@ -325,7 +346,7 @@ impl Ledger {
         let texts: Vec<String> = self
             .on_blocking_pool(move |connection| {
                 let mut statement = connection.prepare("SELECT selector FROM claims WHERE run_id = ?1")?;
-                let rows = statement.query_map([run_id], |row| row.get(0))?;
+                let rows = statement.query_map([&run_id], |row| row.get(0))?;
                 rows.collect()
             })
             .await?;
@@ -362,7 +383,7 @@ impl Ledger {
         let run_id = run_id.to_string();
         self.on_blocking_pool(move |connection| {
             let mut statement = connection.prepare("SELECT task_id FROM tasks WHERE run_id = ?1 ORDER BY task_id")?;
-            let rows = statement.query_map([run_id], |row| row.get(0))?;
+            let rows = statement.query_map([&run_id], |row| row.get(0))?;
             rows.collect()
         })
         .await
@@ -404,7 +425,7 @@ impl Ledger {
     pub(crate) async fn record_outcomes(&self, outcomes: Vec<(ResourceRef, u32, Option<String>)>) -> Result<(), Error> {
         self.on_blocking_pool(move |connection| {
             let transaction = connection.transaction()?;
-            for (resource, attempts, error) in outcomes {
+            for (resource, attempts, error) in &outcomes {
                 let key = params![resource.kind.backend(), resource.kind.as_str(), resource.id];
                 match error {
                     None => transaction.execute(
@@ -513,9 +534,9 @@ impl Ledger {
                     other => Err(other),
                 })?;
             let mut tags: Vec<String> = known.iter().flat_map(|text| text.lines().map(str::to_string)).collect();
-            for tag in image.tags {
-                if !tags.contains(&tag) {
-                    tags.push(tag);
+            for tag in &image.tags {
+                if !tags.contains(tag) {
+                    tags.push(tag.clone());
                 }
             }
             transaction.execute(
@@ -556,7 +577,7 @@ impl Ledger {
     pub(crate) async fn images_removed(&self, ids: Vec<String>) -> Result<(), Error> {
         self.on_blocking_pool(move |connection| {
             let transaction = connection.transaction()?;
-            for id in ids {
+            for id in &ids {
                 transaction.execute(
                     "UPDATE images SET removed_at = ?2 WHERE id = ?1 AND removed_at IS NULL",
                     params![id, now_unix()],

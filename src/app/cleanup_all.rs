@@ -30,7 +30,9 @@ impl Connected {
         events: &Events,
     ) -> Result<Self, Error> {
         let docker = match settings.backends.docker {
-            true => Ok(DockerBackend::connect(&global.docker).await?.retrying_reads(global.retry.clone(), events.clone())),
+            true => {
+                Ok(DockerBackend::connect(&global.docker).await?.retrying_reads(global.retry.clone(), events.clone()))
+            }
             false => Err("left out by --daytona-only".to_string()),
         };
         let daytona = match settings.backends.daytona {

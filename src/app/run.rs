@@ -112,13 +112,19 @@ async fn start(global: &GlobalSettings, settings: &RunSettings, events: &Events)
     let endpoint = global.docker.clone();
     let connecting =
         settings.benchmark.docker.enabled.then(|| tokio::spawn(async move { DockerBackend::connect(&endpoint).await }));
+    // Before any task starts: a state directory that cannot take the ledger's rows stops the run here.
+    ledger::reserve::ensure(&global.state_dir)?;
     let ledger = Ledger::open(&global.state_dir)?;
     let docker = match connecting {
-        Some(connecting) => Some(connecting.await.map_err(|error| Error::DockerUnreachable {
-            address: global.docker.address.clone(),
-            reason: error.to_string(),
-        })??
-        .retrying_reads(settings.retry.clone(), events.clone())),
+        Some(connecting) => Some(
+            connecting
+                .await
+                .map_err(|error| Error::DockerUnreachable {
+                    address: global.docker.address.clone(),
+                    reason: error.to_string(),
+                })??
+                .retrying_reads(settings.retry.clone(), events.clone()),
+        ),
         None => None,
     };
     let host = host::host_name();

@@ -199,7 +199,9 @@ impl DockerBackend {
         let call = Call { what, service: Service::Docker, kind: None };
         match self.reads.policy.run(call, &self.reads.events, operation).await {
             Ok((Success::Done(value), _)) => Ok(value),
-            Ok((Success::AlreadyDone, _)) => Err(DockerError { status: Some(404), message: format!("{what}: not found") }),
+            Ok((Success::AlreadyDone, _)) => {
+                Err(DockerError { status: Some(404), message: format!("{what}: not found") })
+            }
             Err(failure) => Err(failure.error),
         }
     }
@@ -219,9 +221,7 @@ impl DockerBackend {
         }
         let options = ListContainersOptions { all: query.all, filters: Some(filters), ..Default::default() };
         let summaries = self
-            .read("list containers", || async {
-                Ok(self.client.list_containers(Some(options.clone())).await?)
-            })
+            .read("list containers", || async { Ok(self.client.list_containers(Some(options.clone())).await?) })
             .await?;
         Ok(summaries
             .into_iter()
@@ -265,9 +265,8 @@ impl DockerBackend {
 
     pub(crate) async fn list_volumes(&self, labels: &[LabelSelector]) -> Result<Vec<LabelledResource>, DockerError> {
         let options = ListVolumesOptions { filters: Some(label_filters(labels)) };
-        let response = self
-            .read("list volumes", || async { Ok(self.client.list_volumes(Some(options.clone())).await?) })
-            .await?;
+        let response =
+            self.read("list volumes", || async { Ok(self.client.list_volumes(Some(options.clone())).await?) }).await?;
         Ok(response
             .volumes
             .unwrap_or_default()

@@ -55,9 +55,8 @@ impl DockerBackend {
             filters.insert("label".to_string(), labels.iter().map(LabelSelector::to_filter).collect());
         }
         let options = ListImagesOptions { all: intermediate, filters: Some(filters), ..Default::default() };
-        let images = self
-            .read("list images", || async { Ok(self.client().list_images(Some(options.clone())).await?) })
-            .await?;
+        let images =
+            self.read("list images", || async { Ok(self.client().list_images(Some(options.clone())).await?) }).await?;
         Ok(images
             .into_iter()
             .map(|image| EngineImage {

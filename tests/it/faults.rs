@@ -87,7 +87,8 @@ async fn a_listing_cut_short_is_retried(name: &str, fault: Fault, says: &str) {
     let (scope, engine, output) = cleanup_through_faults(name, 3, rules).await;
     assert_eq!(engine.injected(0), 1, "{output}");
     output.assert_code(0);
-    let retry = output.stderr.lines().find(|line| line.contains("list containers")).unwrap_or_else(|| panic!("{output}"));
+    let retry =
+        output.stderr.lines().find(|line| line.contains("list containers")).unwrap_or_else(|| panic!("{output}"));
     assert!(retry.contains("retrying in") && retry.contains(says), "{output}");
     assert!(output.stdout.contains("containers: 3 removed, 0 already gone, 0 failed"), "{output}");
     assert_nothing_left(&scope.leftovers().await, &output);

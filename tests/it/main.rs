@@ -20,6 +20,7 @@ mod limits;
 mod metrics;
 mod misbehaving;
 mod run;
+mod state_dir;
 mod support;
 mod sweep;
 mod wrappers;
