@@ -5,6 +5,8 @@
 
 pub(crate) mod daytona_proxy;
 pub(crate) mod docker_proxy;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod images;
 pub(crate) mod proxy;
 pub(crate) mod sockets;

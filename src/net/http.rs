@@ -115,41 +115,40 @@ impl Head {
 
     /// The request head again with, where given, another target, another
     /// `Host`, and framing replaced by a `Content-Length`. Other header lines
-    /// are kept as they were sent.
+    /// are kept byte for byte as they were sent (heads hold no bare line
+    /// feed: [`parse_head`] refuses those).
     pub(crate) fn rewritten(&self, target: Option<&str>, host: Option<&str>, content_length: Option<usize>) -> Vec<u8> {
-        let text = String::from_utf8_lossy(&self.raw);
-        let mut lines = text.split("\r\n");
-        let mut out = String::new();
+        let mut out = Vec::with_capacity(self.raw.len() + 64);
+        let mut lines = self.raw.split(|byte| *byte == b'\n').map(|line| line.strip_suffix(b"\r").unwrap_or(line));
         if let Some(first) = lines.next() {
-            match (target, first.split_once(' ')) {
-                (Some(target), Some((method, rest))) => {
-                    let version = rest.rsplit_once(' ').map(|(_, version)| version).unwrap_or("HTTP/1.1");
-                    out.push_str(&format!("{method} {target} {version}"));
+            match target {
+                Some(target) => {
+                    let version = first.rsplit(|byte| *byte == b' ').next().unwrap_or(b"HTTP/1.1");
+                    out.extend_from_slice(format!("{} {target} ", self.method).as_bytes());
+                    out.extend_from_slice(version);
                 }
-                _ => out.push_str(first),
+                None => out.extend_from_slice(first),
             }
-            out.push_str("\r\n");
+            out.extend_from_slice(b"\r\n");
         }
-        for line in lines {
-            if line.is_empty() {
+        for line in lines.filter(|line| !line.is_empty()) {
+            let name = line.split(|byte| *byte == b':').next().unwrap_or_default().trim_ascii();
+            let is = |header: &str| name.eq_ignore_ascii_case(header.as_bytes());
+            let framing = is("content-length") || is("transfer-encoding");
+            if (framing && content_length.is_some()) || (host.is_some() && is("host")) {
                 continue;
             }
-            let name = line.split(':').next().unwrap_or("").trim();
-            let framing = name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding");
-            if (framing && content_length.is_some()) || (host.is_some() && name.eq_ignore_ascii_case("host")) {
-                continue;
-            }
-            out.push_str(line);
-            out.push_str("\r\n");
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
         }
         if let Some(host) = host {
-            out.push_str(&format!("Host: {host}\r\n"));
+            out.extend_from_slice(format!("Host: {host}\r\n").as_bytes());
         }
         if let Some(length) = content_length {
-            out.push_str(&format!("Content-Length: {length}\r\n"));
+            out.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
         }
-        out.push_str("\r\n");
-        out.into_bytes()
+        out.extend_from_slice(b"\r\n");
+        out
     }
 }
 
@@ -331,24 +330,35 @@ fn find_head_end(buffer: &[u8]) -> Option<usize> {
     buffer.windows(4).position(|window| window == b"\r\n\r\n").map(|index| index + 4)
 }
 
+/// A head is read up to its first CRLF CRLF, while httparse also takes a
+/// bare line feed for a line's end. Where they differ, what we read and
+/// what the other side reads disagree on the headers (a `Content-Length`
+/// inside another header's line) or on where the message ends, and the
+/// bytes we forward are read upstream as another message: such heads are
+/// refused. No Docker or Daytona client sends a bare line feed.
+fn check_complete(status: httparse::Status<usize>, raw: &[u8]) -> Result<(), HttpError> {
+    let bare_line_feed =
+        raw.iter().enumerate().any(|(index, byte)| *byte == b'\n' && (index == 0 || raw[index - 1] != b'\r'));
+    match status {
+        _ if bare_line_feed => Err(HttpError::Malformed("a bare line feed in the message head".to_string())),
+        httparse::Status::Complete(length) if length == raw.len() => Ok(()),
+        httparse::Status::Complete(_) => Err(HttpError::Malformed("the message head ends early".to_string())),
+        httparse::Status::Partial => Err(HttpError::Malformed("incomplete head".to_string())),
+    }
+}
+
 fn parse_head(raw: Vec<u8>, request: bool) -> Result<Head, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let malformed = |error: httparse::Error| HttpError::Malformed(error.to_string());
     let (method, target, status, parsed) = if request {
         let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(&raw).map_err(malformed)? {
-            httparse::Status::Complete(_) => {}
-            httparse::Status::Partial => return Err(HttpError::Malformed("incomplete head".to_string())),
-        }
+        check_complete(parsed.parse(&raw).map_err(malformed)?, &raw)?;
         let method = parsed.method.unwrap_or_default().to_string();
         let target = parsed.path.unwrap_or_default().to_string();
         (method, target, 0, parsed.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect())
     } else {
         let mut parsed = httparse::Response::new(&mut headers);
-        match parsed.parse(&raw).map_err(malformed)? {
-            httparse::Status::Complete(_) => {}
-            httparse::Status::Partial => return Err(HttpError::Malformed("incomplete head".to_string())),
-        }
+        check_complete(parsed.parse(&raw).map_err(malformed)?, &raw)?;
         let status = parsed.code.unwrap_or_default();
         (
             String::new(),
@@ -395,6 +405,26 @@ mod tests {
         assert_eq!(head.request_framing().unwrap(), Framing::Length(2));
         let rewritten = String::from_utf8(head.with_content_length(10)).unwrap();
         assert!(rewritten.ends_with("Host: docker\r\nContent-Length: 10\r\n\r\n"), "{rewritten}");
+    }
+
+    /// Found by the proxy fuzzer (`intercept::fuzz`): a bare line feed ended
+    /// the head for httparse, hiding `Transfer-Encoding: chunked` from us
+    /// while the raw head, forwarded, still carried it.
+    #[tokio::test]
+    async fn a_head_cut_short_by_a_bare_line_feed_is_refused() {
+        for wire in [
+            &b"POST /containers/create HTTP/1.1\r\nHost: d\r\n\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+                [..],
+            &b"HTTP/1.1 201 Created\r\nServer: d\n\nContent-Length: 2\r\n\r\n{}"[..],
+            // A Content-Length hidden inside another header's line, for us, not for httparse.
+            &b"POST /volumes/create HTTP/1.1\r\nHost: d\r\nX-A: b\xec\nContent-Length: 2\r\n\r\n{}"[..],
+        ] {
+            let request = wire.starts_with(b"POST");
+            match Buffered::new(wire).read_head(request).await {
+                Err(HttpError::Malformed(message)) => assert!(message.contains("bare line feed"), "{message}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[tokio::test]
