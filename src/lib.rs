@@ -14,6 +14,8 @@ pub mod cleanup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[cfg(test)]
+mod corpus;
 pub mod errors;
 pub mod events;
 pub mod host;

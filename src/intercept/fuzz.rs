@@ -17,10 +17,11 @@
 //! in `proptest-regressions/` and replayed first from then on.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use proptest::prelude::*;
 use serde_json::Value;
+
+use crate::corpus::mutated;
 
 use super::daytona_proxy::{ApiTarget, DaytonaPolicy};
 use super::docker_proxy::DockerPolicy;
@@ -48,104 +49,6 @@ fn daytona_policy() -> DaytonaPolicy {
         auto_stop_minutes: Some(30),
         auto_delete_minutes: Some(0),
     }
-}
-
-/// The kept messages of `tests/corpus/proxy/<part>`, in name order.
-fn corpus(part: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/proxy").join(part);
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|error| panic!("the fuzz corpus {}: {error}", dir.display()))
-        .map(|entry| entry.expect("a corpus entry").path())
-        .collect();
-    paths.sort();
-    let seeds: Vec<Vec<u8>> = paths.iter().map(|path| std::fs::read(path).expect("a corpus file")).collect();
-    assert!(seeds.len() >= 5, "the corpus {} has {} messages", dir.display(), seeds.len());
-    seeds
-}
-
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip {
-        at: usize,
-        byte: u8,
-    },
-    Insert {
-        at: usize,
-        bytes: Vec<u8>,
-    },
-    Delete {
-        at: usize,
-        length: usize,
-    },
-    CutAt {
-        at: usize,
-    },
-    /// The tail of another message from `at` on: two messages glued, or a
-    /// second request on a kept-alive connection.
-    Splice {
-        at: usize,
-        other: usize,
-    },
-}
-
-fn mutation(seed_count: usize) -> impl Strategy<Value = Mutation> {
-    // Bytes that matter to the parsers more often than chance would pick them.
-    let interesting = prop_oneof![
-        Just(b"\r\n".to_vec()),
-        Just(b"\r\n\r\n".to_vec()),
-        Just(b":".to_vec()),
-        Just(b"0\r\n\r\n".to_vec()),
-        Just(b"Transfer-Encoding: chunked\r\n".to_vec()),
-        Just(b"Content-Length: 18446744073709551616\r\n".to_vec()),
-        Just(b"ffffffffffffffffff\r\n".to_vec()),
-        Just(b"{\"Labels\":null}".to_vec()),
-        Just(b"\xff\xfe".to_vec()),
-        proptest::collection::vec(any::<u8>(), 1..16),
-    ];
-    prop_oneof![
-        (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Flip { at, byte }),
-        (any::<usize>(), interesting).prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        (any::<usize>(), 1usize..64).prop_map(|(at, length)| Mutation::Delete { at, length }),
-        any::<usize>().prop_map(|at| Mutation::CutAt { at }),
-        (any::<usize>(), 0..seed_count).prop_map(|(at, other)| Mutation::Splice { at, other }),
-    ]
-}
-
-fn apply(seeds: &[Vec<u8>], seed: usize, mutations: &[Mutation]) -> Vec<u8> {
-    let mut bytes = seeds[seed].clone();
-    for mutation in mutations {
-        let place = |at: usize, length: usize| if length == 0 { 0 } else { at % (length + 1) };
-        match mutation {
-            Mutation::Flip { at, byte } if !bytes.is_empty() => {
-                let index = at % bytes.len();
-                bytes[index] ^= byte;
-            }
-            Mutation::Flip { .. } => {}
-            Mutation::Insert { at, bytes: inserted } => {
-                let index = place(*at, bytes.len());
-                bytes.splice(index..index, inserted.iter().copied());
-            }
-            Mutation::Delete { at, length } => {
-                let start = place(*at, bytes.len());
-                let end = (start + length).min(bytes.len());
-                bytes.drain(start..end);
-            }
-            Mutation::CutAt { at } => bytes.truncate(place(*at, bytes.len())),
-            Mutation::Splice { at, other } => {
-                let other = &seeds[*other];
-                bytes.extend_from_slice(&other[place(*at, other.len())..]);
-            }
-        }
-    }
-    bytes
-}
-
-/// Mostly mutated corpus messages, sometimes arbitrary bytes.
-fn messages(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
-    let count = seeds.len();
-    let mutated = (0..count, proptest::collection::vec(mutation(count), 0..6))
-        .prop_map(move |(seed, mutations)| apply(&seeds, seed, &mutations));
-    prop_oneof![9 => mutated, 1 => proptest::collection::vec(any::<u8>(), 0..512)]
 }
 
 fn block_on<T>(work: impl std::future::Future<Output = T>) -> T {
@@ -227,22 +130,22 @@ async fn answer_read_back<P: Policy>(policy: &P, answer: &[u8]) {
 proptest! {
     #[test]
     fn docker_requests_never_panic_and_creates_keep_their_labels(
-        request in messages(corpus("requests")),
-        answer in messages(corpus("responses")),
+        request in mutated("proxy/requests"),
+        answer in mutated("proxy/responses"),
     ) {
         block_on(through_proxy(&docker_policy(), "Labels", &request, &answer))?;
     }
 
     #[test]
     fn daytona_requests_never_panic_and_creates_keep_their_labels(
-        request in messages(corpus("requests")),
-        answer in messages(corpus("responses")),
+        request in mutated("proxy/requests"),
+        answer in mutated("proxy/responses"),
     ) {
         block_on(through_proxy(&daytona_policy(), "labels", &request, &answer))?;
     }
 
     #[test]
-    fn answers_never_panic_the_proxies(answer in messages(corpus("responses"))) {
+    fn answers_never_panic_the_proxies(answer in mutated("proxy/responses")) {
         block_on(answer_read_back(&docker_policy(), &answer));
         block_on(answer_read_back(&daytona_policy(), &answer));
     }
@@ -253,7 +156,7 @@ fn the_corpus_itself_goes_through_whole() {
     // Unmutated, every kept create is let through, with its labels: the
     // docker CLI's, compose's (chunked) and docker-py's container creates, a
     // network's and a volume's; the Daytona SDK's sandbox creates.
-    let (requests, answers) = (corpus("requests"), corpus("responses"));
+    let (requests, answers) = (crate::corpus::seeds("proxy/requests"), crate::corpus::seeds("proxy/responses"));
     let let_through = |policy: &dyn Fn(&[u8], &[u8]) -> usize| -> usize {
         requests.iter().map(|request| policy(request, &answers[0])).sum()
     };

@@ -180,3 +180,47 @@ mod tests {
         assert_eq!(sandbox.created_unix(), Some(1_727_784_000));
     }
 }
+
+/// The model fed mutated real answers of the Daytona API (`tests/corpus/daytona/answers`):
+/// a list page, the legacy bare list, single sandboxes, error bodies, a proxy's HTML. Whatever
+/// parses, every question benchwarden asks of a sandbox is answered without a panic.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::corpus::{mutated, seeds};
+
+    fn ask_everything(sandbox: &Sandbox) {
+        let _ = (sandbox.resource(), sandbox.is_stopped(), sandbox.is_being_deleted(), sandbox.created_unix());
+    }
+
+    fn read(answer: &[u8]) -> usize {
+        let mut parsed = 0;
+        if let Ok(ListAnswer::Page { items: sandboxes, .. } | ListAnswer::Bare(sandboxes)) =
+            serde_json::from_slice::<ListAnswer>(answer)
+        {
+            sandboxes.iter().for_each(ask_everything);
+            parsed += 1;
+        }
+        if let Ok(sandbox) = serde_json::from_slice::<Sandbox>(answer) {
+            ask_everything(&sandbox);
+            parsed += 1;
+        }
+        parsed
+    }
+
+    proptest! {
+        #[test]
+        fn any_answer_parses_or_is_refused_never_a_panic(answer in mutated("daytona/answers")) {
+            read(&answer);
+        }
+    }
+
+    #[test]
+    fn the_corpus_itself_parses() {
+        let parsed: usize = seeds("daytona/answers").iter().map(|answer| read(answer)).sum();
+        // 4 lists and 2 sandboxes; the error bodies and the HTML are neither.
+        assert_eq!(parsed, 6);
+    }
+}
