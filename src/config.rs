@@ -538,3 +538,44 @@ mod tests {
         assert!(!matches_template("fixed", "fixed2"));
     }
 }
+
+/// The benchmark-file parser fed mutated real files (`tests/corpus/benchmarks`: the shipped
+/// benchmarks and the README's file with every key): an error or a benchmark, never a panic,
+/// and every template of a parsed one filled and matched.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::corpus::{mutated, seeds};
+
+    fn read(bytes: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(bytes);
+        let Ok(benchmark) = Benchmark::parse(&text, Path::new("fuzzed.yaml")) else { return false };
+        for (index, task) in benchmark.tasks.iter().enumerate() {
+            for argument in &benchmark.harness.command {
+                let filled = fill(argument, task, "20261130-1500-k3f9", index);
+                let _ = matches_template(argument, &filled);
+            }
+            for selector in &benchmark.docker.selectors {
+                let selector = selector.map(|template| fill(template, task, "20261130-1500-k3f9", index));
+                if let Some(pattern) = selector.project_pattern() {
+                    let _ = compose_project_matches(&pattern, task);
+                }
+            }
+        }
+        true
+    }
+
+    proptest! {
+        #[test]
+        fn any_benchmark_file_parses_or_is_refused_never_a_panic(file in mutated("benchmarks")) {
+            read(&file);
+        }
+    }
+
+    #[test]
+    fn the_corpus_itself_parses() {
+        assert!(seeds("benchmarks").iter().all(|file| read(file)));
+    }
+}
