@@ -44,6 +44,8 @@ pub(crate) struct CleanupPolicy {
     pub(crate) daytona_dry_run: bool,
     pub(crate) fail_fast: bool,
     pub(crate) retry: RetryPolicy,
+    /// How long after its end another host's lease still protects its sandboxes.
+    pub(crate) lease_grace: Duration,
 }
 
 impl CleanupPolicy {
@@ -57,10 +59,13 @@ impl CleanupPolicy {
 
     fn sandbox_selection(&self) -> SandboxSelection {
         let owners = SandboxOwners::ThisHost { selectors: self.selectors.clone() };
-        match self.aggressive {
-            true => SandboxSelection { owners, stopped: false, older_than: Some(HOUR) },
-            false => SandboxSelection { owners, stopped: true, older_than: Some(DAY) },
-        }
+        let (stopped, older_than) = match self.aggressive {
+            true => (false, Some(HOUR)),
+            false => (true, Some(DAY)),
+        };
+        // A lease that ended proves what the state and age only suggest: such a sandbox goes.
+        let lease_grace = self.lease_grace;
+        SandboxSelection { owners, stopped, older_than, lease_grace, expired_leases_go_whatever_state: true }
     }
 
     fn removal(&self, parallel: usize) -> RemovalOptions {

@@ -191,6 +191,10 @@ pub enum CleanupCommand {
 /// What `cleanup all` and `sweep` take, and how.
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
+    /// How long after its end another host's lease still protects its sandboxes (clock skew)
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "2m")]
+    pub(crate) lease_grace: Duration,
+
     /// Also remove running benchmark containers, any benchmark sandbox older than 1 hour, the images
     /// benchwarden runs made (none a live run or a container uses), and prune the build cache to
     /// --build-cache-max
@@ -234,7 +238,8 @@ pub struct PolicyArgs {
 #[command(after_help = "What goes, by default:\n  \
     - what orphaned runs own (runs on this host whose benchwarden process is gone)\n  \
     - exited containers that benchmarks own\n  \
-    - stopped benchmark sandboxes older than 1 day\n\
+    - stopped benchmark sandboxes older than 1 day\n  \
+    - sandboxes another host's run left, once its lease ended (plus --lease-grace), whatever their state\n\
     With --aggressive: running benchmark containers too, any benchmark sandbox older than 1 hour, the images \
     benchwarden runs made (not one a live run or a container uses), and the build cache beyond --build-cache-max.\n\
     \"Benchmarks own\" means benchwarden's owner labels (for sandboxes: of runs on this host), or the \
@@ -285,9 +290,10 @@ pub struct SweepArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Credentials come from DAYTONA_API_KEY (or DAYTONA_JWT_TOKEN with \
     DAYTONA_ORGANIZATION_ID); the API from DAYTONA_API_URL (default https://app.daytona.io/api).\n\n\
-    By default only sandboxes labelled by benchwarden runs on this host are candidates; --label \
-    selects by label instead, --any-owner widens to the whole organisation. Sandboxes of a live run \
-    are never touched. Filters combine with AND.\n\n\
+    By default only sandboxes labelled by benchwarden runs on this host are candidates, and those \
+    another host's run left: its lease (benchwarden.lease-until) ended more than --lease-grace ago. \
+    --label selects by label instead, --any-owner widens to the whole organisation. Sandboxes of a \
+    live run, or under another host's current lease, are never touched. Filters combine with AND.\n\n\
     Examples:\n  \
     benchwarden cleanup daytona --stopped --older-than 1d            # preview\n  \
     benchwarden cleanup daytona --stopped --older-than 1d --no-dry-run\n  \
@@ -306,8 +312,13 @@ pub struct CleanupDaytonaArgs {
     pub(crate) labels: Vec<String>,
 
     /// Consider every sandbox of the organisation, not only those of benchwarden runs on this host
+    /// (and those another host's run left with its lease ended)
     #[arg(long)]
     pub(crate) any_owner: bool,
+
+    /// How long after its end another host's lease still protects its sandboxes (clock skew)
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "2m")]
+    pub(crate) lease_grace: Duration,
 
     /// Really delete; without it this only shows what would go
     #[arg(long)]

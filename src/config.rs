@@ -154,6 +154,12 @@ pub(crate) struct DaytonaSection {
     pub(crate) auto_stop_minutes: Option<u32>,
     /// Likewise for deletion after stopping (0: delete at once when stopped).
     pub(crate) auto_delete_minutes: Option<i64>,
+    /// How long the lease on each of the run's sandboxes lasts; renewed every third of it.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) lease: Option<Duration>,
+    /// How long past its end another machine's lease still protects (the pre-run sweep's).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) lease_grace: Option<Duration>,
 }
 
 /// Says which resources a task owns when the harness does not label them.

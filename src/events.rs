@@ -76,6 +76,19 @@ pub(crate) enum Event<'a> {
         /// It starts or stops waiting, or for another reason; otherwise only the counts moved.
         news: bool,
     },
+    /// A sweep takes a sandbox that another machine left: its lease ended.
+    LeaseExpired {
+        resource: &'a ResourceRef,
+        reason: &'a str,
+    },
+    /// A round of the run's lease renewals: `renewed` leases written, `failed`
+    /// not (the first failure's `error`); the next round comes `next` later.
+    LeasesRenewed {
+        renewed: usize,
+        failed: usize,
+        error: Option<&'a str>,
+        next: Duration,
+    },
     /// A resource a sweep selected but left alone, and why.
     Protected {
         resource: &'a ResourceRef,

@@ -1,7 +1,7 @@
 //! Who owns a resource, and whether that owner is still alive: the
 //! `benchwarden.*` owner labels, what a task or run claims (its owner labels
 //! and the benchmark's selectors), and the one rule for judging whether the
-//! run that owns something is alive.
+//! run that owns something is alive; across machines, its [`lease`].
 
 use std::collections::BTreeMap;
 
@@ -9,6 +9,8 @@ use crate::config::{compose_project_matches, matches_template, Selector};
 use crate::host;
 use crate::ledger::RunRecord;
 use crate::resource::LabelSelector;
+
+pub(crate) mod lease;
 
 /// Owner labels stamped on everything a task creates.
 pub(crate) const LABEL_RUN: &str = "benchwarden.run";

@@ -16,6 +16,7 @@ use crate::errors::Error;
 use crate::intercept::daytona_proxy::{ApiTarget, DaytonaProxySettings};
 use crate::limits::Limits;
 use crate::net::DockerEndpoint;
+use crate::owner::lease::{DEFAULT_LEASE, DEFAULT_LEASE_GRACE};
 use crate::report::{Color, OutputSettings, Verbosity};
 use crate::retry::RetryPolicy;
 use crate::supervisor::keep::KeepPolicy;
@@ -233,7 +234,13 @@ impl DaytonaCleanupSettings {
             (true, false) => SandboxOwners::ThisHost { selectors: Vec::new() },
         };
         Ok(DaytonaCleanupSettings {
-            selection: SandboxSelection { owners, stopped: args.stopped, older_than: args.older_than },
+            selection: SandboxSelection {
+                owners,
+                stopped: args.stopped,
+                older_than: args.older_than,
+                lease_grace: args.lease_grace,
+                expired_leases_go_whatever_state: false,
+            },
             dry_run: !args.no_dry_run,
             fail_fast: args.fail_fast,
             json: args.json,
@@ -337,6 +344,7 @@ impl CleanupAllSettings {
             daytona_dry_run: !args.no_dry_run,
             fail_fast: args.fail_fast,
             retry: global.retry.clone(),
+            lease_grace: args.lease_grace,
         };
         Ok(CleanupAllSettings {
             policy,
@@ -450,6 +458,8 @@ impl StatusSettings {
 pub(crate) struct RunDaytona {
     pub(crate) config: DaytonaConfig,
     pub(crate) proxy: DaytonaProxySettings,
+    /// How long past its end another machine's lease protects its sandboxes from the pre-run sweep.
+    pub(crate) lease_grace: Duration,
 }
 
 /// `run`: the command line merged over the benchmark file, once.
@@ -559,7 +569,11 @@ impl RunSettings {
             report: args.report.clone(),
             metrics_file: args.metrics_file.clone(),
             fail_on_unresolved: args.fail_on_unresolved,
-            keep: KeepPolicy { keep_failed: args.keep_failed, fail_on_unresolved: args.fail_on_unresolved },
+            keep: KeepPolicy {
+                keep_failed: args.keep_failed,
+                fail_on_unresolved: args.fail_on_unresolved,
+                kept_for: cleanup_age,
+            },
             harness_args,
             parallel,
             daytona,
@@ -687,8 +701,9 @@ fn run_daytona(section: &DaytonaSection, file: &str) -> Result<RunDaytona, Error
         target,
         auto_stop_minutes: section.auto_stop_minutes,
         auto_delete_minutes: section.auto_delete_minutes,
+        lease: section.lease.unwrap_or(DEFAULT_LEASE),
     };
-    Ok(RunDaytona { config, proxy })
+    Ok(RunDaytona { config, proxy, lease_grace: section.lease_grace.unwrap_or(DEFAULT_LEASE_GRACE) })
 }
 
 /// Writes the embedded smoke benchmark and its harness under the state

@@ -15,6 +15,7 @@ use crate::report::text;
 use crate::resource::RemovalReport;
 use crate::settings::{DaytonaCleanupSettings, GlobalSettings, ListSettings};
 use crate::sweep::daytona::{sweep_daytona, DaytonaSweep, DaytonaSweepResult};
+use crate::sweep::Protected;
 
 pub async fn list_daytona(
     global: &GlobalSettings,
@@ -45,6 +46,8 @@ struct CleanupResult<'a> {
     pending: usize,
     failed: usize,
     protected: Vec<&'a str>,
+    /// Taken because another host's run left them with its lease ended, each with whose lease.
+    lease_expired: &'a [Protected],
     /// The ledger run holding the deletions still pending, which `recover` finishes.
     pending_run: Option<&'a str>,
 }
@@ -82,6 +85,7 @@ pub async fn cleanup_daytona(
             pending: report.pending(),
             failed: report.failed(),
             protected: result.protected.iter().map(|item| item.resource.id.as_str()).collect(),
+            lease_expired: &result.lease_expired,
             pending_run: result.pending_run.as_deref(),
         })?;
     } else {

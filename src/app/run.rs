@@ -25,9 +25,11 @@ use crate::recover::{recover_orphans, OrphanFilter};
 use crate::report::text::{self, RunReport};
 use crate::results::Verdict;
 use crate::settings::{GlobalSettings, RunSettings};
+use crate::supervisor::lease::LeaseKeeper;
 use crate::supervisor::task::RunContext;
 use crate::supervisor::watch::Watcher;
 use crate::supervisor::{process, scheduler, signal};
+use crate::sweep::daytona::{sweep_daytona, DaytonaSweep, SandboxOwners, SandboxSelection};
 use crate::sweep::docker::SweepResult;
 use crate::sweep::images::{self, DiskReport, ImagePolicy};
 use crate::sweep::owned::{self, kept_containers, ContainerPick, OwnedSweep};
@@ -81,9 +83,13 @@ pub async fn run(global: &GlobalSettings, settings: &RunSettings, session: &Sess
     })?;
     let signals = (shutdown.clone(), suspension);
     let context = Arc::new(run_context(&started, global, settings, teardown, signals, &events));
+    let leases = keep_leases(&started, settings, &events);
     let reports = scheduler::run_all(Arc::clone(&context), settings.task_specs(&started.run_id), settings.jobs).await;
     context.teardowns.close();
     context.teardowns.wait().await;
+    if let Some(leases) = leases {
+        leases.stop().await;
+    }
     let limits = context.live.report();
     drop(context);
     session.reporter.clear();
@@ -187,6 +193,7 @@ async fn pre_run_cleanup(
     let recovered = recover_orphans(backends, &started.ledger, &recovery, false, OrphanFilter::LEDGER, events).await?;
     events.orphan(OrphanEvent::Recovered { runs: recovered.len() });
     super::ledger::remove_stale_sockets(state_dir, &started.ledger, false, events).await?;
+    collect_expired_leases(started, settings, &teardown.removal, events).await;
     let Some(docker) = &started.docker else {
         return Ok(SweepResult::default());
     };
@@ -202,6 +209,30 @@ async fn pre_run_cleanup(
     };
     let runs = started.ledger.runs().await?;
     owned::pre_run(docker, &runs, &sweep, &started.host, events).await
+}
+
+/// With Daytona: the run's leases renewed until its teardowns are done.
+fn keep_leases(started: &Started, settings: &RunSettings, events: &Events) -> Option<LeaseKeeper> {
+    let (backend, daytona) = (started.daytona.as_ref()?, settings.daytona.as_ref()?);
+    Some(LeaseKeeper::start(Arc::clone(backend), started.run_id.clone(), daytona.proxy.lease, events.clone()))
+}
+
+/// With Daytona: the sandboxes other hosts' runs left, their leases ended,
+/// collected before the tasks. A failure here is told and the run goes on:
+/// another machine's leftovers are no reason not to run.
+async fn collect_expired_leases(started: &Started, settings: &RunSettings, removal: &RemovalOptions, events: &Events) {
+    let (Some(backend), Some(daytona)) = (started.daytona.as_deref(), settings.daytona.as_ref()) else { return };
+    let selection = SandboxSelection {
+        owners: SandboxOwners::ExpiredLeases,
+        stopped: false,
+        older_than: None,
+        lease_grace: daytona.lease_grace,
+        expired_leases_go_whatever_state: true,
+    };
+    let sweep = DaytonaSweep { selection, dry_run: false, removal: removal.clone() };
+    if let Err(error) = sweep_daytona(backend, &sweep, &[], Some(&started.ledger), &started.host, events).await {
+        tracing::warn!("pre-run sweep: sandboxes with an ended lease were not collected: {error}");
+    }
 }
 
 fn run_context(

@@ -3,21 +3,25 @@
 //! forwards to the real API, the harness's own auth headers untouched. On
 //! `POST /api/sandbox` it adds the owner labels (and, when the benchmark
 //! file asks, `autoStopInterval`/`autoDeleteInterval`, so the provider
-//! collects the sandbox even if every machine of ours dies) and records the
+//! collects the sandbox even if every machine of ours dies) and the run's
+//! lease (`benchwarden.lease-until`, see `owner::lease`), and records the
 //! returned id in the ledger before the answer goes back. Everything else,
 //! the SDK's Socket.IO websocket included, passes through byte for byte: the
 //! official SDK rejects a re-serialised `2.0` where it expects `2`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use super::proxy::{finish_creates, label_create_body, spawn_server, Policy, Recorder};
+use crate::clock::now_unix;
 use crate::net::http::Head;
 use crate::net::{BoxRead, BoxWrite, Upstream};
+use crate::owner::lease;
 use crate::resource::Kind;
 
 /// Where the real API is, split for forwarding.
@@ -63,6 +67,8 @@ pub(crate) struct DaytonaProxySettings {
     /// Set on created sandboxes that do not set one, so the provider collects them if we are gone.
     pub(crate) auto_stop_minutes: Option<u32>,
     pub(crate) auto_delete_minutes: Option<i64>,
+    /// The lease stamped on every created sandbox (the run renews it).
+    pub(crate) lease: Duration,
 }
 
 /// The Daytona side of the proxy.
@@ -71,6 +77,7 @@ pub(crate) struct DaytonaPolicy {
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) auto_stop_minutes: Option<u32>,
     pub(crate) auto_delete_minutes: Option<i64>,
+    pub(crate) lease: Duration,
 }
 
 /// The path our clients use; the upstream's own prefix replaces it.
@@ -90,8 +97,11 @@ impl Policy for DaytonaPolicy {
             .then_some(Kind::Sandbox)
     }
 
+    /// The owner labels and a lease from now: the sandbox is leased before anyone learns its id.
     fn rewrite_create_body(&self, _kind: Kind, body: &[u8]) -> Result<Vec<u8>, String> {
-        label_create_body(body, "labels", &self.labels, |object| {
+        let mut labels = self.labels.clone();
+        labels.extend([lease::lease_label(now_unix(), self.lease)]);
+        label_create_body(body, "labels", &labels, |object| {
             fill_gap(object, "autoStopInterval", self.auto_stop_minutes.map(Value::from));
             fill_gap(object, "autoDeleteInterval", self.auto_delete_minutes.map(Value::from));
         })
@@ -178,6 +188,7 @@ impl DaytonaProxy {
             labels,
             auto_stop_minutes: settings.auto_stop_minutes,
             auto_delete_minutes: settings.auto_delete_minutes,
+            lease: settings.lease,
         };
         Self::start(policy, recorder).await
     }
@@ -210,6 +221,7 @@ mod tests {
             labels: BTreeMap::from([("benchwarden.run".to_string(), "r1".to_string())]),
             auto_stop_minutes: Some(30),
             auto_delete_minutes: Some(0),
+            lease: Duration::from_secs(600),
         }
     }
 

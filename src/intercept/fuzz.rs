@@ -48,6 +48,7 @@ fn daytona_policy() -> DaytonaPolicy {
         labels: labels(),
         auto_stop_minutes: Some(30),
         auto_delete_minutes: Some(0),
+        lease: std::time::Duration::from_secs(600),
     }
 }
 

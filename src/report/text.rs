@@ -164,6 +164,9 @@ pub(crate) fn sweep_summary(result: &SweepResult) -> String {
 /// The closing lines of a Daytona sweep, with how to really delete after a dry run.
 pub(crate) fn daytona_sweep_summary(result: &DaytonaSweepResult) -> String {
     let mut text = removal_summary(&[("sandboxes", &result.sandboxes)], result.dry_run, result.protected.len());
+    for item in &result.lease_expired {
+        text.push_str(&format!("  {}: {}\n", item.resource, item.reason));
+    }
     if result.dry_run && !result.sandboxes.results.is_empty() {
         text.push_str("dry run: nothing was deleted; add --no-dry-run to delete\n");
     }
@@ -191,7 +194,7 @@ pub(crate) fn removal_summary(reports: &[(&str, &RemovalReport)], dry_run: bool,
         text.push_str(&removal_counts(label, report, dry_run));
     }
     if protected > 0 {
-        text.push_str(&format!("{protected} left alone because a live run owns them\n"));
+        text.push_str(&format!("{protected} left alone because a live run owns them (or leases them)\n"));
     }
     for (resource, outcome) in reports.iter().flat_map(|(_, report)| &report.results) {
         match outcome {

@@ -3,10 +3,14 @@
 //! marked kept, so that only `recover --include-kept`, or a pre-run sweep
 //! once they are older than the cleanup age, takes them.
 
+use std::time::Duration;
+
 use super::task::RunContext;
+use crate::backend::daytona::DaytonaBackend;
+use crate::clock::now_unix;
 use crate::events::{ResourceFates, TaskEvent, TaskOutcome, TaskReport};
-use crate::owner::Claims;
-use crate::resource::ResourceRef;
+use crate::owner::{lease, Claims};
+use crate::resource::{Kind, ResourceRef};
 use crate::results::{TaskResult, Verdict};
 use crate::teardown::{self, Backends};
 
@@ -17,6 +21,9 @@ pub(crate) struct KeepPolicy {
     pub(crate) keep_failed: bool,
     /// `--fail-on-unresolved`: an unresolved (or error) verdict fails the task.
     pub(crate) fail_on_unresolved: bool,
+    /// How long a kept sandbox's lease lasts: the cleanup age, after which
+    /// the pre-run sweep would take it anyway.
+    pub(crate) kept_for: Duration,
 }
 
 /// Whether a task that ended so keeps its resources. A task keeps them
@@ -61,11 +68,32 @@ pub(crate) async fn keep_if_failed(
                 kept: kept.kept.len(),
                 ..ResourceFates::default()
             };
+            if let Some(daytona) = &context.daytona {
+                lease_kept(daytona, &kept.kept, context.keep.kept_for).await;
+            }
             Some(kept.kept)
         }
         Err(error) => {
             tracing::error!("task {}: cannot keep its resources ({error}); tearing them down instead", report.task);
             None
+        }
+    }
+}
+
+/// Gives each kept sandbox a lease as long as the cleanup age, since no
+/// run renews it once this one ends; other machines leave it alone until
+/// then. A lease not written is logged: the sandbox keeps its current one.
+async fn lease_kept(daytona: &DaytonaBackend, kept: &[ResourceRef], kept_for: Duration) {
+    for sandbox in kept.iter().filter(|resource| resource.kind == Kind::Sandbox) {
+        let written = match daytona.look_up(&sandbox.id).await {
+            Ok(Some(found)) => {
+                daytona.put_labels(&sandbox.id, &lease::renewed(&found.labels, now_unix(), kept_for)).await
+            }
+            Ok(None) => Ok(false),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = written {
+            tracing::warn!("{sandbox}: kept, but its lease could not be lengthened ({error}); it keeps a run's lease");
         }
     }
 }
@@ -81,7 +109,7 @@ mod tests {
 
     #[test]
     fn failed_and_timed_out_tasks_keep_only_with_keep_failed() {
-        let on = KeepPolicy { keep_failed: true, fail_on_unresolved: false };
+        let on = KeepPolicy { keep_failed: true, fail_on_unresolved: false, ..KeepPolicy::default() };
         assert!(keeps(on, TaskOutcome::Failed, None));
         assert!(keeps(on, TaskOutcome::TimedOut, None));
         assert!(!keeps(KeepPolicy::default(), TaskOutcome::Failed, None));
@@ -90,7 +118,7 @@ mod tests {
 
     #[test]
     fn interrupted_and_unstarted_tasks_never_keep() {
-        let on = KeepPolicy { keep_failed: true, fail_on_unresolved: true };
+        let on = KeepPolicy { keep_failed: true, fail_on_unresolved: true, ..KeepPolicy::default() };
         for outcome in [TaskOutcome::Interrupted, TaskOutcome::SpawnFailed, TaskOutcome::NotStarted] {
             assert!(!keeps(on, outcome, None), "{outcome:?}");
         }
@@ -99,8 +127,8 @@ mod tests {
     #[test]
     fn an_unresolved_verdict_keeps_only_with_fail_on_unresolved() {
         let unresolved = result(Verdict::Unresolved);
-        let plain = KeepPolicy { keep_failed: true, fail_on_unresolved: false };
-        let strict = KeepPolicy { keep_failed: true, fail_on_unresolved: true };
+        let plain = KeepPolicy { keep_failed: true, fail_on_unresolved: false, ..KeepPolicy::default() };
+        let strict = KeepPolicy { keep_failed: true, fail_on_unresolved: true, ..KeepPolicy::default() };
         assert!(!keeps(plain, TaskOutcome::Passed, Some(&unresolved)));
         assert!(keeps(strict, TaskOutcome::Passed, Some(&unresolved)));
         assert!(keeps(strict, TaskOutcome::Passed, Some(&result(Verdict::Error))));

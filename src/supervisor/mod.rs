@@ -3,6 +3,7 @@
 //! lifecycle), and followed by teardown of what the task owns.
 
 pub(crate) mod keep;
+pub(crate) mod lease;
 pub(crate) mod lifecycle;
 pub(crate) mod process;
 pub(crate) mod scheduler;

@@ -1,6 +1,7 @@
 //! Daytona sweeps: which sandboxes a selection (owner, state, age, labels)
-//! picks, which a live run protects, and their deletion seen through to
-//! 404 (or, in a dry run, which would go).
+//! picks, which a live run (or another host's current lease) protects, which
+//! another host's run left with its lease ended, and their deletion seen
+//! through to 404 (or, in a dry run, which would go).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,15 +15,19 @@ use crate::config::Selector;
 use crate::errors::Error;
 use crate::events::{Event, Events, RemovalEvent};
 use crate::ledger::{Ledger, RunRecord};
+use crate::owner::lease::{self, ExpiredLease};
 use crate::owner::{protected_by_live_run, template_claims, LABEL_HOST, LABEL_RUN};
 use crate::resource::{LabelSelector, RemovalOutcome, RemovalReport};
 
 /// Whose sandboxes are candidates at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SandboxOwners {
-    /// Sandboxes of benchwarden runs on this host, and those the selectors
-    /// claim: several machines may share one organisation.
+    /// Sandboxes of benchwarden runs on this host, those the selectors
+    /// claim, and those another host's run left with its lease ended:
+    /// several machines may share one organisation.
     ThisHost { selectors: Vec<Selector> },
+    /// Only those another host's run left with its lease ended (the pre-run sweep's).
+    ExpiredLeases,
     /// Every sandbox of the organisation (what the old cleanup scripts did).
     Anyone,
     /// Sandboxes with all of these labels, whoever made them.
@@ -37,6 +42,13 @@ pub(crate) struct SandboxSelection {
     pub(crate) stopped: bool,
     /// Only sandboxes created longer ago than this.
     pub(crate) older_than: Option<Duration>,
+    /// How long after its end another host's lease still protects.
+    pub(crate) lease_grace: Duration,
+    /// Whether a sandbox whose lease ended goes whatever its state and age
+    /// (the policies of `cleanup all` and `sweep`, whose defaults judge
+    /// abandonment the lease already proves), or only past the filters
+    /// (`cleanup daytona`, whose filters the user gave).
+    pub(crate) expired_leases_go_whatever_state: bool,
 }
 
 impl SandboxSelection {
@@ -46,34 +58,57 @@ impl SandboxSelection {
             SandboxOwners::Labelled(labels) => {
                 labels.iter().filter_map(|label| Some((label.key.clone(), label.value.clone()?))).collect()
             }
-            SandboxOwners::ThisHost { .. } | SandboxOwners::Anyone => BTreeMap::new(),
+            SandboxOwners::ThisHost { .. } | SandboxOwners::ExpiredLeases | SandboxOwners::Anyone => BTreeMap::new(),
         }
     }
 
-    fn is_candidate(&self, sandbox: &Sandbox, this_host: &str) -> bool {
+    fn is_candidate(&self, sandbox: &Sandbox, this_host: &str, expired: bool) -> bool {
         let labels = &sandbox.labels;
         match &self.owners {
             SandboxOwners::Anyone => true,
             SandboxOwners::Labelled(selectors) => selectors.iter().all(|label| label.matches(labels)),
+            SandboxOwners::ExpiredLeases => expired,
             SandboxOwners::ThisHost { selectors } => {
                 let ours =
                     labels.contains_key(LABEL_RUN) && labels.get(LABEL_HOST).is_some_and(|host| host == this_host);
-                ours || selectors.iter().any(|selector| template_claims(selector, labels, None))
+                ours || expired || selectors.iter().any(|selector| template_claims(selector, labels, None))
             }
         }
     }
 
+    /// Whether the owners chosen follow leases: this host's sweeps do; an
+    /// explicit `--any-owner` or `--label` choice stands as given.
+    fn follows_leases(&self) -> bool {
+        matches!(self.owners, SandboxOwners::ThisHost { .. } | SandboxOwners::ExpiredLeases)
+    }
+
+    /// The lease another host's run left to lapse, when this sweep may collect for it.
+    pub(crate) fn expired_lease(&self, sandbox: &Sandbox, this_host: &str, now: i64) -> Option<ExpiredLease> {
+        self.follows_leases().then(|| lease::expired_elsewhere(&sandbox.labels, this_host, now, self.lease_grace))?
+    }
+
     /// What happens to one sandbox. Whether another host's run is alive
-    /// cannot be told from here: such a sandbox is a candidate only because
-    /// the owners chosen (anyone, or labels) said so, and that choice stands.
+    /// cannot be told from here, but its lease tells: current, the sandbox
+    /// is protected; ended past the grace, it is free to collect. Without a
+    /// lease label (older versions, hand-made), the owners chosen decide.
     pub(crate) fn verdict(&self, sandbox: &Sandbox, runs: &[RunRecord], this_host: &str, now: i64) -> Verdict {
+        let expired = self.expired_lease(sandbox, this_host, now).is_some();
         let too_young = self.older_than.is_some_and(|age| {
             sandbox.created_unix().is_none_or(|created| created > crate::clock::seconds_before(now, age))
         });
-        if !self.is_candidate(sandbox, this_host) || (self.stopped && !sandbox.is_stopped()) || too_young {
+        let filtered_out = (self.stopped && !sandbox.is_stopped()) || too_young;
+        if !self.is_candidate(sandbox, this_host, expired)
+            || (filtered_out && !(expired && self.expired_leases_go_whatever_state))
+        {
             return Verdict::Skip;
         }
         let other_host = sandbox.labels.get(LABEL_HOST).is_some_and(|host| host != this_host);
+        if other_host && !expired && self.follows_leases() {
+            if let Some(until) = lease::lease_until(&sandbox.labels) {
+                let host = sandbox.labels.get(LABEL_HOST).map_or("?", String::as_str);
+                return Verdict::Protect(format!("leased by host {host} until {until} (Unix time)"));
+            }
+        }
         match protected_by_live_run(&sandbox.labels, runs, this_host).filter(|_| !other_host) {
             Some(reason) => Verdict::Protect(reason),
             None => Verdict::Take,
@@ -93,6 +128,9 @@ pub(crate) struct DaytonaSweepResult {
     pub(crate) dry_run: bool,
     pub(crate) sandboxes: RemovalReport,
     pub(crate) protected: Vec<Protected>,
+    /// Taken because another host's run left them with its lease ended (a
+    /// subset of `sandboxes`), each with whose lease it was.
+    pub(crate) lease_expired: Vec<Protected>,
     /// The ledger run that holds the deletions still pending, for `recover`;
     /// `None` when none is pending, or the ledger could not record them.
     pub(crate) pending_run: Option<String>,
@@ -110,17 +148,24 @@ pub(crate) async fn sweep_daytona(
 ) -> Result<DaytonaSweepResult, Error> {
     let listed = backend.list(&sweep.selection.label_filter()).await.map_err(|error| error.during("list sandboxes"))?;
     let now = crate::clock::now_unix();
-    let mut picked = Vec::new();
-    let mut protected = Vec::new();
+    let (mut picked, mut protected, mut lease_expired) = (Vec::new(), Vec::new(), Vec::new());
     for sandbox in &listed {
         match sweep.selection.verdict(sandbox, runs, this_host, now) {
             Verdict::Skip => {}
             Verdict::Protect(reason) => protected.push(Protected { resource: sandbox.resource(), reason }),
-            Verdict::Take => picked.push(sandbox.resource()),
+            Verdict::Take => {
+                if let Some(expired) = sweep.selection.expired_lease(sandbox, this_host, now) {
+                    lease_expired.push(Protected { resource: sandbox.resource(), reason: expired.reason() });
+                }
+                picked.push(sandbox.resource());
+            }
         }
     }
     for item in &protected {
         events.emit(Event::Protected { resource: &item.resource, reason: &item.reason });
+    }
+    for item in &lease_expired {
+        events.emit(Event::LeaseExpired { resource: &item.resource, reason: &item.reason });
     }
     let sandboxes = if sweep.dry_run {
         plan(picked, events)
@@ -131,7 +176,7 @@ pub(crate) async fn sweep_daytona(
         deleted
     };
     let pending_run = record_pending(&sandboxes, ledger).await;
-    Ok(DaytonaSweepResult { dry_run: sweep.dry_run, sandboxes, protected, pending_run })
+    Ok(DaytonaSweepResult { dry_run: sweep.dry_run, sandboxes, protected, lease_expired, pending_run })
 }
 
 /// Records the pending deletions under a run of their own, so that they are
@@ -162,7 +207,13 @@ mod tests {
     }
 
     fn selection(owners: SandboxOwners) -> SandboxSelection {
-        SandboxSelection { owners, stopped: true, older_than: Some(Duration::from_secs(86_400)) }
+        SandboxSelection {
+            owners,
+            stopped: true,
+            older_than: Some(Duration::from_secs(86_400)),
+            lease_grace: Duration::from_secs(120),
+            expired_leases_go_whatever_state: true,
+        }
     }
 
     #[test]

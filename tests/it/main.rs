@@ -16,6 +16,7 @@ mod faults;
 mod harnesses;
 mod images;
 mod keep;
+mod leases;
 mod limits;
 mod metrics;
 mod misbehaving;

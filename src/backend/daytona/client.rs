@@ -196,6 +196,22 @@ impl DaytonaBackend {
         self.send(LIFECYCLE, request).await.map(drop)
     }
 
+    /// Replaces a sandbox's labels with `labels` (`PUT /sandbox/{id}/labels`;
+    /// the API keeps none of the old ones), with the user's retry settings.
+    /// `Ok(false)` when it is gone.
+    pub(crate) async fn put_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> Result<bool, DaytonaError> {
+        let what = format!("label sandbox {id}");
+        let call = Call { what: &what, service: Service::Daytona, kind: Some(Kind::Sandbox) };
+        let path = format!("/sandbox/{}/labels", encode_segment(id));
+        let body = serde_json::json!({ "labels": labels });
+        let put = || self.send(AUTHENTICATED, self.request(reqwest::Method::PUT, &path).json(&body));
+        match self.retry.run(call, &self.events, put).await {
+            Ok((Success::Done(_), _)) => Ok(true),
+            Ok((Success::AlreadyDone, _)) => Ok(false),
+            Err(failure) => Err(failure.error),
+        }
+    }
+
     /// Starts deletion; it completes asynchronously (see [`Self::get`]).
     pub async fn delete(&self, id: &str) -> Result<(), DaytonaError> {
         let path = format!("/sandbox/{}", encode_segment(id));
