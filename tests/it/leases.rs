@@ -175,3 +175,54 @@ async fn a_lost_machines_sandboxes_are_collected_once_its_leases_end_and_a_live_
     c_output.assert_code(130);
     assert!(sandboxes_of(&org, "host-c").is_empty(), "C's run tore its sandboxes down\n{c_output}");
 }
+
+/// A started sandbox of `run` on another host, leased until `until` (none: no lease label).
+fn seed_elsewhere(org: &Org, run: &str, until: Option<i64>) -> String {
+    let mut labels = crate::common::daytona::owner(run, "host-x");
+    if let Some(until) = until {
+        labels.push(("benchwarden.lease-until".to_string(), until.to_string()));
+    }
+    org.seed(crate::common::daytona::seed_with(&labels))
+}
+
+/// `cleanup all`, `sweep` and the pre-run sweep collect what another host's
+/// runs left once their leases ended (started and young: the lease is the
+/// proof, not the state or the age), and leave alone a sandbox whose lease
+/// is current and one with no lease label.
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_all_sweep_and_the_pre_run_sweep_collect_ended_leases_only() {
+    let org = Org::start(ContractConfig::default()).await;
+    let ended = now() - 1_000;
+    let current = seed_elsewhere(&org, "20261130-0900-live", Some(now() + 3_600));
+    let unleased = seed_elsewhere(&org, "20261130-0800-old", None);
+    let kept = [current.clone(), unleased.clone()];
+
+    let for_cleanup_all = seed_elsewhere(&org, "20261130-0700-lost", Some(ended));
+    let all = org.cli(&["cleanup", "all", "--daytona-only", "--no-dry-run", "--lease-grace", "1s"]).await;
+    all.assert_code(0);
+    assert!(!org.server.exists(&for_cleanup_all), "{all}");
+    assert!(all.stderr.contains("lease expired (host host-x, run 20261130-0700-lost)"), "{all}");
+    crate::common::daytona::assert_there(&org, &kept, &all);
+
+    let for_sweep = seed_elsewhere(&org, "20261130-0600-lost", Some(ended));
+    let sweep = org.cli(&["sweep", "--once", "--daytona-only", "--no-dry-run"]).await;
+    sweep.assert_code(0);
+    assert!(!org.server.exists(&for_sweep), "{sweep}");
+    crate::common::daytona::assert_there(&org, &kept, &sweep);
+
+    let for_pre_run = seed_elsewhere(&org, "20261130-0500-lost", Some(ended));
+    let dir = org.state_dir().join("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = "name: nothing\nharness:\n  command: [\"true\"]\ndocker:\n  enabled: false\ndaytona: {}\n";
+    std::fs::write(dir.join("benchmark.yaml"), yaml).unwrap();
+    let run = org.cli(&["run", dir.join("benchmark.yaml").to_str().unwrap()]).await;
+    run.assert_code(0);
+    assert!(!org.server.exists(&for_pre_run), "{run}");
+    assert!(run.stderr.contains("lease expired (host host-x, run 20261130-0500-lost)"), "{run}");
+    crate::common::daytona::assert_there(&org, &kept, &run);
+
+    let for_nobody = seed_elsewhere(&org, "20261130-0400-lost", Some(ended));
+    let skipped = org.cli(&["run", dir.join("benchmark.yaml").to_str().unwrap(), "--skip-cleanup"]).await;
+    skipped.assert_code(0);
+    assert!(org.server.exists(&for_nobody), "--skip-cleanup collected\n{skipped}");
+}
