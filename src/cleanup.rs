@@ -243,6 +243,7 @@ mod tests {
             daytona_dry_run: true,
             fail_fast: false,
             retry: RetryPolicy::default(),
+            lease_grace: Duration::from_secs(120),
         }
     }
 

@@ -90,7 +90,7 @@ pub(crate) fn expired_elsewhere(
     let host = owner.host.filter(|host| host != this_host)?;
     let until = lease_until(labels)?;
     let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-    (until.saturating_add(grace) < now).then(|| ExpiredLease { host, run_id: owner.run_id, until })
+    (until.saturating_add(grace) < now).then_some(ExpiredLease { host, run_id: owner.run_id, until })
 }
 
 /// The label a run's sandboxes all carry, for listing them to renew.

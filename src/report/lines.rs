@@ -89,15 +89,7 @@ pub(super) fn log(event: &Event<'_>) {
         Event::Created { resource } => tracing::debug!("created {resource}"),
         Event::Refused { .. } | Event::Waiting { .. } => log_limits(event),
         Event::Protected { resource, reason } => tracing::info!("leaving {resource} alone: {reason}"),
-        Event::LeaseExpired { resource, reason } => tracing::info!("{resource} is free to collect: {reason}"),
-        Event::LeasesRenewed { renewed, failed: 0, next, .. } => {
-            tracing::debug!("leases: {renewed} renewed; next round in {}", humantime::format_duration(*next))
-        }
-        Event::LeasesRenewed { renewed, failed, error, next } => tracing::warn!(
-            "leases: {failed} renewal(s) failed ({}), {renewed} renewed; trying again in {}",
-            error.unwrap_or("unknown error"),
-            humantime::format_duration(*next)
-        ),
+        Event::LeaseExpired { .. } | Event::LeasesRenewed { .. } => log_lease(event),
         Event::WouldRemove { resource } => tracing::info!("would remove {resource}"),
         Event::Leaked { resource } => tracing::error!("leaked: {resource} is still there after teardown"),
         Event::PreRunSweepFinished { removed, failed, protected } => {
@@ -114,6 +106,21 @@ pub(super) fn log(event: &Event<'_>) {
         Event::DiskReclaimed { what, bytes } => {
             tracing::info!("{}: {} freed", what.as_str().replace('_', " "), super::text::human_bytes(*bytes))
         }
+    }
+}
+
+fn log_lease(event: &Event<'_>) {
+    match event {
+        Event::LeaseExpired { resource, reason } => tracing::info!("{resource} is free to collect: {reason}"),
+        Event::LeasesRenewed { renewed, failed: 0, next, .. } => {
+            tracing::debug!("leases: {renewed} renewed; next round in {}", humantime::format_duration(*next))
+        }
+        Event::LeasesRenewed { renewed, failed, error, next } => tracing::warn!(
+            "leases: {failed} renewal(s) failed ({}), {renewed} renewed; trying again in {}",
+            error.unwrap_or("unknown error"),
+            humantime::format_duration(*next)
+        ),
+        _ => {}
     }
 }
 
