@@ -11,6 +11,7 @@ mod contract_server;
 mod ctrl_z;
 mod daytona;
 mod daytona_errors;
+mod daytona_faults;
 mod docker_proxy;
 mod faults;
 mod harnesses;

@@ -112,8 +112,9 @@ fn answer(
     let now = Instant::now();
     state.tick(now);
     let reply = match respond(state, route, &received, now, fault) {
-        Outcome::Reset => {
-            state.stats.injected_resets += 1;
+        Outcome::Reset { by_rule } => {
+            // A rule's reset is counted with the rule's other hits.
+            state.stats.injected_resets += u64::from(!by_rule);
             None
         }
         Outcome::Reply(reply) => Some(reply),
@@ -131,7 +132,7 @@ fn answer(
 
 enum Outcome {
     Reply(Reply),
-    Reset,
+    Reset { by_rule: bool },
 }
 
 /// The routes the server knows; `{x}` is an id or name.
@@ -253,8 +254,11 @@ fn respond(state: &mut State, route: &Route, call: &Received, now: Instant, faul
         return Outcome::Reply(error_response(500, path, "Internal server error", &rate_headers));
     }
     let result = dispatch(state, route, call, now);
-    if faults::inject_reset(&state.config) || fault == Some(Fault::Reset) {
-        return Outcome::Reset;
+    if fault == Some(Fault::Reset) {
+        return Outcome::Reset { by_rule: true };
+    }
+    if faults::inject_reset(&state.config) {
+        return Outcome::Reset { by_rule: false };
     }
     match fault {
         Some(Fault::EmptyBody(status)) => return Outcome::Reply(raw_response(status, None, "", &rate_headers)),
