@@ -374,6 +374,9 @@ async fn a_teardown_whose_deletes_keep_answering_html_leaves_the_run_to_recover(
 async fn a_teardown_whose_list_keeps_answering_html_leaves_the_run_to_recover() {
     let rules = vec![rule(LIST, Fault::Html(200), When::EveryNth(1))];
     let (org, output) = run_under(ContractConfig { rules, ..ContractConfig::default() }, "5s").await;
+    // The summary says why, not only which call failed.
+    let line = output.stdout.lines().find(|line| line.contains("teardown:")).unwrap_or_else(|| panic!("{output}"));
+    assert!(line.contains("list sandboxes failed") && line.contains("an HTML page"), "{line}\n{output}");
     let lift = |org: &Org| org.server.set_config(|config| config.rules.clear());
     recover_finishes("run: list always a 200 text/html", &org, &output, lift).await;
 }
