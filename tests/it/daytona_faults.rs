@@ -33,10 +33,12 @@ const FEW_RETRIES: [&str; 4] = ["--retries", "2", "--retry-delay", "50ms"];
 /// How many sandboxes each `cleanup daytona` case seeds.
 const SEEDED: usize = 6;
 
-/// Every fault the server injected: by rule, its 5xx and reset rates, and its throttlers' 429s.
+/// Every fault the server injected: by rule, its 5xx and reset rates, its
+/// throttlers' 429s, and the sandboxes it made stick in `destroying`.
 fn injected(org: &Org) -> u64 {
     let stats = org.server.stats();
-    stats.injected_by_rule.values().sum::<u64>() + stats.injected_5xx + stats.injected_resets + stats.throttled_429
+    let by_rule: u64 = stats.injected_by_rule.values().sum();
+    by_rule + stats.injected_5xx + stats.injected_resets + stats.throttled_429 + stats.stuck_in_destroying
 }
 
 #[track_caller]
@@ -44,22 +46,26 @@ fn assert_no_panic(output: &CliOutput) {
     assert!(!output.stderr.contains("panicked"), "benchwarden panicked\n{output}");
 }
 
-/// Asserts what the server has left, and publishes the case's figures.
+/// Asserts that the server has nothing left, and publishes the case's
+/// figures: `output` is the command that met the fault; for a fault that
+/// never stopped, `until_lifted` is what it left, before the next cleanup or
+/// `recover` finished once the fault was lifted.
 #[track_caller]
-fn record(case: &str, org: &Org, output: &CliOutput, left: usize) {
+fn record(case: &str, org: &Org, output: &CliOutput, until_lifted: Option<usize>) {
     assert_no_panic(output);
-    assert_eq!(org.left().len(), left, "left on the server: {:?}\n{output}", org.left());
+    assert!(org.left().is_empty(), "left on the server: {:?}\n{output}", org.left());
     let stats = org.server.stats();
-    figures::record(
-        &format!("daytona-fault: {case}"),
-        json!({
-            "runs": 1,
-            "injected": injected(org),
-            "by_rule": stats.injected_by_rule,
-            "exit": output.status.code(),
-            "left": left,
-        }),
-    );
+    let mut fields = json!({
+        "runs": 1,
+        "injected": injected(org),
+        "by_rule": stats.injected_by_rule,
+        "exit": output.status.code(),
+        "left": 0,
+    });
+    if let Some(left) = until_lifted {
+        fields["left_until_lifted"] = left.into();
+    }
+    figures::record(&format!("daytona-fault: {case}"), fields);
 }
 
 fn rule(route: &str, fault: Fault, when: When) -> FaultRule {
@@ -94,7 +100,7 @@ fn assert_all_removed(case: &str, org: &Org, output: &CliOutput, at_least: u64) 
     assert_eq!((report["failed"].as_u64(), report["pending"].as_u64()), (Some(0), Some(0)), "{report}");
     let injected = injected(org);
     assert!(injected >= at_least, "{case}: {injected} faults injected, expected at least {at_least}\n{output}");
-    record(case, org, output, 0);
+    record(case, org, output, None);
 }
 
 // ---------------------------------------------------------------------------
@@ -226,8 +232,9 @@ async fn a_list_that_keeps_answering_html_is_a_clear_error_and_nothing_is_touche
         assert!(error.contains("an HTML page"), "{case}: what came back is not said: {error}");
         assert_eq!(org.server.stats().route(LIST), 3, "{case}: one attempt and two retries\n{output}");
         assert_eq!(org.server.stats().route(DELETE), 0, "{output}");
-        record(case, &org, &output, SEEDED);
+        assert_eq!(org.left().len(), SEEDED, "{output}");
         the_next_cleanup_finishes(case, &org).await;
+        record(case, &org, &output, Some(SEEDED));
     }
 }
 
@@ -243,8 +250,9 @@ async fn deletes_that_keep_failing_name_each_sandbox_and_the_next_cleanup_finish
         assert!(named, "{id} is not named as not removed\n{output}");
     }
     assert!(output.stderr.contains("502"), "the cause is not named\n{output}");
-    record("delete always a proxy's 502 page", &org, &output, SEEDED);
+    assert_eq!(org.left().len(), SEEDED, "{output}");
     the_next_cleanup_finishes("delete always a proxy's 502 page", &org).await;
+    record("delete always a proxy's 502 page", &org, &output, Some(SEEDED));
 }
 
 // ---------------------------------------------------------------------------
@@ -306,7 +314,7 @@ async fn a_run_tears_down_through_429s_5xx_resets_and_odd_answers() {
     assert_eq!(org.server.stats().creates, 4, "{output}");
     assert!(output.stdout.contains("4 resource(s) removed, 0 leaked"), "{output}");
     assert!(injected(&org) >= 9, "{output}");
-    record("run: 429s, 5xx, resets, HTML and empty bodies in the teardown", &org, &output, 0);
+    record("run: 429s, 5xx, resets, HTML and empty bodies in the teardown", &org, &output, None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -318,7 +326,7 @@ async fn a_create_whose_answer_was_lost_is_found_by_its_labels() {
     output.assert_code(0);
     assert_eq!(org.server.stats().creates, 4, "{output}");
     assert!(output.stdout.contains("4 resource(s) removed, 0 leaked"), "{output}");
-    record("run: create answered with an empty body or HTML after the server created it", &org, &output, 0);
+    record("run: create answered with an empty body or HTML after the server created it", &org, &output, None);
 }
 
 /// A run whose fault never stopped: exit 3, each sandbox left named with
@@ -334,12 +342,12 @@ async fn recover_finishes(case: &str, org: &Org, output: &CliOutput, lift: impl 
         );
     }
     assert!(output.stderr.contains("retry with `benchwarden recover"), "{case}: what to do is not said\n{output}");
-    record(case, org, output, left.len());
     lift(org);
     let recovered = org.cli(&["recover"]).await;
     assert_no_panic(&recovered);
     recovered.assert_code(0);
     assert!(org.left().is_empty(), "{case}: recover left {:?}\n{recovered}", org.left());
+    record(case, org, output, Some(left.len()));
 }
 
 #[tokio::test(flavor = "multi_thread")]

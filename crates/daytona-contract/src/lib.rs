@@ -241,6 +241,8 @@ pub struct ContractStats {
     pub injected_5xx: u64,
     /// Connections reset by `reset_rate`.
     pub injected_resets: u64,
+    /// Calls to [`ContractServer::stick_in_destroying`].
+    pub stuck_in_destroying: u64,
     /// Calls hit by [`ContractConfig::rules`], by what the fault did (its
     /// `Display`, e.g. `"html 502"`, `"empty 200"`, `"429 retry-after=\"nan\" reset=\"nan\""`).
     pub injected_by_rule: BTreeMap<String, u64>,
@@ -343,6 +345,7 @@ impl ContractServer {
         let mut state = self.shared.lock();
         state.tick(Instant::now());
         state.stick_in_destroying(id);
+        state.stats.stuck_in_destroying += 1;
     }
 
     /// Lifts [`ContractServer::stick_in_destroying`]: an accepted delete
