@@ -360,13 +360,13 @@ async fn a_sandbox_stuck_in_destroying_leaves_the_run_to_recover() {
     std::fs::write(benchmark.with_file_name("harness.sh"), format!("{}read line < go\n", harness_script(2))).unwrap();
     let child = org.spawn(&["--retry-delay", "50ms", "run", benchmark.to_str().unwrap()]);
     org.wait_for_requests(CREATE, 1).await;
-    let stuck = org.server.requests().into_iter().find(|request| request.route == CREATE).unwrap();
-    let stuck = org.left().into_iter().next().unwrap_or_else(|| panic!("no sandbox after {stuck:?}"));
+    // A create is recorded with its answer, so the sandbox exists by now.
+    let stuck = org.left().into_iter().next().expect("the harness created a sandbox");
     org.server.stick_in_destroying(&stuck);
     std::fs::write(&go, "go\n").unwrap();
     let output = org.wait(child).await;
     assert!(output.stdout.contains("still being deleted"), "{output}");
-    assert_eq!(org.left().into_iter().collect::<Vec<_>>(), [stuck.clone()], "{output}");
+    assert_eq!(org.left().into_iter().collect::<Vec<_>>(), std::slice::from_ref(&stuck), "{output}");
     recover_finishes("run: a sandbox stuck in destroying", &org, &output, |org| org.server.unstick(&stuck)).await;
 }
 
