@@ -692,6 +692,18 @@ async fn a_limit_of_6000_a_minute_allows_about_100_a_second() {
     assert_eq!(server.stats().deletes_accepted, ok as u64);
 }
 
+/// Sends `DELETE /api/sandbox/{id}` on a raw connection and asserts that
+/// the connection is reset (ECONNRESET) with no answer at all.
+async fn assert_delete_is_reset(server: &ContractServer, id: &str) {
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    let request = format!("DELETE /api/sandbox/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let err = stream.read_to_end(&mut buf).await.expect_err("the connection is reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert!(buf.is_empty(), "no answer at all");
+}
+
 #[tokio::test]
 async fn faults_latency_500s_and_connection_resets() {
     let server = ContractServer::start(ContractConfig::default()).await;
@@ -713,13 +725,7 @@ async fn faults_latency_500s_and_connection_resets() {
 
     // Reset: the operation happens, the reply is lost (ECONNRESET).
     server.set_config(|c| c.reset_rate = 1.0);
-    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-    let request = format!("DELETE /api/sandbox/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let err = stream.read_to_end(&mut buf).await.expect_err("the connection is reset");
-    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
-    assert!(buf.is_empty(), "no answer at all");
+    assert_delete_is_reset(&server, &id).await;
     server.set_config(|c| c.reset_rate = 0.0);
     let message = assert_error(&delete(&server, &id).await, 409, "Conflict");
     assert_eq!(message, "Sandbox state change in progress", "the lost delete happened");
@@ -800,12 +806,7 @@ async fn fault_rules_answer_what_the_contract_does_not_promise_on_their_turn_onl
     assert_eq!(get(&server, "/sandbox").await.status, 200);
     assert!(started.elapsed() >= Duration::from_millis(200));
     let third = server.seed(SeedSandbox::default());
-    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-    let request = format!("DELETE /api/sandbox/{third} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let err = stream.read_to_end(&mut buf).await.expect_err("the connection is reset");
-    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert_delete_is_reset(&server, &third).await;
     assert_eq!(get(&server, &format!("/sandbox/{third}")).await.json()["state"], "destroying");
     // Outside the API nothing is injected.
     server.set_config(|config| config.rules = vec![FaultRule::new(ANY_ROUTE, Fault::Status(500), When::EveryNth(1))]);

@@ -176,33 +176,23 @@ async fn cleanup_treats_nonsense_waits_as_no_wait_given() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cleanup_retries_empty_answers() {
-    let rules = vec![
-        rule(LIST, Fault::EmptyBody(200), When::First(1)),
-        rule(LIST, Fault::EmptyBody(503), When::First(1)),
-        // A 200 whose body was lost: the delete happened.
-        rule(DELETE, Fault::EmptyBody(200), When::First(2)),
-        rule(DELETE, Fault::EmptyBody(500), When::First(2)),
-        rule(GET, Fault::EmptyBody(200), When::First(2)),
-        rule(GET, Fault::EmptyBody(502), When::First(1)),
-    ];
-    let (org, output) = cleanup_under(ContractConfig { rules, ..ContractConfig::default() }).await;
-    assert_all_removed("empty bodies (200 and 5xx) on list, delete and lookup", &org, &output, 9);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn cleanup_retries_html_answers() {
-    let rules = vec![
-        rule(LIST, Fault::Html(502), When::First(1)),
-        rule(LIST, Fault::Html(200), When::First(1)),
-        rule(DELETE, Fault::Html(502), When::First(2)),
-        // A 200 page instead of the sandbox: the delete happened.
-        rule(DELETE, Fault::Html(200), When::First(1)),
-        rule(GET, Fault::Html(200), When::First(2)),
-        rule(GET, Fault::Html(502), When::First(1)),
-    ];
-    let (org, output) = cleanup_under(ContractConfig { rules, ..ContractConfig::default() }).await;
-    assert_all_removed("HTML (a proxy's 502 page, a 200 text/html) on list, delete and lookup", &org, &output, 8);
+async fn cleanup_retries_empty_bodies_and_html_pages() {
+    type Answer = fn(u16) -> Fault;
+    let kinds: [(&str, Answer); 2] =
+        [("empty bodies", Fault::EmptyBody), ("HTML (a 200 text/html, a proxy's error page)", Fault::Html)];
+    for (what, fault) in kinds {
+        let rules = vec![
+            rule(LIST, fault(200), When::First(1)),
+            rule(LIST, fault(502), When::First(1)),
+            // A 200 whose body is not the sandbox: the delete happened all the same.
+            rule(DELETE, fault(200), When::First(2)),
+            rule(DELETE, fault(503), When::First(2)),
+            rule(GET, fault(200), When::First(2)),
+            rule(GET, fault(500), When::First(1)),
+        ];
+        let (org, output) = cleanup_under(ContractConfig { rules, ..ContractConfig::default() }).await;
+        assert_all_removed(&format!("{what}, 200 and 5xx, on list, delete and lookup"), &org, &output, 9);
+    }
 }
 
 // ---------------------------------------------------------------------------

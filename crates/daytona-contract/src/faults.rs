@@ -143,7 +143,7 @@ pub enum When {
 
 impl When {
     /// Whether the `ordinal`th matching call (from 1) is hit.
-    fn hits(self, ordinal: u64) -> bool {
+    pub fn hits(self, ordinal: u64) -> bool {
         match self {
             When::First(count) => ordinal <= count,
             When::EveryNth(period) => period > 0 && ordinal % period == 0,

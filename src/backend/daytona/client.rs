@@ -216,7 +216,11 @@ impl DaytonaBackend {
 
 fn parse_list(body: &[u8]) -> Result<ListAnswer, DaytonaError> {
     serde_json::from_slice(body).map_err(|error| {
-        let what = not_json(body).map_or_else(|| error.to_string(), str::to_string);
+        let what = match not_json(body) {
+            Some(what) => what.to_string(),
+            None if error.is_data() => "JSON, but not a list of sandboxes".to_string(),
+            None => error.to_string(),
+        };
         DaytonaError::transport(format!(
             "the sandbox list is not what the API returns ({what}); check that DAYTONA_API_URL ends in /api"
         ))
@@ -256,7 +260,8 @@ mod tests {
         for (body, says) in [
             (&b""[..], "an empty body"),
             (b"\r\n<html><body>502 Bad Gateway</body></html>", "an HTML page"),
-            (b"{\"items\": 7}", "invalid type"),
+            (b"{\"items\": 7}", "not a list of sandboxes"),
+            (b"Bad Gateway", "expected value"),
         ] {
             let error = parse_list(body).err().unwrap_or_else(|| panic!("{body:?} parsed"));
             assert!(error.to_string().contains("DAYTONA_API_URL") && error.to_string().contains(says), "{error}");
