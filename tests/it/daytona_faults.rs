@@ -309,14 +309,18 @@ async fn a_run_tears_down_through_429s_5xx_resets_and_odd_answers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_create_whose_answer_was_lost_is_found_by_its_labels() {
-    // The server created the sandbox, but the harness (and the proxy) got an empty 200 or an HTML page.
-    let rules =
-        vec![rule(CREATE, Fault::EmptyBody(200), When::First(1)), rule(CREATE, Fault::Html(200), When::First(1))];
+    // The server created the sandbox, but the harness (and the proxy) got an empty 200, an HTML
+    // page, or a connection reset instead of its answer.
+    let rules = vec![
+        rule(CREATE, Fault::EmptyBody(200), When::First(1)),
+        rule(CREATE, Fault::Html(200), When::First(1)),
+        rule(CREATE, Fault::Reset, When::First(1)),
+    ];
     let (org, output) = run_under(ContractConfig { rules, ..ContractConfig::default() }, "30s").await;
     output.assert_code(0);
     assert_eq!(org.server.stats().creates, 4, "{output}");
     assert!(output.stdout.contains("4 resource(s) removed, 0 leaked"), "{output}");
-    record("run: create answered with an empty body or HTML after the server created it", &org, &output, None);
+    record("run: create answered with an empty body, HTML or a reset after the server created it", &org, &output, None);
 }
 
 /// A run whose fault never stopped: exit 3, each sandbox left named with
