@@ -109,15 +109,18 @@ fn assert_all_removed(case: &str, org: &Org, output: &CliOutput, at_least: u64) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cleanup_waits_out_a_429_storm() {
-    // Every delete refused twice over with a one-second wait, and a lifecycle limit of 2 a second.
-    let storm = rule(DELETE, Fault::throttled("1"), When::First(SEEDED as u64 * 2));
-    let config =
-        ContractConfig { rules: vec![storm], lifecycle_limit_per_minute: Some(120), ..ContractConfig::default() };
+    // The first 8 deletes refused with a one-second wait, and a lifecycle limit of 2 a second.
+    // The pacer lets one delete probe each window, and that one may meet every 429 of the
+    // storm: 8 fit in its 9 attempts (`--retries 8`); a longer storm would end it as failed.
+    let storm = 8;
+    let rules = vec![rule(DELETE, Fault::throttled("1"), When::First(storm))];
+    let config = ContractConfig { rules, lifecycle_limit_per_minute: Some(120), ..ContractConfig::default() };
     let started = Instant::now();
     let (org, output) = cleanup_under(config).await;
-    assert!(started.elapsed() >= Duration::from_secs(1), "the 429s' wait was not honoured\n{output}");
+    // Each 429 says to wait a second, and the next delete waits for the window's end.
+    assert!(started.elapsed() >= Duration::from_secs(storm), "the 429s' wait was not honoured\n{output}");
     assert!(output.stderr.contains("429"), "the 429s are not shown\n{output}");
-    assert_all_removed("429 storm on deletes", &org, &output, SEEDED as u64 * 2);
+    assert_all_removed("429 storm on deletes", &org, &output, storm);
 }
 
 #[tokio::test(flavor = "multi_thread")]
