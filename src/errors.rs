@@ -159,6 +159,12 @@ impl Error {
             Error::Call { .. } | Error::Ledger { .. } | Error::Io { .. } | Error::Json { .. } => ExitStatus::Failure,
         }
     }
+
+    /// The error and its causes on one line ([`error_chain`]), for a layer
+    /// that keeps the text of an error rather than the error.
+    pub fn with_causes(&self) -> String {
+        error_chain(self)
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -198,7 +198,8 @@ async fn tear_down(context: &RunContext, claims: Claims, report: &mut TaskReport
             record_teardown(report, &torn);
             return torn.leaked.into_iter().chain(torn.pending).collect();
         }
-        Ok(Ok(Err(error))) => error.to_string(),
+        // The cause too: "list sandboxes failed" alone does not say what to fix.
+        Ok(Ok(Err(error))) => error.with_causes(),
         Ok(Err(_)) => "teardown passed its deadline".to_string(),
         Err(join_error) => format!("teardown task failed: {join_error}"),
     };

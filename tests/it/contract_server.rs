@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use daytona_contract::{ContractConfig, ContractServer, SeedSandbox, CREATING_PHASE, TRANSITION};
+use daytona_contract::{
+    ContractConfig, ContractServer, Fault, FaultRule, SeedSandbox, When, ANY_ROUTE, CREATING_PHASE, TRANSITION,
+};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -456,6 +458,10 @@ async fn a_second_delete_while_pending_is_409_and_stuck_sandboxes_stay() {
     assert_error(&delete(&server, &stuck).await, 409, "Conflict");
     assert!(server.exists(&stuck));
     assert!(!server.exists(&id));
+    // Lifted, the accepted delete completes at once (its delay has long passed).
+    server.unstick(&stuck);
+    assert!(!server.exists(&stuck));
+    assert_error(&get(&server, &format!("/sandbox/{stuck}")).await, 404, "Not Found");
 
     // Errored sandboxes: 200 showing the raw state, then 404 at once.
     let errored = server.seed(SeedSandbox::default().with_state("error"));
@@ -686,6 +692,18 @@ async fn a_limit_of_6000_a_minute_allows_about_100_a_second() {
     assert_eq!(server.stats().deletes_accepted, ok as u64);
 }
 
+/// Sends `DELETE /api/sandbox/{id}` on a raw connection and asserts that
+/// the connection is reset (ECONNRESET) with no answer at all.
+async fn assert_delete_is_reset(server: &ContractServer, id: &str) {
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    let request = format!("DELETE /api/sandbox/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let err = stream.read_to_end(&mut buf).await.expect_err("the connection is reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert!(buf.is_empty(), "no answer at all");
+}
+
 #[tokio::test]
 async fn faults_latency_500s_and_connection_resets() {
     let server = ContractServer::start(ContractConfig::default()).await;
@@ -707,13 +725,7 @@ async fn faults_latency_500s_and_connection_resets() {
 
     // Reset: the operation happens, the reply is lost (ECONNRESET).
     server.set_config(|c| c.reset_rate = 1.0);
-    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-    let request = format!("DELETE /api/sandbox/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let err = stream.read_to_end(&mut buf).await.expect_err("the connection is reset");
-    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
-    assert!(buf.is_empty(), "no answer at all");
+    assert_delete_is_reset(&server, &id).await;
     server.set_config(|c| c.reset_rate = 0.0);
     let message = assert_error(&delete(&server, &id).await, 409, "Conflict");
     assert_eq!(message, "Sandbox state change in progress", "the lost delete happened");
@@ -724,6 +736,82 @@ async fn faults_latency_500s_and_connection_resets() {
     assert_eq!(reset.route, "DELETE /api/sandbox/{idOrName}");
     assert_eq!(stats.route("DELETE /api/sandbox/{idOrName}"), 3);
     assert_eq!(stats.requests, 5);
+}
+
+#[tokio::test]
+async fn fault_rules_answer_what_the_contract_does_not_promise_on_their_turn_only() {
+    let list = "GET /api/sandbox";
+    let one = "DELETE /api/sandbox/{idOrName}";
+    let server = ContractServer::start(ContractConfig {
+        rules: vec![
+            FaultRule::new(list, Fault::Html(502), When::First(1)),
+            FaultRule::new(list, Fault::Html(200), When::First(1)),
+            FaultRule::new(list, Fault::EmptyBody(200), When::First(1)),
+            FaultRule::new(list, Fault::EmptyBody(503), When::First(1)),
+            FaultRule::new(list, Fault::throttled("nan"), When::First(1)),
+            FaultRule::new(one, Fault::EmptyBody(200), When::EveryNth(2)),
+        ],
+        destroy_delay: Duration::from_secs(30),
+        ..ContractConfig::default()
+    })
+    .await;
+    let ids: Vec<String> = (0..2).map(|_| server.seed(SeedSandbox::default())).collect();
+
+    // A proxy's 502 page: HTML, and the list was not asked for.
+    let page = get(&server, "/sandbox").await;
+    assert_eq!(page.status, 502);
+    assert!(page.header("content-type").unwrap().starts_with("text/html"), "{:?}", page.headers);
+    assert!(String::from_utf8_lossy(&page.body).contains("<h1>502 Bad Gateway</h1>"));
+    // A 200 text/html: the dashboard's page.
+    let html = get(&server, "/sandbox").await;
+    assert_eq!(html.status, 200);
+    assert!(html.header("content-type").unwrap().starts_with("text/html"));
+    assert!(String::from_utf8_lossy(&html.body).contains("<div id=\"root\">"));
+    // Empty bodies, 200 and 503.
+    for status in [200, 503] {
+        let empty = get(&server, "/sandbox").await;
+        assert_eq!((empty.status, empty.body.len()), (status, 0));
+        assert_eq!(empty.header("content-length"), Some("0"));
+    }
+    // A 429 whose waits are not numbers.
+    let throttled = get(&server, "/sandbox").await;
+    assert_eq!(throttled.status, 429);
+    for name in ["retry-after", "retry-after-authenticated", "x-ratelimit-reset-authenticated"] {
+        assert_eq!(throttled.header(name), Some("nan"), "{name}: {:?}", throttled.headers);
+    }
+    assert_eq!(throttled.header("x-ratelimit-remaining-authenticated"), Some("0"));
+    // Each rule fired once, in order: the list answers again.
+    assert_eq!(ids_of(&get(&server, "/sandbox").await.json()), ids.iter().cloned().collect());
+
+    // Every second DELETE: 200 with its body lost, and the delete performed all the same.
+    assert_eq!(delete(&server, &ids[0]).await.status, 200);
+    let lost = delete(&server, &ids[1]).await;
+    assert_eq!((lost.status, lost.body.len()), (200, 0));
+    assert_eq!(get(&server, &format!("/sandbox/{}", ids[1])).await.json()["state"], "destroying");
+    let rules = server.config().rules;
+    assert_eq!(rules.iter().map(FaultRule::injected).collect::<Vec<_>>(), [1, 1, 1, 1, 1, 1]);
+    let by_rule = server.stats().injected_by_rule;
+    assert_eq!(by_rule.get("html 502"), Some(&1), "{by_rule:?}");
+    assert_eq!(by_rule.get("empty 200"), Some(&2), "{by_rule:?}");
+    assert_eq!(by_rule.values().sum::<u64>(), 6, "{by_rule:?}");
+
+    // A latency spike on every call, then a reset on any route: the operation happens, no answer.
+    server.set_config(|config| {
+        config.rules = vec![
+            FaultRule::new(one, Fault::Reset, When::First(1)),
+            FaultRule::new(ANY_ROUTE, Fault::Latency(Duration::from_millis(200)), When::EveryNth(1)),
+        ]
+    });
+    let started = tokio::time::Instant::now();
+    assert_eq!(get(&server, "/sandbox").await.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let third = server.seed(SeedSandbox::default());
+    assert_delete_is_reset(&server, &third).await;
+    assert_eq!(get(&server, &format!("/sandbox/{third}")).await.json()["state"], "destroying");
+    // Outside the API nothing is injected.
+    server.set_config(|config| config.rules = vec![FaultRule::new(ANY_ROUTE, Fault::Status(500), When::EveryNth(1))]);
+    assert_eq!(send(&server, "GET", "/dashboard", None, None).await.status, 200);
+    assert_eq!(assert_error(&get(&server, "/sandbox").await, 500, "Internal Server Error"), "Injected fault");
 }
 
 // ---------------------------------------------------------------------------

@@ -53,7 +53,14 @@
 //!   per-second windows that keep bursts from gaming a limit.
 //! - `faults`: [`ContractConfig::latency`] before every answer,
 //!   [`ContractConfig::error_rate_5xx`], [`ContractConfig::reset_rate`] and
-//!   [`ContractServer::stick_in_destroying`].
+//!   [`ContractServer::stick_in_destroying`] (lifted by
+//!   [`ContractServer::unstick`]); and, for answers the contract
+//!   does not promise, [`ContractConfig::rules`]: per route, the first N
+//!   calls, every Nth or a share of them answered with a [`Fault`] (a 429
+//!   whose `Retry-After-*` / `X-RateLimit-Reset-*` say `nan`, `inf`, `-1`,
+//!   `1e309` or text; an empty body, 200 or 5xx; HTML instead of JSON, a
+//!   proxy's 502 page or a 200 `text/html`; any status; a latency spike; a
+//!   reset). With no rules (the default) the server keeps to the contract.
 //! - `state` holds all of it behind one mutex; `query` reads query strings;
 //!   `error` has the API errors the operations return.
 
@@ -82,6 +89,7 @@ mod routing;
 mod state;
 
 use faults::ConnectionReset;
+pub use faults::{Fault, FaultRule, When, ANY_ROUTE};
 use model::{new_uuid, Sandbox};
 use state::Shared;
 
@@ -149,6 +157,9 @@ pub struct ContractConfig {
     pub destroy_delay: Duration,
     /// Answer `GET /api/sandbox` with a bare `Sandbox[]` (pre-v0.180).
     pub legacy_list: bool,
+    /// Answers the contract does not promise, by rule (see [`FaultRule`]);
+    /// tried in order, the first that fires wins. None by default.
+    pub rules: Vec<FaultRule>,
 }
 
 impl Default for ContractConfig {
@@ -162,6 +173,7 @@ impl Default for ContractConfig {
             create_limit_per_minute: None,
             destroy_delay: Duration::from_millis(200),
             legacy_list: false,
+            rules: Vec::new(),
         }
     }
 }
@@ -229,6 +241,11 @@ pub struct ContractStats {
     pub injected_5xx: u64,
     /// Connections reset by `reset_rate`.
     pub injected_resets: u64,
+    /// Calls to [`ContractServer::stick_in_destroying`].
+    pub stuck_in_destroying: u64,
+    /// Calls hit by [`ContractConfig::rules`], by what the fault did (its
+    /// `Display`, e.g. `"html 502"`, `"empty 200"`, `"429 retry-after=\"nan\" reset=\"nan\""`).
+    pub injected_by_rule: BTreeMap<String, u64>,
     /// DELETEs answered 200 (including ones whose reply was then reset).
     pub deletes_accepted: u64,
     /// Sandboxes created through the API.
@@ -328,6 +345,15 @@ impl ContractServer {
         let mut state = self.shared.lock();
         state.tick(Instant::now());
         state.stick_in_destroying(id);
+        state.stats.stuck_in_destroying += 1;
+    }
+
+    /// Lifts [`ContractServer::stick_in_destroying`]: an accepted delete
+    /// completes (at once, when its destroy delay has passed).
+    pub fn unstick(&self, id: &str) {
+        let mut state = self.shared.lock();
+        state.unstick(id);
+        state.tick(Instant::now());
     }
 
     pub fn set_config(&self, f: impl FnOnce(&mut ContractConfig)) {

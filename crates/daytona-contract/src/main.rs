@@ -88,6 +88,7 @@ async fn main() {
         create_limit_per_minute: args.create_limit,
         destroy_delay: Duration::from_millis(args.destroy_delay_ms),
         legacy_list: args.legacy_list,
+        rules: Vec::new(),
     };
     let server = ContractServer::start_on(config, args.port).await;
     let labels: BTreeMap<String, String> = args.labels.into_iter().collect();

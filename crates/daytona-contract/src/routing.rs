@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::error::{ApiError, ApiResult};
-use crate::faults::{self, ConnectionReset};
+use crate::faults::{self, ConnectionReset, Fault};
 use crate::model::iso;
 use crate::query::{percent_decode, Query};
 use crate::rate::Admission;
@@ -76,15 +76,19 @@ pub(crate) async fn handle(
 
     let route = Route::parse(&received.method, &received.path);
     let route_key = route.key(&received.method);
-    let latency = {
+    let (latency, fault) = {
         let mut state = shared.lock();
         state.stats.requests += 1;
         *state.stats.by_route.entry(route_key.clone()).or_insert(0) += 1;
-        state.config.latency
+        let fault = if route.is_api() { state.rule_fault(&route_key) } else { None };
+        (state.config.latency, fault)
     };
     faults::add_latency(latency).await;
+    if let Some(Fault::Latency(spike)) = fault {
+        faults::add_latency(spike).await;
+    }
 
-    let reply = answer(&mut shared.lock(), &route, route_key, received);
+    let reply = answer(&mut shared.lock(), &route, route_key, received, fault);
     match reply {
         Some(reply) => Ok(reply),
         None => {
@@ -98,12 +102,19 @@ pub(crate) async fn handle(
 
 /// Answers under the lock and records the request; `None` when the
 /// connection is to be reset instead.
-fn answer(state: &mut State, route: &Route, route_key: String, received: Received) -> Option<Reply> {
+fn answer(
+    state: &mut State,
+    route: &Route,
+    route_key: String,
+    received: Received,
+    fault: Option<Fault>,
+) -> Option<Reply> {
     let now = Instant::now();
     state.tick(now);
-    let reply = match respond(state, route, &received, now) {
-        Outcome::Reset => {
-            state.stats.injected_resets += 1;
+    let reply = match respond(state, route, &received, now, fault) {
+        Outcome::Reset { by_rule } => {
+            // A rule's reset is counted with the rule's other hits.
+            state.stats.injected_resets += u64::from(!by_rule);
             None
         }
         Outcome::Reply(reply) => Some(reply),
@@ -121,7 +132,7 @@ fn answer(state: &mut State, route: &Route, route_key: String, received: Receive
 
 enum Outcome {
     Reply(Reply),
-    Reset,
+    Reset { by_rule: bool },
 }
 
 /// The routes the server knows; `{x}` is an id or name.
@@ -172,6 +183,11 @@ impl Route {
         }
     }
 
+    /// Whether this is a route of the API (which answers JSON and may have faults injected).
+    fn is_api(&self) -> bool {
+        !matches!(self, Route::Dashboard | Route::SocketIo | Route::Unknown)
+    }
+
     /// The `"METHOD route"` key of the counters and recorded requests.
     fn key(&self, method: &str) -> String {
         let route = match self {
@@ -207,7 +223,7 @@ impl Route {
     }
 }
 
-fn respond(state: &mut State, route: &Route, call: &Received, now: Instant) -> Outcome {
+fn respond(state: &mut State, route: &Route, call: &Received, now: Instant, fault: Option<Fault>) -> Outcome {
     let path = call.path_and_query.as_str();
     match route {
         Route::Dashboard => return Outcome::Reply(dashboard()),
@@ -220,6 +236,9 @@ fn respond(state: &mut State, route: &Route, call: &Received, now: Instant) -> O
     if !authorized(&call.headers, &state.config.api_key) {
         state.stats.unauthorized_401 += 1;
         return Outcome::Reply(error_response(401, path, "Invalid credentials", &[]));
+    }
+    if let Some(fault) = fault.as_ref().filter(|fault| fault.refusal().is_some()) {
+        return Outcome::Reply(refusal(fault, route, path));
     }
     let rate_headers = match state.throttles.admit(route.throttlers(), &state.config, now) {
         Admission::Admitted(headers) => headers,
@@ -235,8 +254,19 @@ fn respond(state: &mut State, route: &Route, call: &Received, now: Instant) -> O
         return Outcome::Reply(error_response(500, path, "Internal server error", &rate_headers));
     }
     let result = dispatch(state, route, call, now);
+    if fault == Some(Fault::Reset) {
+        return Outcome::Reset { by_rule: true };
+    }
     if faults::inject_reset(&state.config) {
-        return Outcome::Reset;
+        return Outcome::Reset { by_rule: false };
+    }
+    match fault {
+        Some(Fault::EmptyBody(status)) => return Outcome::Reply(raw_response(status, None, "", &rate_headers)),
+        Some(Fault::Html(status)) => {
+            return Outcome::Reply(raw_response(status, Some(HTML), DASHBOARD_HTML, &rate_headers))
+        }
+        Some(Fault::Status(status)) => return Outcome::Reply(json_response(status, &json!({}), &rate_headers)),
+        _ => {}
     }
     Outcome::Reply(match result {
         Ok((status, body)) => json_response(status, &body, &rate_headers),
@@ -273,10 +303,53 @@ fn dispatch(state: &mut State, route: &Route, call: &Received, now: Instant) -> 
 // Responses
 // ---------------------------------------------------------------------------
 
+const HTML: &str = "text/html; charset=utf-8";
+
 fn dashboard() -> Reply {
-    let mut response = Response::new(Full::new(Bytes::from_static(DASHBOARD_HTML.as_bytes())));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    raw_response(200, Some(HTML), DASHBOARD_HTML, &[])
+}
+
+/// The answer of a fault that answers in place of the operation (see
+/// [`Fault::refusal`]): the API's error body, an empty one, a proxy's HTML
+/// page, or a 429 with the fault's wait headers.
+fn refusal(fault: &Fault, route: &Route, path: &str) -> Reply {
+    match fault {
+        Fault::TooManyRequests { retry_after, reset } => {
+            let mut headers = vec![("Retry-After".to_string(), retry_after.clone())];
+            for name in route.throttlers() {
+                headers.push((format!("X-RateLimit-Remaining-{name}"), "0".to_string()));
+                headers.push((format!("X-RateLimit-Reset-{name}"), reset.clone()));
+                headers.push((format!("Retry-After-{name}"), retry_after.clone()));
+            }
+            error_response(429, path, "ThrottlerException: Too Many Requests", &headers)
+        }
+        Fault::EmptyBody(status) => raw_response(*status, None, "", &[]),
+        Fault::Html(status) => {
+            raw_response(*status, Some(HTML), &faults::proxy_error_page(*status, reason(*status)), &[])
+        }
+        Fault::Status(status) => error_response(*status, path, "Injected fault", &[]),
+        Fault::Latency(_) | Fault::Reset => error_response(500, path, "not a refusal", &[]),
+    }
+}
+
+/// An answer with this body as it is (and this content type, if any).
+fn raw_response(status: u16, content_type: Option<&'static str>, body: &str, headers: &[(String, String)]) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let map = response.headers_mut();
+    if let Some(content_type) = content_type {
+        map.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    insert_headers(map, headers);
     response
+}
+
+fn insert_headers(map: &mut hyper::HeaderMap, headers: &[(String, String)]) {
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+            map.insert(name, value);
+        }
+    }
 }
 
 fn reason(status: u16) -> &'static str {
@@ -288,11 +361,7 @@ fn json_response(status: u16, body: &Value, headers: &[(String, String)]) -> Rep
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let map = response.headers_mut();
     map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
-    for (name, value) in headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
-            map.insert(name, value);
-        }
-    }
+    insert_headers(map, headers);
     response
 }
 

@@ -66,10 +66,17 @@ impl DaytonaBackend {
         }
         let retry_after = retry_after(response.headers());
         let body = response.text().await.unwrap_or_default();
+        let reason = status.canonical_reason().unwrap_or("error");
         let message = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|value| value.get("message").map(|message| message.to_string().trim_matches('"').to_string()))
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+            .unwrap_or_else(|| match not_json(body.as_bytes()) {
+                // Not the API's own answer: say so, since it points at what stands in front of it.
+                Some(what) => {
+                    format!("{reason}, {what} instead of the API's JSON; check that DAYTONA_API_URL is the API")
+                }
+                None => reason.to_string(),
+            });
         Err(DaytonaError { status: Some(status.as_u16()), message, retry_after })
     }
 
@@ -104,8 +111,7 @@ impl DaytonaBackend {
             if let Some(cursor) = &cursor {
                 query.push(("cursor", cursor.clone()));
             }
-            let body = self.list_page(&query, retried).await?;
-            match parse_list(&body)? {
+            match self.list_page(&query, retried).await? {
                 ListAnswer::Bare(items) => {
                     sandboxes.extend(items);
                     return Ok(sandboxes);
@@ -121,13 +127,18 @@ impl DaytonaBackend {
         }
     }
 
-    async fn list_page(&self, query: &[(&str, String)], retried: bool) -> Result<Vec<u8>, DaytonaError> {
+    /// One page of the list, read; an answer that is not a list (an empty
+    /// body, a proxy's HTML page with a 200) is asked for again like a 5xx,
+    /// since the next answer may well be the list.
+    async fn list_page(&self, query: &[(&str, String)], retried: bool) -> Result<ListAnswer, DaytonaError> {
         let fetch = || async {
             let response =
                 self.send(AUTHENTICATED, self.request(reqwest::Method::GET, "/sandbox").query(query)).await?;
-            let body = response.bytes().await;
-            body.map(|body| body.to_vec())
-                .map_err(|error| DaytonaError::transport(format!("reading the sandbox list: {error}")))
+            let body = response
+                .bytes()
+                .await
+                .map_err(|error| DaytonaError::transport(format!("reading the sandbox list: {error}")))?;
+            parse_list(&body)
         };
         let policy = match retried {
             true => self.retry.clone(),
@@ -221,10 +232,29 @@ impl DaytonaBackend {
 
 fn parse_list(body: &[u8]) -> Result<ListAnswer, DaytonaError> {
     serde_json::from_slice(body).map_err(|error| {
+        let what = match not_json(body) {
+            Some(what) => what.to_string(),
+            None if error.is_data() => "JSON, but not a list of sandboxes".to_string(),
+            None => error.to_string(),
+        };
         DaytonaError::transport(format!(
-            "the sandbox list is not what the API returns ({error}); check that DAYTONA_API_URL ends in /api"
+            "the sandbox list is not what the API returns ({what}); check that DAYTONA_API_URL ends in /api"
         ))
     })
+}
+
+/// What a body that cannot be the API's JSON is, when it is one of the
+/// usual suspects: nothing at all, or a web page (a proxy's error page, or
+/// the dashboard a URL without `/api` gets).
+fn not_json(body: &[u8]) -> Option<&'static str> {
+    let text = body.trim_ascii_start();
+    if text.is_empty() {
+        Some("an empty body")
+    } else if text.starts_with(b"<") {
+        Some("an HTML page")
+    } else {
+        None
+    }
 }
 
 fn encode_segment(text: &str) -> String {
@@ -239,12 +269,20 @@ fn encode_segment(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::retry::Classify;
 
     #[test]
     fn an_empty_body_or_html_is_a_clear_error_naming_the_likely_cause() {
-        for body in [&b""[..], b"<html><body>502 Bad Gateway</body></html>", b"{\"items\": 7}"] {
+        for (body, says) in [
+            (&b""[..], "an empty body"),
+            (b"\r\n<html><body>502 Bad Gateway</body></html>", "an HTML page"),
+            (b"{\"items\": 7}", "not a list of sandboxes"),
+            (b"Bad Gateway", "expected value"),
+        ] {
             let error = parse_list(body).err().unwrap_or_else(|| panic!("{body:?} parsed"));
-            assert!(error.to_string().contains("DAYTONA_API_URL"), "{error}");
+            assert!(error.to_string().contains("DAYTONA_API_URL") && error.to_string().contains(says), "{error}");
+            // Retried like a 5xx: the next answer may be the list.
+            assert!(matches!(error.class(), crate::errors::ErrorClass::Retryable { .. }), "{error}");
         }
     }
 

@@ -10,7 +10,7 @@
 //! often each rule fired, so a test can prove its fault really happened.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,24 +47,9 @@ pub enum Fault {
     Vanish(Duration),
 }
 
-/// Which matching requests a rule hits.
-#[derive(Clone, Copy, Debug)]
-pub enum When {
-    /// The first N.
-    First(usize),
-    /// The Nth, the 2Nth, ...
-    EveryNth(usize),
-}
-
-impl When {
-    /// Whether the `ordinal`th matching request (from 1) is hit.
-    fn hits(self, ordinal: usize) -> bool {
-        match self {
-            When::First(count) => ordinal <= count,
-            When::EveryNth(period) => period > 0 && ordinal % period == 0,
-        }
-    }
-}
+/// Which matching requests a rule hits: the first N, every Nth, or a share;
+/// the same rule the Daytona contract server's faults follow.
+pub use daytona_contract::When;
 
 /// One rule: requests with `method` whose unversioned path starts with `path_prefix`.
 #[derive(Debug)]
@@ -73,7 +58,7 @@ pub struct Rule {
     path_prefix: String,
     fault: Fault,
     when: When,
-    seen: AtomicUsize,
+    seen: AtomicU64,
     injected: AtomicUsize,
 }
 
@@ -85,7 +70,7 @@ impl Rule {
             path_prefix: path_prefix.to_string(),
             fault,
             when,
-            seen: AtomicUsize::new(0),
+            seen: AtomicU64::new(0),
             injected: AtomicUsize::new(0),
         }
     }
