@@ -184,6 +184,18 @@ echo "sandboxes not deleted: $remaining (expected $((total - per_host)): the liv
 
 echo "--- stopping the live machines (SIGINT): their teardowns"
 for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+codes=()
+for pid in "${pids[@]}"; do
+    code=0
+    wait "$pid" 2>/dev/null || code=$?
+    codes+=("$code")
+done
 pids=()
-echo "deletes accepted in all: $(stat 's["deletes_accepted"]') of $total created"
+echo "exit codes of the live machines: ${codes[*]} (130: interrupted, everything torn down)"
+accepted=$(stat 's["deletes_accepted"]')
+echo "deletes accepted in all: $accepted of $total created"
+if ((accepted != total)); then
+    echo "sandboxes left: $((total - accepted)); the machines' last lines:" >&2
+    for index in $(seq 1 $((hosts - 1))); do tail -n 5 "$work/host-$index.out" "$work/host-$index.err" >&2; done
+    exit 1
+fi
