@@ -25,9 +25,11 @@ pub(crate) fn lease_until(labels: &BTreeMap<String, String>) -> Option<i64> {
     labels.get(LABEL_LEASE)?.trim().parse().ok()
 }
 
-/// A lease that lasts `lease` from `now`, as the label's value.
+/// A lease that lasts `lease` from `now`, as the label's value. `now` is in
+/// whole seconds, rounded down: one more second keeps the lease from ending
+/// before `lease` has passed.
 pub(crate) fn lease_label(now: i64, lease: Duration) -> (String, String) {
-    let until = now.saturating_add(i64::try_from(lease.as_secs()).unwrap_or(i64::MAX));
+    let until = now.saturating_add(i64::try_from(lease.as_secs()).unwrap_or(i64::MAX)).saturating_add(1);
     (LABEL_LEASE.to_string(), until.to_string())
 }
 
@@ -134,8 +136,8 @@ mod tests {
         assert_eq!(period, 200);
         let (_, until) = lease_label(0, TEN_MINUTES);
         let stamped = labels(&[(LABEL_LEASE, &until)]);
-        assert!(!needs_renewal(&stamped, 99, TEN_MINUTES), "renewed under half a period ago");
-        assert!(needs_renewal(&stamped, 100, TEN_MINUTES));
+        assert!(!needs_renewal(&stamped, 100, TEN_MINUTES), "renewed under half a period ago");
+        assert!(needs_renewal(&stamped, 101, TEN_MINUTES));
         assert!(needs_renewal(&labels(&[]), 0, TEN_MINUTES), "no lease yet");
         // Renewed at 0; the rounds at one period and after a half-period retry fail; the next one
         // comes before the lease ends.
@@ -152,6 +154,6 @@ mod tests {
         let after = renewed(&before, 100, TEN_MINUTES);
         assert_eq!(after.len(), 3);
         assert_eq!(after["code-toolbox-language"], "python");
-        assert_eq!(lease_until(&after), Some(700));
+        assert_eq!(lease_until(&after), Some(701));
     }
 }

@@ -226,3 +226,50 @@ async fn cleanup_all_sweep_and_the_pre_run_sweep_collect_ended_leases_only() {
     skipped.assert_code(0);
     assert!(org.server.exists(&for_nobody), "--skip-cleanup collected\n{skipped}");
 }
+
+/// A renewal that meets a 429 and then 5xx keeps the lease alive: with no
+/// retries inside a round (`--retries 0`), the first two rounds fail
+/// outright (a 429 for both sandboxes, then a 503 for both), each tried
+/// again after half a period, and the third renews before the lease ends.
+/// Checked every 100 ms, to the millisecond, from the server's own labels,
+/// over two lease lengths.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_failed_renewal_rounds_in_a_row_do_not_let_a_lease_lapse() {
+    use daytona_contract::{Fault, FaultRule, When};
+    let route = "PUT /api/sandbox/{idOrName}/labels";
+    let throttled = FaultRule::new(route, Fault::throttled("0"), When::First(2));
+    // Asked only about the calls the first rule lets by.
+    let unavailable = FaultRule::new(route, Fault::Status(503), When::First(2));
+    let org =
+        Org::start(ContractConfig { rules: vec![throttled.clone(), unavailable.clone()], ..ContractConfig::default() })
+            .await;
+    let root = org.state_dir().to_path_buf();
+    let bench = benchmark(&root.join("bench"), 2);
+    // Renewed every 2 s, tried again after 1 s: leases are written in whole seconds.
+    let lease = std::fs::read_to_string(&bench).unwrap().replace("lease: 5s", "lease: 6s");
+    std::fs::write(&bench, lease).unwrap();
+    let mut host =
+        Running::start(as_host(&org, "host-r", &root.join("state"), &["--retries", "0", "run", &bench, "-j", "1"]));
+    host.wait_for("created-all").await;
+    let created = Instant::now();
+    let mut lowest_margin = i128::MAX;
+    while created.elapsed() < Duration::from_secs(12) {
+        let sandboxes = sandboxes_of(&org, "host-r");
+        assert_eq!(sandboxes.len(), 2);
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i128;
+        for (id, labels) in &sandboxes {
+            let margin = i128::from(lease_until(labels)) * 1000 - now_ms;
+            assert!(margin > 0, "the lease of {id} lapsed {} ms ago: {labels}", -margin);
+            lowest_margin = lowest_margin.min(margin);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    host.send(Signal::SIGINT);
+    let output = host.finish().await;
+    output.assert_code(130);
+    assert_eq!((throttled.injected(), unavailable.injected()), (2, 2), "{output}");
+    let failed_rounds = output.stderr.matches("renewal(s) failed").count();
+    assert!(failed_rounds >= 2, "two rounds should have failed: {failed_rounds}\n{output}");
+    eprintln!("lowest lease margin seen: {lowest_margin} ms");
+    assert!(sandboxes_of(&org, "host-r").is_empty(), "{output}");
+}
