@@ -145,6 +145,9 @@ async fn start(global: &GlobalSettings, settings: &RunSettings, events: &Events)
         jobs: settings.jobs,
         log_dir: &log_dir,
     });
+    if let Some(daytona) = &settings.daytona {
+        tracing::debug!("{}", text::sandbox_collection_line(&daytona.collection));
+    }
     Ok(Started { run_id, started_at, host, ledger, docker, daytona, log_dir })
 }
 
@@ -170,8 +173,10 @@ fn prepare_supervision() {
 }
 
 /// Before the tasks: tear down what orphaned runs own, and what `--keep-failed`
-/// kept longer ago than the cleanup age, then sweep claimed leftovers older
-/// than the cleanup age (or in a listed state), sparing what was kept since.
+/// kept longer ago than the cleanup age, prune the ledger (runs past the
+/// retention, socket directories of runs no longer running), then sweep
+/// claimed leftovers older than the cleanup age (or in a listed state),
+/// sparing what was kept since.
 async fn pre_run_cleanup(
     started: &Started,
     state_dir: &Path,
@@ -186,7 +191,7 @@ async fn pre_run_cleanup(
     let recovery = TeardownOptions { take_kept: TakeKept::KeptBefore(kept_before), ..teardown.clone() };
     let recovered = recover_orphans(backends, &started.ledger, &recovery, false, OrphanFilter::LEDGER, events).await?;
     events.orphan(OrphanEvent::Recovered { runs: recovered.len() });
-    super::ledger::remove_stale_sockets(state_dir, &started.ledger, false, events).await?;
+    super::prune::prune_runs(state_dir, &started.ledger, settings.retention, false, events).await?;
     let Some(docker) = &started.docker else {
         return Ok(SweepResult::default());
     };
@@ -294,6 +299,7 @@ async fn finish(
         run_id: &started.run_id,
         benchmark: &settings.benchmark.name,
         source: &settings.source,
+        daytona: settings.daytona.as_ref().map(|daytona| &daytona.collection),
         started_at: started.started_at,
         ended_at: now_unix(),
         exit_code: status.code(),
