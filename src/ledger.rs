@@ -286,22 +286,28 @@ impl Ledger {
         }
     }
 
+    /// Records a run under the id it has; an id already taken is an error.
     pub(crate) async fn start_run(&self, run: RunRecord) -> Result<(), Error> {
-        self.on_blocking_pool(move |connection| {
-            connection.execute(
-                "INSERT INTO runs (id, pid, start_time, host, benchmark, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    run.id,
-                    run.pid,
-                    run.start_time.map(|time| time as i64),
-                    run.host,
-                    run.benchmark,
-                    run.started_at
-                ],
-            )
-        })
-        .await
-        .map(drop)
+        self.on_blocking_pool(move |connection| insert_run(connection, &run, "")).await.map(drop)
+    }
+
+    /// Records a new run under a fresh id, `prefix` and a [`new_run_id`],
+    /// and returns it. Ids are only unique enough (four random characters a
+    /// minute): one that another run on this state directory took in the
+    /// same minute is drawn again instead of failing the run.
+    pub(crate) async fn start_new_run(&self, prefix: &str, run: RunRecord) -> Result<String, Error> {
+        const DRAWS: usize = 16;
+        for _ in 0..DRAWS {
+            let run = RunRecord { id: format!("{prefix}{}", new_run_id()), ..run.clone() };
+            let id = run.id.clone();
+            let inserted =
+                self.on_blocking_pool(move |connection| insert_run(connection, &run, "ON CONFLICT (id) DO NOTHING"));
+            if inserted.await? == 1 {
+                return Ok(id);
+            }
+        }
+        let why = format!("the {DRAWS} run ids drawn were all taken already");
+        Err(Error::Ledger { path: self.path.clone(), source: why.into() })
     }
 
     /// Records sandboxes whose deletion a cleanup started but did not see
@@ -310,7 +316,7 @@ impl Ledger {
     /// cleanup or run) finishes the deletions. Returns the run's id.
     pub(crate) async fn record_pending_cleanup(&self, resources: Vec<ResourceRef>) -> Result<String, Error> {
         let run = RunRecord {
-            id: format!("cleanup-{}", new_run_id()),
+            id: String::new(),
             pid: std::process::id(),
             start_time: host::process_start_time(std::process::id()),
             host: host::host_name(),
@@ -319,8 +325,7 @@ impl Ledger {
             ended_at: None,
             outcome: None,
         };
-        let run_id = run.id.clone();
-        self.start_run(run).await?;
+        let run_id = self.start_new_run("cleanup-", run).await?;
         self.record_resources(&run_id, "cleanup", resources).await?;
         Ok(run_id)
     }
@@ -515,10 +520,12 @@ impl Ledger {
         .await
     }
 
+    /// Every run, oldest first; runs started in the same second in the order they were recorded.
     pub(crate) async fn runs(&self) -> Result<Vec<RunRecord>, Error> {
         self.on_blocking_pool(|connection| {
             let mut statement = connection.prepare(
-                "SELECT id, pid, start_time, host, benchmark, started_at, ended_at, outcome FROM runs ORDER BY started_at, id",
+                "SELECT id, pid, start_time, host, benchmark, started_at, ended_at, outcome FROM runs
+                 ORDER BY started_at, rowid",
             )?;
             let rows = statement.query_map([], |row| {
                 Ok(RunRecord {
@@ -640,6 +647,18 @@ fn image_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ImageRecor
         task_id: row.get(5)?,
         recorded_at: row.get(6)?,
     }))
+}
+
+/// Inserts a run's row; `on_conflict` says what an id already there does
+/// (nothing: an error). Returns the rows inserted.
+fn insert_run(connection: &Connection, run: &RunRecord, on_conflict: &str) -> rusqlite::Result<usize> {
+    connection.execute(
+        &format!(
+            "INSERT INTO runs (id, pid, start_time, host, benchmark, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             {on_conflict}"
+        ),
+        params![run.id, run.pid, run.start_time.map(|time| time as i64), run.host, run.benchmark, run.started_at],
+    )
 }
 
 /// Inserts one resource row, owned by `task_id` of `run_id` from now;
@@ -808,6 +827,22 @@ mod tests {
         assert_eq!(&id[8..9], "-");
         assert_eq!(&id[13..14], "-");
         assert_ne!(new_run_id(), new_run_id());
+    }
+
+    #[tokio::test]
+    async fn a_new_run_draws_another_id_when_its_first_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        // The same seed draws the same id: the second run's first draw is taken.
+        fastrand::seed(7);
+        let first = ledger.start_new_run("", run("")).await.unwrap();
+        fastrand::seed(7);
+        let second = ledger.start_new_run("", run("")).await.unwrap();
+        assert_ne!(first, second);
+        assert!(ledger.start_run(run(&first)).await.is_err(), "an id is taken once");
+        let cleanup = ledger.start_new_run("cleanup-", run("")).await.unwrap();
+        assert!(cleanup.starts_with("cleanup-") && cleanup.len() == "cleanup-20261129-2304-k3f9".len(), "{cleanup}");
+        assert_eq!(ledger.runs().await.unwrap().len(), 3);
     }
 
     #[tokio::test]

@@ -128,9 +128,10 @@ async fn start(global: &GlobalSettings, settings: &RunSettings, events: &Events)
         None => None,
     };
     let host = host::host_name();
-    let run_id = ledger::new_run_id();
+
     let started_at = now_unix();
-    ledger.start_run(run_record(&run_id, &host, &settings.benchmark.name, started_at)).await?;
+    // Another run on this state directory may draw the same id in the same minute: the ledger draws again.
+    let run_id = ledger.start_new_run("", run_record(&host, &settings.benchmark.name, started_at)).await?;
     let log_dir = global.state_dir.join("runs").join(&run_id);
     std::fs::create_dir_all(&log_dir).map_err(|source| Error::Io {
         what: "create the run directory",
@@ -151,9 +152,10 @@ async fn start(global: &GlobalSettings, settings: &RunSettings, events: &Events)
     Ok(Started { run_id, started_at, host, ledger, docker, daytona, log_dir })
 }
 
-fn run_record(run_id: &str, host: &str, benchmark: &str, started_at: i64) -> RunRecord {
+/// The run's row; the ledger gives it its id.
+fn run_record(host: &str, benchmark: &str, started_at: i64) -> RunRecord {
     RunRecord {
-        id: run_id.to_string(),
+        id: String::new(),
         pid: std::process::id(),
         start_time: host::process_start_time(std::process::id()),
         host: host.to_string(),

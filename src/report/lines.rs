@@ -112,7 +112,7 @@ pub(super) fn log(event: &Event<'_>) {
 /// A prune: one line for the runs forgotten, one per run kept, one for the vacuum.
 fn log_prune(event: &Event<'_>) {
     let Event::Pruned { runs, kept, retention, dry_run, vacuum } = event else { return };
-    let age = humantime::format_duration(*retention);
+    let age = super::text::format_duration(*retention);
     if !runs.is_empty() {
         let verb = if *dry_run { "would forget" } else { "forgot" };
         tracing::info!("prune: {verb} {} finished run(s) older than {age} that owned nothing", runs.len());

@@ -256,6 +256,18 @@ pub(crate) struct RunReport<'a> {
     pub(crate) disk_reclaimed_bytes: u64,
 }
 
+/// A duration as people wrote it: `30d`, `36h`, `90m`; else humantime's words.
+pub(crate) fn format_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        0 => "0s".to_string(),
+        _ if seconds % 86_400 == 0 => format!("{}d", seconds / 86_400),
+        _ if seconds % 3_600 == 0 => format!("{}h", seconds / 3_600),
+        _ if seconds % 60 == 0 => format!("{}m", seconds / 60),
+        _ => humantime::format_duration(duration).to_string(),
+    }
+}
+
 /// The collection intervals in effect, for `-v` at the start of a run.
 pub(crate) fn sandbox_collection_line(collection: &SandboxCollection) -> String {
     fn one(minutes: Option<String>, from: IntervalSource) -> String {
@@ -274,7 +286,7 @@ pub(crate) fn sandbox_collection_line(collection: &SandboxCollection) -> String 
 
 /// What `prune` did, for people.
 pub(crate) fn prune_summary(report: &PruneReport) -> String {
-    let age = humantime::format_duration(Duration::from_secs(report.retention_seconds));
+    let age = format_duration(Duration::from_secs(report.retention_seconds));
     let verb = if report.dry_run { "would forget" } else { "forgot" };
     let mut text = match report.runs.len() {
         0 => format!("nothing to prune: no finished run older than {age} that owns nothing\n"),
@@ -707,7 +719,7 @@ fn left_out_line(left_out: usize, selection: StatusSelection) -> String {
         (0, _) | (_, StatusSelection::All) => String::new(),
         (_, StatusSelection::Since(since)) => format!(
             "{left_out} run(s) started longer than {} ago not shown; --all shows every run\n",
-            humantime::format_duration(since)
+            format_duration(since)
         ),
         (_, StatusSelection::Default) => format!(
             "{left_out} older finished run(s) owning nothing not shown; --all shows every run, --since DUR the recent ones\n"
@@ -764,6 +776,15 @@ mod tests {
         let text = status_table(&status, StatusSelection::Default, 1000 * 60, std::path::Path::new("/s"));
         assert_eq!(text.lines().count(), 1 + RECENT_FINISHED_RUNS + 1, "{text}");
         assert!(text.contains("980 older finished run(s) owning nothing not shown"), "{text}");
+    }
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(format_duration(Duration::from_secs(30 * 86_400)), "30d");
+        assert_eq!(format_duration(Duration::from_secs(36 * 3_600)), "36h");
+        assert_eq!(format_duration(Duration::from_secs(90 * 60)), "90m");
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m 30s");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
     }
 
     #[test]

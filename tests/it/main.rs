@@ -19,6 +19,7 @@ mod keep;
 mod limits;
 mod metrics;
 mod misbehaving;
+mod retention;
 mod run;
 mod state_dir;
 mod support;
