@@ -287,6 +287,8 @@ impl Ledger {
     }
 
     /// Records a run under the id it has; an id already taken is an error.
+    /// The program's runs take [`Ledger::start_new_run`], which draws their ids.
+    #[cfg(test)]
     pub(crate) async fn start_run(&self, run: RunRecord) -> Result<(), Error> {
         self.on_blocking_pool(move |connection| insert_run(connection, &run, "")).await.map(drop)
     }
