@@ -10,6 +10,7 @@ mod cleanup_docker;
 mod contract_server;
 mod ctrl_z;
 mod daytona;
+mod daytona_defaults;
 mod daytona_errors;
 mod docker_proxy;
 mod faults;
