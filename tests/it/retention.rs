@@ -179,6 +179,17 @@ async fn two_hundred_runs_aged_past_the_retention_are_pruned_and_runs_that_own_s
     assert_eq!(status["runs_left_out"], in_ledger - shown.len(), "{status}");
     let all = cli_in(&state, &["status", "--all", "--json"]).await.json();
     assert_eq!((all["runs"].as_array().unwrap().len(), all["runs_left_out"].clone()), (in_ledger, Value::from(0)));
+    let recent = cli_in(&state, &["status", "--since", "1d", "--json"]).await.json();
+    let recent: BTreeSet<&str> =
+        recent["runs"].as_array().unwrap().iter().map(|run| run["id"].as_str().unwrap()).collect();
+    let started_today: BTreeSet<&str> =
+        short[aged + 10..].iter().map(String::as_str).chain([running_id.as_str()]).collect();
+    assert_eq!(recent, started_today, "--since 1d shows the runs started within a day");
+    let text = cli_in(&state, &["status"]).await;
+    assert!(
+        text.stdout.contains(&format!("{} older finished run(s) owning nothing not shown", in_ledger - 23)),
+        "{text}"
+    );
 
     // A dry run changes nothing.
     let directories_before = run_directories(&state);
