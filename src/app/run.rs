@@ -128,7 +128,6 @@ async fn start(global: &GlobalSettings, settings: &RunSettings, events: &Events)
         None => None,
     };
     let host = host::host_name();
-
     let started_at = now_unix();
     // Another run on this state directory may draw the same id in the same minute: the ledger draws again.
     let run_id = ledger.start_new_run("", run_record(&host, &settings.benchmark.name, started_at)).await?;
