@@ -472,7 +472,8 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 #[command(after_help = "A run is forgotten when it finished longer than the retention ago and owns nothing: \
-    no resource kept (--keep-failed), pending or leaked. Its ledger rows and its directory under \
+    no resource kept (--keep-failed), pending or leaked, and no image still recorded (`cleanup docker \
+    --images` removes those). Its ledger rows and its directory under \
     <state-dir>/runs/ go; then the ledger is vacuumed when more than half of it is free. Socket \
     directories of runs no longer running go too. `run`, `cleanup all` and `sweep` do the same at \
     their start.\n\n\
