@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 filters=("$@")
 if ((${#filters[@]} == 0)); then
-    filters=(chaos soak daytona_faults faults misbehaving ctrl_z state_dir)
+    filters=(chaos soak daytona_faults faults misbehaving ctrl_z state_dir retention)
 fi
 
 out=target/reliability

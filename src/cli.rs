@@ -73,6 +73,9 @@ pub enum Command {
     Sweep(SweepArgs),
     /// Show runs in the ledger, the resources they still own (and keep), and orphans
     Status(StatusArgs),
+    /// Forget finished runs older than the retention that own nothing: their ledger rows and
+    /// run directories; also remove the socket directories of runs no longer running
+    Prune(PruneArgs),
     /// From inside a task: record a resource the task made without benchwarden's proxies, so the
     /// task's teardown removes it
     Claim(ClaimArgs),
@@ -116,6 +119,11 @@ pub struct RunArgs {
     /// Pre-run sweep removes owned leftovers older than DUR (e.g. 36h)
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub(crate) cleanup_age: Option<Duration>,
+
+    /// Before the tasks, forget finished runs older than DUR that own nothing (not with
+    /// --skip-cleanup) [env: BENCHWARDEN_RETENTION] [default: 30d]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) retention: Option<Duration>,
 
     /// Where to write the JSON report [default: <state-dir>/runs/<run>/report.json]
     #[arg(long, value_name = "FILE")]
@@ -232,6 +240,11 @@ pub struct PolicyArgs {
     /// Also write metrics there, in the Prometheus text format (for node_exporter's textfile collector)
     #[arg(long, value_name = "PATH")]
     pub(crate) metrics_file: Option<PathBuf>,
+
+    /// First forget finished runs older than DUR that own nothing (with --dry-run: only say
+    /// which) [env: BENCHWARDEN_RETENTION] [default: 30d]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) retention: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -452,8 +465,42 @@ pub struct ClaimArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "By default: the runs that still own something, that are running or orphaned, and the \
+    last 20 finished runs; a line (and `runs_left_out` in the JSON) says how many more the ledger holds.")]
 pub struct StatusArgs {
     /// Print the status as one JSON object on stdout
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// Show every run in the ledger
+    #[arg(long, conflicts_with = "since")]
+    pub(crate) all: bool,
+
+    /// Show only the runs started within DUR (e.g. 2d)
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) since: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "A run is forgotten when it finished longer than the retention ago and owns nothing: \
+    no resource kept (--keep-failed), pending or leaked, and no image still recorded (`cleanup docker \
+    --images` removes those). Its ledger rows and its directory under \
+    <state-dir>/runs/ go; then the ledger is vacuumed when more than half of it is free. Socket \
+    directories of runs no longer running go too. `run`, `cleanup all` and `sweep` do the same at \
+    their start.\n\n\
+    Examples:\n  \
+    benchwarden prune --dry-run                     # which runs would go\n  \
+    benchwarden prune --older-than 7d")]
+pub struct PruneArgs {
+    /// Forget finished runs older than DUR [env: BENCHWARDEN_RETENTION] [default: 30d]
+    #[arg(long, visible_alias = "retention", value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) older_than: Option<Duration>,
+
+    /// Show what would be pruned; change nothing
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+
+    /// Print the result as one JSON object on stdout
     #[arg(long)]
     pub(crate) json: bool,
 }

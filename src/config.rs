@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::errors::Error;
 
@@ -150,16 +150,71 @@ pub(crate) struct DaytonaSection {
     /// The environment variable holding the API key (default `DAYTONA_API_KEY`).
     pub(crate) api_key_env: Option<String>,
     pub(crate) target: Option<String>,
-    /// Set on every sandbox a task creates without one, so the provider stops it if we are gone.
-    pub(crate) auto_stop_minutes: Option<u32>,
+    /// Set on every sandbox a task creates without one, so the provider
+    /// stops it if we are gone; unset, a default (see `settings`); `off`,
+    /// none at all.
+    #[serde(default, deserialize_with = "optional_interval")]
+    pub(crate) auto_stop_minutes: Option<Interval<u32>>,
     /// Likewise for deletion after stopping (0: delete at once when stopped).
-    pub(crate) auto_delete_minutes: Option<i64>,
+    #[serde(default, deserialize_with = "optional_interval")]
+    pub(crate) auto_delete_minutes: Option<Interval<i64>>,
     /// How long the lease on each of the run's sandboxes lasts; renewed every third of it.
     #[serde(default, deserialize_with = "optional_duration")]
     pub(crate) lease: Option<Duration>,
     /// How long past its end another machine's lease still protects (the pre-run sweep's).
     #[serde(default, deserialize_with = "optional_duration")]
     pub(crate) lease_grace: Option<Duration>,
+}
+
+/// `daytona.auto_stop_minutes` or `auto_delete_minutes` as the file sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interval<T> {
+    Minutes(T),
+    /// `off`: no default; a sandbox keeps what its create asked for.
+    Off,
+}
+
+/// Where an interval the proxies set on creates comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum IntervalSource {
+    /// The benchmark file's `daytona:` section.
+    File,
+    /// benchwarden's default, the file setting none.
+    Default,
+    /// `off` in the file: creates are left as the harness sends them.
+    Off,
+}
+
+/// The collection intervals a run's Daytona proxies set on creates that
+/// leave them unset (`None`: not set), and where each comes from: what the
+/// run prints at `-v` and writes in its JSON report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct SandboxCollection {
+    pub(crate) auto_stop_minutes: Option<u32>,
+    pub(crate) auto_stop_from: IntervalSource,
+    pub(crate) auto_delete_minutes: Option<i64>,
+    pub(crate) auto_delete_from: IntervalSource,
+}
+
+/// A number of minutes, or `off`.
+fn optional_interval<'de, D, T>(deserializer: D) -> Result<Option<Interval<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    let invalid = |shown: String| {
+        serde::de::Error::custom(format!("expected a whole number of minutes in range, or `off`, not {shown}"))
+    };
+    match Option::<serde_yaml::Value>::deserialize(deserializer)? {
+        None | Some(serde_yaml::Value::Null) => Ok(None),
+        Some(serde_yaml::Value::String(word)) if word.trim().eq_ignore_ascii_case("off") => Ok(Some(Interval::Off)),
+        Some(serde_yaml::Value::Number(number)) => match number.as_i64().map(T::try_from) {
+            Some(Ok(minutes)) => Ok(Some(Interval::Minutes(minutes))),
+            _ => Err(invalid(number.to_string())),
+        },
+        Some(other) => Err(invalid(serde_yaml::to_string(&other).unwrap_or_default().trim().to_string())),
+    }
 }
 
 /// Says which resources a task owns when the harness does not label them.
@@ -440,6 +495,25 @@ fn matches_pieces(pieces: &[Piece], value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn collection_intervals_are_minutes_or_off_and_anything_else_names_the_value() {
+        let parse = |daytona: &str| {
+            Benchmark::parse(&format!("name: x\nharness:\n  command: [true]\ndaytona:\n{daytona}"), Path::new("b.yaml"))
+        };
+        let section = |daytona: &str| parse(daytona).unwrap().daytona.unwrap();
+        let both = section("  auto_stop_minutes: 45\n  auto_delete_minutes: -1\n");
+        assert_eq!(both.auto_stop_minutes, Some(Interval::Minutes(45)));
+        assert_eq!(both.auto_delete_minutes, Some(Interval::Minutes(-1)));
+        let off = section("  auto_stop_minutes: off\n  auto_delete_minutes: \"OFF\"\n");
+        assert_eq!((off.auto_stop_minutes, off.auto_delete_minutes), (Some(Interval::Off), Some(Interval::Off)));
+        let unset = section("  enabled: true\n");
+        assert_eq!((unset.auto_stop_minutes, unset.auto_delete_minutes), (None, None));
+        for bad in ["  auto_stop_minutes: -5\n", "  auto_stop_minutes: soon\n", "  auto_delete_minutes: 1.5\n"] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(error.contains("whole number of minutes") && error.contains("b.yaml"), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn task_names_that_cannot_name_a_log_file_are_refused() {

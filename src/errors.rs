@@ -115,6 +115,14 @@ pub enum Error {
     )]
     NotALedger { path: PathBuf, why: String },
 
+    /// A ledger a newer benchwarden made: its schema may mean what this one
+    /// cannot read, so it is left exactly as it is.
+    #[error(
+        "{path} was made by a newer benchwarden (ledger schema version {version}; this one knows up to {known})\n  \
+         use that version, or pass another --state-dir; the file is left as it is"
+    )]
+    NewerLedger { path: PathBuf, version: i64, known: i64 },
+
     #[error("state directory {path} {why}\n  free some space or make it writable, or pass another --state-dir")]
     StateDir { path: PathBuf, why: String },
 
@@ -154,7 +162,7 @@ impl Error {
             Error::Usage(_) | Error::DockerUnreachable { .. } | Error::Config { .. } | Error::NotALedger { .. } => {
                 ExitStatus::Usage
             }
-            Error::StateDir { .. } => ExitStatus::Usage,
+            Error::StateDir { .. } | Error::NewerLedger { .. } => ExitStatus::Usage,
             Error::Call { class: ErrorClass::Denied, .. } => ExitStatus::Usage,
             Error::Call { .. } | Error::Ledger { .. } | Error::Io { .. } | Error::Json { .. } => ExitStatus::Failure,
         }

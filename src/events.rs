@@ -126,6 +126,18 @@ pub(crate) enum Event<'a> {
         protected: usize,
     },
     Orphan(OrphanEvent<'a>),
+    /// Finished runs older than the retention that owned nothing were
+    /// forgotten (in a dry run, would be): their ledger rows and run
+    /// directories. `kept` are runs whose directory could not be removed,
+    /// with why (they stay in the ledger for the next prune); `vacuum` the
+    /// ledger's size in bytes before and after, when it was vacuumed.
+    Pruned {
+        runs: &'a [String],
+        kept: &'a [(String, String)],
+        retention: Duration,
+        dry_run: bool,
+        vacuum: Option<(u64, u64)>,
+    },
     /// A task's Docker proxy recorded an image the task built, pulled or imported.
     ImageRecorded {
         image: &'a RecordedImage,

@@ -9,8 +9,13 @@
 //! A disk that fills while a run goes on does not cost rows: the `reserve`
 //! is given back and the write tried again.
 //!
-//! Columns added after the first release (`resources.kept_at`,
-//! `resources.endpoint`) are added to an older ledger when it is opened.
+//! The schema has a version, SQLite's `user_version`: a ledger of an
+//! earlier release (version 0) is upgraded in place when it is opened (the
+//! columns added since, `resources.kept_at` and `resources.endpoint`), and
+//! one of a newer release is refused before anything is written to it.
+//!
+//! Retention (`ledger/retention.rs`): which finished runs may be forgotten,
+//! forgetting them, and vacuuming the file once it is mostly free pages.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,6 +31,12 @@ use crate::host;
 use crate::resource::{ImageOrigin, Kind, RecordedImage, ResourceRef};
 
 pub(crate) mod reserve;
+pub(crate) mod retention;
+
+/// The schema version this release writes (`PRAGMA user_version`). 0: the
+/// releases before the version was kept, upgraded in place; anything above
+/// [`SCHEMA_VERSION`] was made by a newer release and is never written.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -163,11 +174,36 @@ pub(crate) struct ResourceRecord {
 /// Columns added to `resources` after the first release, with their types.
 const ADDED_COLUMNS: [(&str, &str); 2] = [("kept_at", "INTEGER"), ("endpoint", "TEXT")];
 
-/// Adds the columns an older ledger lacks. The check and the change are one
-/// immediate transaction, so two processes opening the same old ledger do
-/// not both add a column.
-fn add_missing_columns(connection: &mut Connection) -> rusqlite::Result<()> {
-    let transaction = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+/// Makes the tables, adds the columns an older ledger lacks, and records
+/// the schema version. The checks and the changes are one immediate
+/// transaction, so two processes opening the same old ledger do not both add
+/// a column, and a newer release that wrote the file meanwhile is still seen.
+fn upgrade(connection: &mut Connection, path: &Path) -> Result<(), Error> {
+    let sql = |error: rusqlite::Error| Error::Ledger { path: path.to_path_buf(), source: error.into() };
+    let transaction = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
+    let version = check_version(&transaction, path)?;
+    transaction.execute_batch(SCHEMA).and_then(|()| transaction.execute_batch(IMAGES_SCHEMA)).map_err(sql)?;
+    add_missing_columns(&transaction).map_err(sql)?;
+    if version < SCHEMA_VERSION {
+        transaction.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sql)?;
+    }
+    transaction.commit().map_err(sql)
+}
+
+/// The ledger's schema version; a ledger a newer release made (its
+/// `user_version` is above ours) is refused.
+fn check_version(connection: &Connection, path: &Path) -> Result<i64, Error> {
+    let version: i64 = connection
+        .query_row("SELECT user_version FROM pragma_user_version", [], |row| row.get(0))
+        .map_err(|error| not_a_database(error, path))?;
+    match version > SCHEMA_VERSION {
+        true => Err(Error::NewerLedger { path: path.to_path_buf(), version, known: SCHEMA_VERSION }),
+        false => Ok(version),
+    }
+}
+
+/// Adds the columns an older ledger lacks, inside the caller's transaction.
+fn add_missing_columns(transaction: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     let present: Vec<String> = {
         let mut statement = transaction.prepare("SELECT name FROM pragma_table_info('resources')")?;
         let names = statement.query_map([], |row| row.get(0))?;
@@ -178,7 +214,7 @@ fn add_missing_columns(connection: &mut Connection) -> rusqlite::Result<()> {
             transaction.execute_batch(&format!("ALTER TABLE resources ADD COLUMN {column} {kind}"))?;
         }
     }
-    transaction.commit()
+    Ok(())
 }
 
 impl Ledger {
@@ -192,8 +228,9 @@ impl Ledger {
         let mut connection = Connection::open(&path).map_err(|error| ledger_error(error.into()))?;
         connection.busy_timeout(Duration::from_secs(30)).map_err(|error| ledger_error(error.into()))?;
         // Before anything is written to it (the journal mode too): a file with tables that are not a
-        // ledger's, or no database at all, is left as it is.
+        // ledger's, no database at all, or a newer release's ledger, is left as it is.
         check_shape(&connection, &path)?;
+        check_version(&connection, &path)?;
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| connection.pragma_update(None, "synchronous", "NORMAL"))
@@ -204,11 +241,7 @@ impl Ledger {
                 connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map(drop)
             })
             .map_err(|error| ledger_error(error.into()))?;
-        connection
-            .execute_batch(SCHEMA)
-            .and_then(|()| connection.execute_batch(IMAGES_SCHEMA))
-            .map_err(|error| ledger_error(error.into()))?;
-        add_missing_columns(&mut connection).map_err(|error| ledger_error(error.into()))?;
+        upgrade(&mut connection, &path)?;
         Ok(Ledger { connection: Arc::new(Mutex::new(connection)), path })
     }
 
@@ -253,22 +286,30 @@ impl Ledger {
         }
     }
 
+    /// Records a run under the id it has; an id already taken is an error.
+    /// The program's runs take [`Ledger::start_new_run`], which draws their ids.
+    #[cfg(test)]
     pub(crate) async fn start_run(&self, run: RunRecord) -> Result<(), Error> {
-        self.on_blocking_pool(move |connection| {
-            connection.execute(
-                "INSERT INTO runs (id, pid, start_time, host, benchmark, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    run.id,
-                    run.pid,
-                    run.start_time.map(|time| time as i64),
-                    run.host,
-                    run.benchmark,
-                    run.started_at
-                ],
-            )
-        })
-        .await
-        .map(drop)
+        self.on_blocking_pool(move |connection| insert_run(connection, &run, "")).await.map(drop)
+    }
+
+    /// Records a new run under a fresh id, `prefix` and a [`new_run_id`],
+    /// and returns it. Ids are only unique enough (four random characters a
+    /// minute): one that another run on this state directory took in the
+    /// same minute is drawn again instead of failing the run.
+    pub(crate) async fn start_new_run(&self, prefix: &str, run: RunRecord) -> Result<String, Error> {
+        const DRAWS: usize = 16;
+        for _ in 0..DRAWS {
+            let run = RunRecord { id: format!("{prefix}{}", new_run_id()), ..run.clone() };
+            let id = run.id.clone();
+            let inserted =
+                self.on_blocking_pool(move |connection| insert_run(connection, &run, "ON CONFLICT (id) DO NOTHING"));
+            if inserted.await? == 1 {
+                return Ok(id);
+            }
+        }
+        let why = format!("the {DRAWS} run ids drawn were all taken already");
+        Err(Error::Ledger { path: self.path.clone(), source: why.into() })
     }
 
     /// Records sandboxes whose deletion a cleanup started but did not see
@@ -277,7 +318,7 @@ impl Ledger {
     /// cleanup or run) finishes the deletions. Returns the run's id.
     pub(crate) async fn record_pending_cleanup(&self, resources: Vec<ResourceRef>) -> Result<String, Error> {
         let run = RunRecord {
-            id: format!("cleanup-{}", new_run_id()),
+            id: String::new(),
             pid: std::process::id(),
             start_time: host::process_start_time(std::process::id()),
             host: host::host_name(),
@@ -286,8 +327,7 @@ impl Ledger {
             ended_at: None,
             outcome: None,
         };
-        let run_id = run.id.clone();
-        self.start_run(run).await?;
+        let run_id = self.start_new_run("cleanup-", run).await?;
         self.record_resources(&run_id, "cleanup", resources).await?;
         Ok(run_id)
     }
@@ -482,10 +522,12 @@ impl Ledger {
         .await
     }
 
+    /// Every run, oldest first; runs started in the same second in the order they were recorded.
     pub(crate) async fn runs(&self) -> Result<Vec<RunRecord>, Error> {
         self.on_blocking_pool(|connection| {
             let mut statement = connection.prepare(
-                "SELECT id, pid, start_time, host, benchmark, started_at, ended_at, outcome FROM runs ORDER BY started_at, id",
+                "SELECT id, pid, start_time, host, benchmark, started_at, ended_at, outcome FROM runs
+                 ORDER BY started_at, rowid",
             )?;
             let rows = statement.query_map([], |row| {
                 Ok(RunRecord {
@@ -607,6 +649,18 @@ fn image_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ImageRecor
         task_id: row.get(5)?,
         recorded_at: row.get(6)?,
     }))
+}
+
+/// Inserts a run's row; `on_conflict` says what an id already there does
+/// (nothing: an error). Returns the rows inserted.
+fn insert_run(connection: &Connection, run: &RunRecord, on_conflict: &str) -> rusqlite::Result<usize> {
+    connection.execute(
+        &format!(
+            "INSERT INTO runs (id, pid, start_time, host, benchmark, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             {on_conflict}"
+        ),
+        params![run.id, run.pid, run.start_time.map(|time| time as i64), run.host, run.benchmark, run.started_at],
+    )
 }
 
 /// Inserts one resource row, owned by `task_id` of `run_id` from now;
@@ -778,6 +832,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_new_run_draws_another_id_when_its_first_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        // The same seed draws the same id: the second run's first draw is taken.
+        fastrand::seed(7);
+        let first = ledger.start_new_run("", run("")).await.unwrap();
+        fastrand::seed(7);
+        let second = ledger.start_new_run("", run("")).await.unwrap();
+        assert_ne!(first, second);
+        assert!(ledger.start_run(run(&first)).await.is_err(), "an id is taken once");
+        let cleanup = ledger.start_new_run("cleanup-", run("")).await.unwrap();
+        assert!(cleanup.starts_with("cleanup-") && cleanup.len() == "cleanup-20261129-2304-k3f9".len(), "{cleanup}");
+        assert_eq!(ledger.runs().await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
     async fn resources_are_recorded_and_released() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
@@ -882,11 +952,45 @@ mod tests {
         }
         let first = Ledger::open(dir.path()).unwrap();
         let second = Ledger::open(dir.path()).unwrap();
+        let version: i64 = first
+            .on_blocking_pool(|connection| connection.query_row("PRAGMA user_version", [], |row| row.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION, "version 0 is upgraded in place");
         let rows = second.unreleased("r1", None).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].kept_at, rows[0].endpoint.as_deref()), (None, None));
         assert_eq!(first.keep("r1", "a").await.unwrap(), 1);
         assert!(first.unreleased("r1", None).await.unwrap()[0].kept_at.is_some());
+    }
+
+    #[test]
+    fn a_ledger_of_a_newer_release_is_refused_untouched_and_an_older_one_gains_the_version() {
+        let version_of = |path: &Path| -> i64 {
+            Connection::open(path).unwrap().query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap()
+        };
+        let fresh = tempfile::tempdir().unwrap();
+        Ledger::open(fresh.path()).unwrap();
+        assert_eq!(version_of(&fresh.path().join("ledger.sqlite")), SCHEMA_VERSION);
+
+        let newer = tempfile::tempdir().unwrap();
+        let path = newer.path().join("ledger.sqlite");
+        {
+            let connection = Connection::open(&path).unwrap();
+            connection.execute_batch(SCHEMA).unwrap();
+            connection.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        let error = Ledger::open(newer.path()).err().expect("a newer ledger is refused");
+        assert!(matches!(error, Error::NewerLedger { version, .. } if version == SCHEMA_VERSION + 1), "{error}");
+        assert_eq!(error.exit_status(), crate::errors::ExitStatus::Usage);
+        assert!(error.to_string().contains("newer benchwarden"), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "the newer ledger was written");
+        let names: Vec<String> = std::fs::read_dir(newer.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["ledger.sqlite"], "no WAL or journal was made beside it");
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use benchwarden::errors::{error_chain, Error, ExitStatus};
 use benchwarden::report;
 use benchwarden::settings::{
     ClaimSettings, CleanupAllSettings, DaytonaCleanupSettings, DockerCleanupSettings, GlobalSettings, ListSettings,
-    RecoverSettings, RunSettings, StatusSettings, SweepSettings,
+    PruneSettings, RecoverSettings, RunSettings, StatusSettings, SweepSettings,
 };
 use clap::Parser;
 
@@ -51,6 +51,7 @@ fn run(cli: Cli) -> Result<ExitStatus, Error> {
             Command::Recover(args) => app::recover(&global, &RecoverSettings::resolve(&args), &session).await,
             Command::Sweep(args) => app::sweep(&global, &SweepSettings::resolve(&args, &global)?, &session).await,
             Command::Status(args) => app::status(&global, &StatusSettings::resolve(&args)).await,
+            Command::Prune(args) => app::prune(&global, &PruneSettings::resolve(&args)?, &session).await,
             Command::Claim(args) => app::claim(&global, &ClaimSettings::resolve(&args)?).await,
         }
     })

@@ -1,8 +1,8 @@
 //! Resolves the command line, the benchmark file and the environment into
 //! plain settings, once. Nothing past this module reads clap types or
 //! environment variables for configuration: `DOCKER_HOST`, the Daytona
-//! variables, `NO_COLOR` and the state directory's variables are read here
-//! and nowhere else.
+//! variables, `NO_COLOR`, `BENCHWARDEN_RETENTION` and the state directory's
+//! variables are read here and nowhere else.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,12 +11,13 @@ use crate::backend::daytona::{Credentials, DaytonaConfig, DEFAULT_API_URL};
 use crate::backend::DEFAULT_PARALLEL;
 use crate::cleanup::CleanupPolicy;
 use crate::cli;
-use crate::config::{fill, Benchmark, DaytonaSection, Harness};
+use crate::config::{fill, Benchmark, DaytonaSection, Harness, Interval, IntervalSource, SandboxCollection};
 use crate::errors::Error;
 use crate::intercept::daytona_proxy::{ApiTarget, DaytonaProxySettings};
 use crate::limits::Limits;
 use crate::net::DockerEndpoint;
 use crate::owner::lease::{DEFAULT_LEASE, DEFAULT_LEASE_GRACE};
+use crate::report::text::StatusSelection;
 use crate::report::{Color, OutputSettings, Verbosity};
 use crate::retry::RetryPolicy;
 use crate::supervisor::keep::KeepPolicy;
@@ -98,6 +99,27 @@ fn resolve_state_dir(flag: Option<PathBuf>) -> Result<PathBuf, Error> {
         return Ok(home.join(".local/state/benchwarden"));
     }
     Err(Error::usage("cannot find a state directory: HOME is not set; pass --state-dir or set BENCHWARDEN_STATE_DIR"))
+}
+
+/// The variable that sets the retention when no flag does.
+const ENV_RETENTION: &str = "BENCHWARDEN_RETENTION";
+
+/// How long finished runs that own nothing stay in the ledger by default.
+const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
+/// The retention: the flag, else `BENCHWARDEN_RETENTION`, else 30 days.
+fn resolve_retention(flag: Option<Duration>) -> Result<Duration, Error> {
+    retention_from(flag, var(ENV_RETENTION))
+}
+
+/// [`resolve_retention`] with the variable's value given.
+fn retention_from(flag: Option<Duration>, from_env: Option<String>) -> Result<Duration, Error> {
+    match (flag, from_env) {
+        (Some(retention), _) => Ok(retention),
+        (None, Some(text)) => crate::clock::parse_duration(&text)
+            .map_err(|error| Error::usage(format!("{ENV_RETENTION}={text:?} is not a duration: {error}"))),
+        (None, None) => Ok(DEFAULT_RETENTION),
+    }
 }
 
 /// Daytona as the environment (and the benchmark file) describe it.
@@ -320,6 +342,8 @@ pub struct CleanupAllSettings {
     pub(crate) list: bool,
     pub(crate) json: bool,
     pub(crate) metrics_file: Option<PathBuf>,
+    /// Finished runs older than this that own nothing are pruned first.
+    pub(crate) retention: Duration,
 }
 
 impl CleanupAllSettings {
@@ -352,6 +376,7 @@ impl CleanupAllSettings {
             list: false,
             json: false,
             metrics_file: args.metrics_file.clone(),
+            retention: resolve_retention(args.retention)?,
         })
     }
 }
@@ -444,11 +469,33 @@ impl ClaimSettings {
 #[derive(Debug, Clone)]
 pub struct StatusSettings {
     pub(crate) json: bool,
+    /// Which runs to show.
+    pub(crate) selection: StatusSelection,
 }
 
 impl StatusSettings {
     pub fn resolve(args: &cli::StatusArgs) -> Self {
-        StatusSettings { json: args.json }
+        let selection = match (args.all, args.since) {
+            (true, _) => StatusSelection::All,
+            (false, Some(since)) => StatusSelection::Since(since),
+            (false, None) => StatusSelection::Default,
+        };
+        StatusSettings { json: args.json, selection }
+    }
+}
+
+/// `prune`.
+#[derive(Debug, Clone)]
+pub struct PruneSettings {
+    /// Finished runs older than this that own nothing are forgotten.
+    pub(crate) retention: Duration,
+    pub(crate) dry_run: bool,
+    pub(crate) json: bool,
+}
+
+impl PruneSettings {
+    pub fn resolve(args: &cli::PruneArgs) -> Result<Self, Error> {
+        Ok(PruneSettings { retention: resolve_retention(args.older_than)?, dry_run: args.dry_run, json: args.json })
     }
 }
 
@@ -460,6 +507,8 @@ pub(crate) struct RunDaytona {
     pub(crate) proxy: DaytonaProxySettings,
     /// How long past its end another machine's lease protects its sandboxes from the pre-run sweep.
     pub(crate) lease_grace: Duration,
+    /// The collection intervals the proxies set, and where each comes from.
+    pub(crate) collection: SandboxCollection,
 }
 
 /// `run`: the command line merged over the benchmark file, once.
@@ -476,6 +525,8 @@ pub struct RunSettings {
     pub(crate) grace: Duration,
     pub(crate) skip_cleanup: bool,
     pub(crate) cleanup_age: Duration,
+    /// Finished runs older than this that own nothing are pruned before the tasks (unless `skip_cleanup`).
+    pub(crate) retention: Duration,
     pub(crate) cleanup_states: Vec<String>,
     pub(crate) report: Option<PathBuf>,
     pub(crate) metrics_file: Option<PathBuf>,
@@ -549,13 +600,15 @@ impl RunSettings {
             (None, Some(age)) => age,
             (None, None) => benchmark.cleanup.before_run.age.unwrap_or(DEFAULT_CLEANUP_AGE),
         };
+        let timeout = args.timeout.or(benchmark.harness.timeout);
         // Daytona enabled without credentials stops here, before anything is started or recorded.
         let daytona = match benchmark.daytona.as_ref().filter(|section| section.enabled) {
-            Some(section) => Some(run_daytona(section, &source)?),
+            Some(section) => Some(run_daytona(section, &source, timeout)?),
             None => None,
         };
         Ok(RunSettings {
-            timeout: args.timeout.or(benchmark.harness.timeout),
+            retention: resolve_retention(args.retention)?,
+            timeout,
             grace: args.grace.or(benchmark.harness.grace).unwrap_or(DEFAULT_GRACE),
             cleanup_states: benchmark.cleanup.before_run.states.clone(),
             retry: retry_policy(&benchmark, global),
@@ -694,16 +747,53 @@ fn retry_policy(benchmark: &Benchmark, global: &GlobalSettings) -> RetryPolicy {
     retry.allowing_calls_of(benchmark.docker.stop_timeout)
 }
 
-fn run_daytona(section: &DaytonaSection, file: &str) -> Result<RunDaytona, Error> {
+fn run_daytona(section: &DaytonaSection, file: &str, timeout: Option<Duration>) -> Result<RunDaytona, Error> {
     let config = daytona_access(section, file).required()?;
     let target = ApiTarget::parse(&config.api_url).map_err(Error::Usage)?;
+    let collection = sandbox_collection(section, timeout);
     let proxy = DaytonaProxySettings {
         target,
-        auto_stop_minutes: section.auto_stop_minutes,
-        auto_delete_minutes: section.auto_delete_minutes,
+        auto_stop_minutes: collection.auto_stop_minutes,
+        auto_delete_minutes: collection.auto_delete_minutes,
         lease: section.lease.unwrap_or(DEFAULT_LEASE),
     };
-    Ok(RunDaytona { config, proxy, lease_grace: section.lease_grace.unwrap_or(DEFAULT_LEASE_GRACE) })
+    let lease_grace = section.lease_grace.unwrap_or(DEFAULT_LEASE_GRACE);
+    Ok(RunDaytona { config, proxy, lease_grace, collection })
+}
+
+/// Minutes to slack past a task's timeout before the provider stops its
+/// idle sandboxes, and the stop without a timeout.
+const AUTO_STOP_SLACK_MINUTES: u32 = 30;
+const AUTO_STOP_WITHOUT_TIMEOUT_MINUTES: u32 = 60;
+/// A stopped sandbox is deleted by the provider after a day.
+const AUTO_DELETE_MINUTES: i64 = 24 * 60;
+
+/// The collection intervals the Daytona proxies set on creates that leave
+/// them unset. Sandboxes a killed run leaves are otherwise never collected
+/// by the provider's own defaults; so, unless the file sets a value or
+/// `off`: auto-stop after the task's timeout plus 30 minutes (an hour
+/// without a timeout), auto-delete a day after stopping. Each interval is
+/// decided on its own: a file that sets one keeps the other's default.
+fn sandbox_collection(section: &DaytonaSection, timeout: Option<Duration>) -> SandboxCollection {
+    let default_stop = match timeout {
+        Some(timeout) => {
+            let minutes = u32::try_from(timeout.as_secs().div_ceil(60)).unwrap_or(u32::MAX);
+            minutes.saturating_add(AUTO_STOP_SLACK_MINUTES)
+        }
+        None => AUTO_STOP_WITHOUT_TIMEOUT_MINUTES,
+    };
+    let (auto_stop_minutes, auto_stop_from) = interval_in_effect(section.auto_stop_minutes, default_stop);
+    let (auto_delete_minutes, auto_delete_from) = interval_in_effect(section.auto_delete_minutes, AUTO_DELETE_MINUTES);
+    SandboxCollection { auto_stop_minutes, auto_stop_from, auto_delete_minutes, auto_delete_from }
+}
+
+/// The file's value, `off` (none), or the default when the file is silent.
+fn interval_in_effect<T>(set: Option<Interval<T>>, default: T) -> (Option<T>, IntervalSource) {
+    match set {
+        None => (Some(default), IntervalSource::Default),
+        Some(Interval::Minutes(minutes)) => (Some(minutes), IntervalSource::File),
+        Some(Interval::Off) => (None, IntervalSource::Off),
+    }
 }
 
 /// Writes the embedded smoke benchmark and its harness under the state
@@ -758,6 +848,48 @@ mod tests {
         let error = select_tasks(&file, &["nope".to_string()], "b.yaml").unwrap_err().to_string();
         assert!(error.contains("\"nope\"") && error.contains("alpha, beta, gamma"), "{error}");
         assert_eq!(select_tasks(&benchmark(&[]), &[], "b.yaml").unwrap(), ["main"]);
+    }
+
+    #[test]
+    fn the_retention_is_the_flag_else_the_variable_else_thirty_days() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(retention_from(Some(day), Some("7d".into())).unwrap(), day);
+        assert_eq!(retention_from(None, Some("7d".into())).unwrap(), 7 * day);
+        assert_eq!(retention_from(None, None).unwrap(), 30 * day);
+        let error = retention_from(None, Some("forever".into())).unwrap_err();
+        assert_eq!(error.exit_status(), crate::errors::ExitStatus::Usage);
+        assert!(error.to_string().contains("BENCHWARDEN_RETENTION=\"forever\""), "{error}");
+    }
+
+    #[test]
+    fn sandboxes_are_collected_after_the_timeout_and_a_day_unless_the_file_says_otherwise() {
+        use IntervalSource::{Default as Defaulted, File, Off};
+        let section = |stop, delete| DaytonaSection {
+            enabled: true,
+            auto_stop_minutes: stop,
+            auto_delete_minutes: delete,
+            ..DaytonaSection::default()
+        };
+        let read = |collection: SandboxCollection| {
+            (
+                (collection.auto_stop_minutes, collection.auto_stop_from),
+                (collection.auto_delete_minutes, collection.auto_delete_from),
+            )
+        };
+        let silent = section(None, None);
+        let hour = Some(Duration::from_secs(3600));
+        assert_eq!(read(sandbox_collection(&silent, hour)), ((Some(90), Defaulted), (Some(1440), Defaulted)));
+        assert_eq!(read(sandbox_collection(&silent, None)).0, (Some(60), Defaulted), "no timeout: an hour");
+        let partial_minute = Some(Duration::from_secs(61));
+        assert_eq!(read(sandbox_collection(&silent, partial_minute)).0, (Some(32), Defaulted), "rounded up");
+        let huge = Some(crate::clock::MAX_DURATION);
+        assert!(read(sandbox_collection(&silent, huge)).0 .0.is_some_and(|minutes| minutes > 30));
+        let set = section(Some(Interval::Minutes(5)), Some(Interval::Minutes(0)));
+        assert_eq!(read(sandbox_collection(&set, hour)), ((Some(5), File), (Some(0), File)));
+        let off = section(Some(Interval::Off), Some(Interval::Off));
+        assert_eq!(read(sandbox_collection(&off, hour)), ((None, Off), (None, Off)));
+        let one = section(Some(Interval::Minutes(5)), None);
+        assert_eq!(read(sandbox_collection(&one, hour)), ((Some(5), File), (Some(1440), Defaulted)));
     }
 
     #[test]

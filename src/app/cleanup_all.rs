@@ -1,5 +1,5 @@
-//! `benchwarden cleanup all`: one cleanup for both backends, or with
-//! `--list` one table of what both have.
+//! `benchwarden cleanup all`: a prune of the ledger, then one cleanup for
+//! both backends; or with `--list` one table of what both have.
 
 use serde::Serialize;
 
@@ -65,6 +65,8 @@ pub async fn cleanup_all(
     }
     let ledger = Ledger::open(&global.state_dir)?;
     let started = std::time::Instant::now();
+    let dry_run = settings.policy.docker_dry_run;
+    super::prune::prune_runs(&global.state_dir, &ledger, settings.retention, dry_run, events).await?;
     let report = clean_up(&connected.targets(), &ledger, &settings.policy, &host::host_name(), events).await?;
     let counts = report.counts();
     let seconds = started.elapsed().as_secs_f64();

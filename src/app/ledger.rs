@@ -76,13 +76,13 @@ pub async fn recover(
 }
 
 /// Removes the proxy socket directories of runs that are gone (a `kill -9`
-/// leaves them), or with `dry_run` tells which would go.
+/// leaves them), or with `dry_run` tells which would go; returns those.
 pub(super) async fn remove_stale_sockets(
     state_dir: &Path,
     ledger: &Ledger,
     dry_run: bool,
     events: &Events,
-) -> Result<(), Error> {
+) -> Result<Vec<PathBuf>, Error> {
     let runs = ledger.runs().await?;
     let stale = sockets::stale_directories(&sockets::socket_roots(state_dir), &runs, &host::host_name());
     let (directories, failed) = match dry_run {
@@ -94,9 +94,10 @@ pub(super) async fn remove_stale_sockets(
     if !directories.is_empty() || !failed.is_empty() {
         events.orphan(OrphanEvent::StaleSockets { directories: &directories, failed: &failed, dry_run });
     }
-    Ok(())
+    Ok(directories)
 }
 
+/// `status`: the runs the selection shows, and how many it leaves out.
 pub async fn status(global: &GlobalSettings, settings: &StatusSettings) -> Result<ExitStatus, Error> {
     let ledger = Ledger::open(&global.state_dir)?;
     let this_host = host::host_name();
@@ -120,11 +121,12 @@ pub async fn status(global: &GlobalSettings, settings: &StatusSettings) -> Resul
             RunStatus { run, state, live_resources: resources(live), kept_resources: resources(kept) }
         })
         .collect();
-    let status = Status::new(runs, &ledger.history().await?, now_unix());
+    let (runs, left_out) = settings.selection.select(runs, now_unix());
+    let status = Status::new(runs, left_out, &ledger.history().await?, now_unix());
     if settings.json {
         print_json(&status)?;
     } else {
-        print_stdout(&text::status_table(&status, now_unix(), &global.state_dir))?;
+        print_stdout(&text::status_table(&status, settings.selection, now_unix(), &global.state_dir))?;
     }
     Ok(ExitStatus::Success)
 }

@@ -8,6 +8,7 @@ mod cleanup;
 mod cleanup_all;
 mod daytona;
 mod ledger;
+mod prune;
 mod run;
 mod sweep;
 
@@ -16,6 +17,7 @@ pub use cleanup::cleanup_docker;
 pub use cleanup_all::cleanup_all;
 pub use daytona::{cleanup_daytona, list_daytona};
 pub use ledger::{recover, status};
+pub use prune::prune;
 pub use run::run;
 pub use sweep::sweep;
 

@@ -134,9 +134,9 @@ async fn start(global: &GlobalSettings, settings: &RunSettings, events: &Events)
         None => None,
     };
     let host = host::host_name();
-    let run_id = ledger::new_run_id();
     let started_at = now_unix();
-    ledger.start_run(run_record(&run_id, &host, &settings.benchmark.name, started_at)).await?;
+    // Another run on this state directory may draw the same id in the same minute: the ledger draws again.
+    let run_id = ledger.start_new_run("", run_record(&host, &settings.benchmark.name, started_at)).await?;
     let log_dir = global.state_dir.join("runs").join(&run_id);
     std::fs::create_dir_all(&log_dir).map_err(|source| Error::Io {
         what: "create the run directory",
@@ -151,12 +151,16 @@ async fn start(global: &GlobalSettings, settings: &RunSettings, events: &Events)
         jobs: settings.jobs,
         log_dir: &log_dir,
     });
+    if let Some(daytona) = &settings.daytona {
+        tracing::debug!("{}", text::sandbox_collection_line(&daytona.collection));
+    }
     Ok(Started { run_id, started_at, host, ledger, docker, daytona, log_dir })
 }
 
-fn run_record(run_id: &str, host: &str, benchmark: &str, started_at: i64) -> RunRecord {
+/// The run's row; the ledger gives it its id.
+fn run_record(host: &str, benchmark: &str, started_at: i64) -> RunRecord {
     RunRecord {
-        id: run_id.to_string(),
+        id: String::new(),
         pid: std::process::id(),
         start_time: host::process_start_time(std::process::id()),
         host: host.to_string(),
@@ -176,8 +180,10 @@ fn prepare_supervision() {
 }
 
 /// Before the tasks: tear down what orphaned runs own, and what `--keep-failed`
-/// kept longer ago than the cleanup age, then sweep claimed leftovers older
-/// than the cleanup age (or in a listed state), sparing what was kept since.
+/// kept longer ago than the cleanup age, prune the ledger (runs past the
+/// retention, socket directories of runs no longer running), then sweep
+/// claimed leftovers older than the cleanup age (or in a listed state),
+/// sparing what was kept since.
 async fn pre_run_cleanup(
     started: &Started,
     state_dir: &Path,
@@ -192,7 +198,7 @@ async fn pre_run_cleanup(
     let recovery = TeardownOptions { take_kept: TakeKept::KeptBefore(kept_before), ..teardown.clone() };
     let recovered = recover_orphans(backends, &started.ledger, &recovery, false, OrphanFilter::LEDGER, events).await?;
     events.orphan(OrphanEvent::Recovered { runs: recovered.len() });
-    super::ledger::remove_stale_sockets(state_dir, &started.ledger, false, events).await?;
+    super::prune::prune_runs(state_dir, &started.ledger, settings.retention, false, events).await?;
     collect_expired_leases(started, settings, &teardown.removal, events).await;
     let Some(docker) = &started.docker else {
         return Ok(SweepResult::default());
@@ -325,6 +331,7 @@ async fn finish(
         run_id: &started.run_id,
         benchmark: &settings.benchmark.name,
         source: &settings.source,
+        daytona: settings.daytona.as_ref().map(|daytona| &daytona.collection),
         started_at: started.started_at,
         ended_at: now_unix(),
         exit_code: status.code(),

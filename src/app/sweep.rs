@@ -86,13 +86,15 @@ struct Sweeper<'a> {
 }
 
 impl Sweeper<'_> {
-    /// One round: the cleanup, seen through even when a stop is requested
+    /// One round: a prune of the ledger, then the cleanup, seen through even when a stop is requested
     /// meanwhile (a second press exits at once), then its line and the metrics.
     async fn round(&self, number: u64, stop: &mut Stop) -> Result<CleanupReport, Error> {
         let events = &self.session.events;
         let started = Instant::now();
         let policy = &self.settings.cleanup.policy;
         let (targets, host) = (self.connected.targets(), host::host_name());
+        let (state_dir, retention) = (&self.global.state_dir, self.settings.cleanup.retention);
+        super::prune::prune_runs(state_dir, &self.ledger, retention, policy.docker_dry_run, events).await?;
         let cleaning = clean_up(&targets, &self.ledger, policy, &host, events);
         tokio::pin!(cleaning);
         let report = loop {

@@ -1,10 +1,10 @@
 //! The per-task Daytona API proxy: an HTTP server on 127.0.0.1 with a random
 //! port; the harness's `DAYTONA_API_URL` points at it (with `/api`). It
 //! forwards to the real API, the harness's own auth headers untouched. On
-//! `POST /api/sandbox` it adds the owner labels (and, when the benchmark
-//! file asks, `autoStopInterval`/`autoDeleteInterval`, so the provider
-//! collects the sandbox even if every machine of ours dies) and the run's
-//! lease (`benchwarden.lease-until`, see `owner::lease`), and records the
+//! `POST /api/sandbox` it adds the owner labels (and, where the create
+//! leaves them unset, the run's `autoStopInterval`/`autoDeleteInterval`, so
+//! the provider collects the sandbox even if every machine of ours dies) and
+//! the run's lease (`benchwarden.lease-until`, see `owner::lease`), and records the
 //! returned id in the ledger before the answer goes back. Everything else,
 //! the SDK's Socket.IO websocket included, passes through byte for byte: the
 //! official SDK rejects a re-serialised `2.0` where it expects `2`.
@@ -64,7 +64,8 @@ impl ApiTarget {
 #[derive(Debug, Clone)]
 pub(crate) struct DaytonaProxySettings {
     pub(crate) target: ApiTarget,
-    /// Set on created sandboxes that do not set one, so the provider collects them if we are gone.
+    /// Set on created sandboxes that do not set one, so the provider collects them if we are gone:
+    /// the file's, or the defaults `settings` decides; `None` when the file says `off`.
     pub(crate) auto_stop_minutes: Option<u32>,
     pub(crate) auto_delete_minutes: Option<i64>,
     /// The lease stamped on every created sandbox (the run renews it).

@@ -101,6 +101,7 @@ pub(super) fn log(event: &Event<'_>) {
         }
         Event::SweepFinished { .. } | Event::SweepFailed { .. } | Event::SweepStopping { .. } => log_sweep(event),
         Event::Orphan(orphan) => log_orphan(orphan),
+        Event::Pruned { .. } => log_prune(event),
         Event::ImageRecorded { image, task } => tracing::debug!("task {task}: recorded {image}"),
         Event::Image { image, fate } => log_image(image, fate),
         Event::DiskReclaimed { what, bytes } => {
@@ -121,6 +122,24 @@ fn log_lease(event: &Event<'_>) {
             humantime::format_duration(*next)
         ),
         _ => {}
+    }
+}
+
+/// A prune: one line for the runs forgotten, one per run kept, one for the vacuum.
+fn log_prune(event: &Event<'_>) {
+    let Event::Pruned { runs, kept, retention, dry_run, vacuum } = event else { return };
+    let age = super::text::format_duration(*retention);
+    if !runs.is_empty() {
+        let verb = if *dry_run { "would forget" } else { "forgot" };
+        tracing::info!("prune: {verb} {} finished run(s) older than {age} that owned nothing", runs.len());
+        tracing::debug!("prune: {}", runs.join(", "));
+    }
+    for (run_id, why) in kept.iter() {
+        tracing::warn!("prune: run {run_id} stays in the ledger: {why}");
+    }
+    if let Some((before, after)) = vacuum {
+        let (before, after) = (super::text::human_bytes(*before), super::text::human_bytes(*after));
+        tracing::info!("prune: the ledger was vacuumed from {before} to {after}");
     }
 }
 

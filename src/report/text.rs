@@ -2,14 +2,17 @@
 //! cleanups, runs and recoveries, and the JSON report of a run. Pure
 //! functions from results to text; the commands print them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::backend::daytona::Sandbox;
 use crate::backend::docker::Container;
 use crate::cleanup::{CleanupReport, Skipped};
+use crate::config::{IntervalSource, SandboxCollection};
 use crate::events::{TaskOutcome, TaskReport};
+use crate::ledger::retention::PruneReport;
 use crate::ledger::{History, RunRecord};
 use crate::limits::LimitsReport;
 use crate::metrics::BackendFigures;
@@ -234,6 +237,10 @@ pub(crate) struct RunReport<'a> {
     pub(crate) run_id: &'a str,
     pub(crate) benchmark: &'a str,
     pub(crate) source: &'a str,
+    /// The collection intervals the Daytona proxies set on creates that
+    /// leave them unset, and where each came from; absent without Daytona.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) daytona: Option<&'a SandboxCollection>,
     pub(crate) started_at: i64,
     pub(crate) ended_at: i64,
     pub(crate) exit_code: i32,
@@ -250,6 +257,65 @@ pub(crate) struct RunReport<'a> {
     pub(crate) disk: Option<&'a DiskReport>,
     /// Bytes freed: `disk.reclaimed_bytes`, 0 without it.
     pub(crate) disk_reclaimed_bytes: u64,
+}
+
+/// A duration as people wrote it: `30d`, `36h`, `90m`; else humantime's words.
+pub(crate) fn format_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        0 => "0s".to_string(),
+        _ if seconds % 86_400 == 0 => format!("{}d", seconds / 86_400),
+        _ if seconds % 3_600 == 0 => format!("{}h", seconds / 3_600),
+        _ if seconds % 60 == 0 => format!("{}m", seconds / 60),
+        _ => humantime::format_duration(duration).to_string(),
+    }
+}
+
+/// The collection intervals in effect, for `-v` at the start of a run.
+pub(crate) fn sandbox_collection_line(collection: &SandboxCollection) -> String {
+    fn one(minutes: Option<String>, from: IntervalSource) -> String {
+        match (minutes, from) {
+            (Some(minutes), IntervalSource::File) => format!("{minutes} min (the benchmark file)"),
+            (Some(minutes), _) => format!("{minutes} min (default)"),
+            (None, _) => "off (the benchmark file)".to_string(),
+        }
+    }
+    format!(
+        "daytona: sandboxes created without their own get autoStopInterval {}, autoDeleteInterval {}",
+        one(collection.auto_stop_minutes.map(|minutes| minutes.to_string()), collection.auto_stop_from),
+        one(collection.auto_delete_minutes.map(|minutes| minutes.to_string()), collection.auto_delete_from)
+    )
+}
+
+/// What `prune` did, for people.
+pub(crate) fn prune_summary(report: &PruneReport) -> String {
+    let age = format_duration(Duration::from_secs(report.retention_seconds));
+    let verb = if report.dry_run { "would forget" } else { "forgot" };
+    let mut text = match report.runs.len() {
+        0 => format!("nothing to prune: no finished run older than {age} that owns nothing\n"),
+        runs => format!(
+            "{verb} {runs} finished run(s) older than {age} that owned nothing ({} run directories)\n",
+            report.run_directories.len()
+        ),
+    };
+    for (run_id, why) in &report.kept {
+        text.push_str(&format!("  kept {run_id} in the ledger: {why}\n"));
+    }
+    if !report.socket_directories.is_empty() {
+        let verb = if report.dry_run { "would remove" } else { "removed" };
+        text.push_str(&format!(
+            "{verb} {} socket directory(ies) of runs no longer running\n",
+            report.socket_directories.len()
+        ));
+    }
+    if let Some(vacuum) = report.vacuum {
+        text.push_str(&format!(
+            "ledger vacuumed: {} -> {}\n",
+            human_bytes(vacuum.bytes_before),
+            human_bytes(vacuum.bytes_after)
+        ));
+    }
+    text
 }
 
 /// What removing images and pruning the build cache did, for people: a
@@ -527,10 +593,60 @@ pub(crate) struct RunStatus {
     pub(crate) kept_resources: Vec<ResourceRef>,
 }
 
+impl RunStatus {
+    /// Running, orphaned, or owning something (kept or not): always shown.
+    fn needs_attention(&self) -> bool {
+        self.state != "finished" || !self.live_resources.is_empty() || !self.kept_resources.is_empty()
+    }
+}
+
+/// How many finished runs a default `status` shows, besides those that need attention.
+pub(crate) const RECENT_FINISHED_RUNS: usize = 20;
+
+/// Which runs `status` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatusSelection {
+    /// The runs that own something, are running or orphaned, and the last
+    /// [`RECENT_FINISHED_RUNS`] finished ones.
+    Default,
+    /// `--all`.
+    All,
+    /// `--since DUR`: the runs started within DUR.
+    Since(Duration),
+}
+
+impl StatusSelection {
+    /// The runs to show (`runs` in the ledger's order, oldest first, which
+    /// they keep), and how many were left out.
+    pub(crate) fn select(self, runs: Vec<RunStatus>, now: i64) -> (Vec<RunStatus>, usize) {
+        let total = runs.len();
+        let shown: Vec<RunStatus> = match self {
+            StatusSelection::All => runs,
+            StatusSelection::Since(since) => {
+                let cutoff = crate::clock::seconds_before(now, since);
+                runs.into_iter().filter(|status| status.run.started_at >= cutoff).collect()
+            }
+            StatusSelection::Default => {
+                let recent: BTreeSet<usize> = (0..runs.len())
+                    .rev()
+                    .filter(|index| runs[*index].state == "finished")
+                    .take(RECENT_FINISHED_RUNS)
+                    .collect();
+                let keep = |(index, status): &(usize, RunStatus)| recent.contains(index) || status.needs_attention();
+                runs.into_iter().enumerate().filter(keep).map(|(_, status)| status).collect()
+            }
+        };
+        let left_out = total - shown.len();
+        (shown, left_out)
+    }
+}
+
 /// `status`: the runs, and what the ledger's history says of removals.
 #[derive(Debug, Serialize)]
 pub(crate) struct Status {
     pub(crate) runs: Vec<RunStatus>,
+    /// Runs in the ledger the selection did not show.
+    pub(crate) runs_left_out: usize,
     /// Per backend: resources released over those released or failed, over the ledger's history.
     pub(crate) removal_success_rates: BTreeMap<String, f64>,
     /// How long ago the oldest resource still owned was recorded.
@@ -538,7 +654,7 @@ pub(crate) struct Status {
 }
 
 impl Status {
-    pub(crate) fn new(runs: Vec<RunStatus>, history: &History, now: i64) -> Self {
+    pub(crate) fn new(runs: Vec<RunStatus>, runs_left_out: usize, history: &History, now: i64) -> Self {
         let removal_success_rates = history
             .removals
             .iter()
@@ -546,13 +662,18 @@ impl Status {
             .map(|(backend, (released, failed))| (backend.clone(), *released as f64 / (released + failed) as f64))
             .collect();
         let oldest_owned_resource_age_seconds = history.oldest_owned.map(|created| (now - created).max(0));
-        Status { runs, removal_success_rates, oldest_owned_resource_age_seconds }
+        Status { runs, runs_left_out, removal_success_rates, oldest_owned_resource_age_seconds }
     }
 }
 
-/// `status`: a row per run, the oldest resource still owned, and how to
-/// recover orphans if there are any.
-pub(crate) fn status_table(status: &Status, now: i64, state_dir: &std::path::Path) -> String {
+/// `status`: a row per run shown, how many more the ledger holds, the oldest
+/// resource still owned, and how to recover orphans if there are any.
+pub(crate) fn status_table(
+    status: &Status,
+    selection: StatusSelection,
+    now: i64,
+    state_dir: &std::path::Path,
+) -> String {
     let statuses = &status.runs;
     let rows: Vec<Vec<String>> = statuses
         .iter()
@@ -570,6 +691,7 @@ pub(crate) fn status_table(status: &Status, now: i64, state_dir: &std::path::Pat
         })
         .collect();
     let mut text = table(&["RUN", "BENCHMARK", "STATE", "OUTCOME", "PID", "AGE", "RESOURCES", "KEPT"], &rows);
+    text.push_str(&left_out_line(status.runs_left_out, selection));
     if let Some(age) = status.oldest_owned_resource_age_seconds {
         text.push_str(&format!("oldest resource still owned: recorded {} ago\n", format_age(age)));
     }
@@ -594,11 +716,79 @@ pub(crate) fn status_table(status: &Status, now: i64, state_dir: &std::path::Pat
     text
 }
 
+/// The line saying how many runs `status` did not show, and how to see them.
+fn left_out_line(left_out: usize, selection: StatusSelection) -> String {
+    match (left_out, selection) {
+        (0, _) | (_, StatusSelection::All) => String::new(),
+        (_, StatusSelection::Since(since)) => format!(
+            "{left_out} run(s) started longer than {} ago not shown; --all shows every run\n",
+            format_duration(since)
+        ),
+        (_, StatusSelection::Default) => format!(
+            "{left_out} older finished run(s) owning nothing not shown; --all shows every run, --since DUR the recent ones\n"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::events::ResourceFates;
     use crate::results::Verdict;
+
+    #[test]
+    fn status_shows_what_needs_attention_and_the_last_finished_runs() {
+        let status = |index: i64, state: &'static str, live: usize| RunStatus {
+            run: RunRecord {
+                id: format!("r{index:04}"),
+                pid: 1,
+                start_time: None,
+                host: "h".into(),
+                benchmark: "b".into(),
+                started_at: index * 60,
+                ended_at: (state == "finished").then_some(index * 60 + 1),
+                outcome: None,
+            },
+            state,
+            live_resources: (0..live)
+                .map(|_| ResourceRef { kind: crate::resource::Kind::Container, id: "c".into(), name: String::new() })
+                .collect(),
+            kept_resources: Vec::new(),
+        };
+        let ledger = || {
+            let mut runs: Vec<RunStatus> = (0..1000).map(|index| status(index, "finished", 0)).collect();
+            runs[3] = status(3, "orphaned", 0);
+            runs[5] = status(5, "finished", 2);
+            runs[998] = status(998, "running", 0);
+            runs
+        };
+        let (shown, left_out) = StatusSelection::Default.select(ledger(), 1000 * 60);
+        let ids: Vec<&str> = shown.iter().map(|status| status.run.id.as_str()).collect();
+        assert_eq!(shown.len(), 2 + RECENT_FINISHED_RUNS + 1, "{ids:?}");
+        assert_eq!((ids[0], ids[1], ids[2]), ("r0003", "r0005", "r0979"), "oldest first");
+        assert!(ids.contains(&"r0998") && ids.contains(&"r0999"));
+        assert_eq!(left_out, 1000 - shown.len());
+        let (all, none_left) = StatusSelection::All.select(ledger(), 1000 * 60);
+        assert_eq!((all.len(), none_left), (1000, 0));
+        let (recent, left) = StatusSelection::Since(Duration::from_secs(600)).select(ledger(), 1000 * 60);
+        assert_eq!((recent.len(), left), (10, 990), "started within the last ten minutes");
+        // A machine that ran 1,000 runs, all finished and owning nothing: a header, 20 rows, one line.
+        let finished: Vec<RunStatus> = (0..1000).map(|index| status(index, "finished", 0)).collect();
+        let (shown, left_out) = StatusSelection::Default.select(finished, 1000 * 60);
+        let status = Status::new(shown, left_out, &History::default(), 1000 * 60);
+        let text = status_table(&status, StatusSelection::Default, 1000 * 60, std::path::Path::new("/s"));
+        assert_eq!(text.lines().count(), 1 + RECENT_FINISHED_RUNS + 1, "{text}");
+        assert!(text.contains("980 older finished run(s) owning nothing not shown"), "{text}");
+    }
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(format_duration(Duration::from_secs(30 * 86_400)), "30d");
+        assert_eq!(format_duration(Duration::from_secs(36 * 3_600)), "36h");
+        assert_eq!(format_duration(Duration::from_secs(90 * 60)), "90m");
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m 30s");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+    }
 
     #[test]
     fn ages_are_short() {
