@@ -5,6 +5,7 @@
 mod common;
 
 mod architecture;
+mod chaos;
 mod cleanup_all;
 mod cleanup_docker;
 mod contract_server;
