@@ -278,7 +278,7 @@ pub(crate) async fn orphaned_run(stage: &Stage) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_while_recover_runs_then_recover_again_leaves_nothing() {
     let (mut rng, seed) = seeded("chaos: ctrl-c during recover");
-    let iterations = figures::count(12, 100);
+    let iterations = figures::count(6, 100);
     let (mut exits, mut presses_made) = (BTreeMap::new(), BTreeMap::new());
     for iteration in 0..iterations {
         let stage = Stage::new(&format!("chaos-rec-{iteration}")).await;
