@@ -146,3 +146,22 @@ async fn a_daemon_away_past_the_deadline_leaves_the_run_to_recover() {
     assert!(recovered.stdout.contains(" removed, 0 left"), "{recovered}");
     assert_nothing_left(&scope.leftovers().await, &recovered);
 }
+
+/// The daemon lists a container from the start of its create, but answers
+/// its removal 404 "No such container" until the create is done: what
+/// `recover` meets when a dead run left a create in flight. A teardown that
+/// still lists the container after that 404 tries it again, rather than
+/// taking the 404 for gone and then counting the container as leaked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removal_answered_no_such_container_while_it_is_listed_is_tried_again() {
+    let scope = TestScope::new("faults-404-listed").await;
+    let fixture = fixture(&scope, &[("two", "start_container; start_container; exit 0")], "");
+    let engine = FaultyEngine::start(vec![delete_containers(Fault::NoSuchContainer, When::First(1))]);
+    let mut args = QUICK_RETRIES.to_vec();
+    args.extend(["run", path(&fixture)]);
+    let output = cli_through(&scope, &engine, &args).await;
+    assert_eq!(engine.injected(0), 1, "{output}");
+    output.assert_code(0);
+    assert!(output.stdout.contains("2 resource(s) removed, 0 leaked"), "{output}");
+    assert_nothing_left(&scope.leftovers().await, &output);
+}

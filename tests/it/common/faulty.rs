@@ -2,8 +2,9 @@
 //! each request to the real daemon on a fresh connection, as
 //! [`super::ScopedEngine`] does, except where a rule of the test says to
 //! inject a fault instead: a 500, a 409 "removal already in progress", a
-//! slow answer, a connection closed without an answer, a JSON body cut
-//! short, or the socket vanishing for a while (a daemon restart).
+//! 404 for a container that is there (as during its create), a slow answer,
+//! a connection closed without an answer, a JSON body cut short, or the
+//! socket vanishing for a while (a daemon restart).
 //!
 //! Rules are deterministic (the first N matching requests, or every Nth), so
 //! a test that uses them cannot flake; [`FaultyEngine::injected`] says how
@@ -33,6 +34,9 @@ pub enum Fault {
     ServerError,
     /// Answer 409 "removal of container X is already in progress".
     RemovalInProgress,
+    /// Answer 404 "No such container: X" without forwarding, as the daemon
+    /// answers for a container it lists while its create is not done.
+    NoSuchContainer,
     /// Forward, but only after waiting this long.
     Slow(Duration),
     /// Close the connection without answering.
@@ -206,6 +210,10 @@ async fn answer(request: Request<Incoming>, state: Arc<State>) -> Result<Respons
             let id = path.trim_start_matches("/containers/");
             let message = format!("removal of container {id} is already in progress");
             Ok(json_answer(StatusCode::CONFLICT, &message))
+        }
+        Some(Fault::NoSuchContainer) => {
+            let id = path.trim_start_matches("/containers/");
+            Ok(json_answer(StatusCode::NOT_FOUND, &format!("No such container: {id}")))
         }
         Some(Fault::Slow(delay)) => {
             tokio::time::sleep(delay).await;
