@@ -80,7 +80,7 @@ impl Stage {
             "docker network create {labels} \"$BENCHWARDEN_RUN_ID-$BENCHWARDEN_TASK_ID\" >/dev/null",
             labels = claimed_labels(&scope)
         );
-        let holds = format!("{CREATES}\n{network}\necho ready\nwhile :; do sleep 1; done");
+        let holds = format!("{CREATES}\n{network}\necho holding-on\nwhile :; do sleep 1; done");
         let finishes = format!("{CREATES}\n{network}\necho created\nexit 0");
         let tasks = [("holds", holds.as_str()), ("finishes", finishes.as_str()), ("noop", "exit 0")];
         let fixture = fixture(&scope, &tasks, "");
@@ -197,13 +197,13 @@ async fn press_ctrl_c(running: &mut Running, presses: usize) {
 
 /// Whether the first press landed inside `phase`, judged from the order of
 /// what benchwarden said: before the pre-run sweep's count, before the
-/// harness said `ready`, or before the last removal of the teardown.
+/// harness said it holds on, or before the last removal of the teardown.
 fn landed_in(phase: Phase, stderr: &str) -> bool {
     let Some(pressed) = stderr.find(TAKEN[0]) else { return false };
     let before = |marker: &str| stderr.find(marker).is_none_or(|at| pressed < at);
     match phase {
         Phase::PreRunSweep => before("pre-run sweep:"),
-        Phase::Create => before("\nready"),
+        Phase::Create => before("holding-on"),
         Phase::Teardown => stderr[pressed..].contains("removed container"),
     }
 }
@@ -269,7 +269,7 @@ async fn ctrl_c_at_random_moments_of_a_run_leaves_nothing() {
 pub(crate) async fn orphaned_run(stage: &Stage) -> String {
     let mut running = stage.start_run("holds");
     let run_id = run_id_of(&running.wait_for(" task(s) of ").await);
-    running.wait_for("ready").await;
+    running.wait_for("holding-on").await;
     running.send(Signal::SIGKILL);
     running.finish().await;
     run_id

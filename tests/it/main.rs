@@ -23,4 +23,5 @@ mod misbehaving;
 mod run;
 mod support;
 mod sweep;
+mod two_runs;
 mod wrappers;
