@@ -50,6 +50,18 @@ impl TeardownReport {
         self.removal.results.len()
     }
 
+    /// This teardown, then `later` of the same owner: the removals of both,
+    /// and what is left as the later one found it.
+    pub(crate) fn followed_by(&mut self, later: TeardownReport) {
+        self.known += later.removal.results.len();
+        self.removal.extend(later.removal);
+        self.leaked = later.leaked;
+        self.pending = later.pending;
+        self.kept = later.kept;
+        self.removed_by_others.extend(later.removed_by_others);
+        self.seconds += later.seconds;
+    }
+
     /// Whether anything the owner had is still there or unaccounted for.
     pub(crate) fn left_something(&self) -> bool {
         !self.leaked.is_empty() || !self.pending.is_empty() || !self.kept.is_empty()

@@ -2,9 +2,9 @@
 //! each request to the real daemon on a fresh connection, as
 //! [`super::ScopedEngine`] does, except where a rule of the test says to
 //! inject a fault instead: a 500, a 409 "removal already in progress", a
-//! 404 for a container that is there (as during its create), a slow answer,
-//! a connection closed without an answer, a JSON body cut short, or the
-//! socket vanishing for a while (a daemon restart).
+//! 404 for a container that is there (as during its create), a slow or a
+//! late answer, a connection closed without an answer, a JSON body cut
+//! short, or the socket vanishing for a while (a daemon restart).
 //!
 //! Rules are deterministic (the first N matching requests, or every Nth), so
 //! a test that uses them cannot flake; [`FaultyEngine::injected`] says how
@@ -39,6 +39,10 @@ pub enum Fault {
     NoSuchContainer,
     /// Forward, but only after waiting this long.
     Slow(Duration),
+    /// Forward after waiting this long, from a task of its own that goes on
+    /// when the client has gone: the daemon carries out a create it was
+    /// sent even when its sender is killed meanwhile.
+    Late(Duration),
     /// Close the connection without answering.
     Reset,
     /// Forward, then send the full Content-Length but only half the body, and close.
@@ -218,6 +222,23 @@ async fn answer(request: Request<Incoming>, state: Arc<State>) -> Result<Respons
         Some(Fault::Slow(delay)) => {
             tokio::time::sleep(delay).await;
             Ok(forward(request).await)
+        }
+        Some(Fault::Late(delay)) => {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await?.to_bytes();
+            let late = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let answer = super::scoped::send_to_daemon(Request::from_parts(parts, Full::new(body))).await;
+                match answer {
+                    Ok(response) => {
+                        let (parts, body) = response.into_parts();
+                        let body = body.collect().await.map(|whole| whole.to_bytes()).unwrap_or_default();
+                        Response::from_parts(parts, Full::new(body).map_err(|never| match never {}).boxed())
+                    }
+                    Err(error) => json_answer(StatusCode::BAD_GATEWAY, &error),
+                }
+            });
+            Ok(late.await?)
         }
         Some(Fault::Reset) => Err("injected fault: connection reset".into()),
         Some(Fault::TruncatedBody) => Ok(truncated(forward(request).await, false).await),
