@@ -285,8 +285,16 @@ async fn ctrl_c_while_recover_runs_then_recover_again_leaves_nothing() {
         let run_id = orphaned_run(&stage).await;
         let presses = rng.usize(1..=3);
         let mut recovering = Running::start_as_job(stage.command(&["recover"]));
-        recovering.wait_for("is gone: tearing down what it owns").await;
-        tokio::time::sleep(Duration::from_millis(rng.u64(0..=500))).await;
+        // Aimed at its start (connecting, reading the ledger, finding the orphan), at its first
+        // teardown (tens of milliseconds), or anywhere up to its second look a second later.
+        let delay = match rng.u8(0..4) {
+            0 => rng.u64(0..=200),
+            aim => {
+                recovering.wait_for("is gone: tearing down what it owns").await;
+                rng.u64(0..=if aim == 3 { 1200 } else { 60 })
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         for _ in 0..presses {
             recovering.press(Signal::SIGINT);
             tokio::time::sleep(Duration::from_millis(rng.u64(0..=50))).await;

@@ -21,6 +21,7 @@ mod limits;
 mod metrics;
 mod misbehaving;
 mod run;
+mod soak;
 mod support;
 mod sweep;
 mod two_runs;

@@ -162,9 +162,20 @@ impl Running {
 
     /// Starts `command` in a process group of its own, as a shell starts a
     /// foreground job, so that [`Running::press`] reaches it the way a
-    /// terminal's Ctrl-C does.
+    /// terminal's Ctrl-C does. As such a shell does, it gives the job the
+    /// default SIGINT: the tests may run under a shell's background job,
+    /// which ignores SIGINT, and an ignored disposition outlives `exec`.
     pub fn start_as_job(mut command: std::process::Command) -> Self {
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+        // SAFETY: between fork and exec only sigaction runs, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigDfl)
+                    .map(drop)
+                    .map_err(std::io::Error::from)
+            });
+        }
         Running::start(command)
     }
 
