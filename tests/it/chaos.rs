@@ -167,14 +167,14 @@ async fn run_until(stage: &mut Stage, phase: Phase, rng: &mut fastrand::Rng) -> 
     let mut running = stage.start_run(phase.task());
     let run_id = run_id_of(&running.wait_for(" task(s) of ").await);
     let longest = match phase {
-        Phase::PreRunSweep => 600,
+        Phase::PreRunSweep => 400,
         Phase::Create => {
             running.wait_for(&format!("creating-{}", rng.usize(1..=3))).await;
             400
         }
         Phase::Teardown => {
             running.wait_for("task finishes: tearing down").await;
-            600
+            250
         }
     };
     tokio::time::sleep(Duration::from_millis(rng.u64(0..=longest))).await;

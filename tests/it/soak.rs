@@ -94,8 +94,8 @@ async fn the_docker_soak_leaves_nothing_and_accounts_for_every_task() {
     command.args(["run", path(&fixture), "-j", &jobs_arg, "--timeout", "8s", "--grace", "1s"]);
     let started = Instant::now();
     let mut running = Running::start_as_job(command);
-    // One Ctrl-C, once a third to a half of the tasks have ended, and a moment more.
-    let ended_before = rng.usize(tasks / 3..=tasks / 2);
+    // One Ctrl-C, once half to three quarters of the tasks have ended, and a moment more.
+    let ended_before = rng.usize(tasks / 2..=tasks * 3 / 4);
     for _ in 0..ended_before {
         running.wait_for(": tearing down").await;
     }

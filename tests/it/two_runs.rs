@@ -65,11 +65,11 @@ impl Shared {
     }
 
     /// `run --tasks TASKS -j JOBS` through `engine`'s faults, with quick
-    /// retries. Its pre-run sweep keeps the default age: the faulty socket
-    /// shows the whole engine, whose young containers are not this test's to take.
+    /// retries, and without a pre-run sweep: the faulty socket shows the
+    /// whole engine, whose leftovers are not this test's to take.
     fn start_through(&self, engine: &FaultyEngine, tasks: &str, jobs: &str) -> Running {
-        let args =
-            ["--retries", "4", "--retry-delay", "100ms", "run", path(&self.fixture), "--tasks", tasks, "-j", jobs];
+        let run = ["run", path(&self.fixture), "--tasks", tasks, "-j", jobs, "--skip-cleanup"];
+        let args = [&["--retries", "4", "--retry-delay", "100ms"][..], &run[..]].concat();
         Running::start(self.command(&engine.docker_host(), &args))
     }
 
