@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::common::{figures, CliOutput, Running, ScopedEngine, TestScope};
 use crate::harnesses::run_processes;
-use crate::run::{claimed_labels, fixture, fixture_processes, path, Fixture};
+use crate::run::{fixture, fixture_processes, path, Fixture};
 
 /// A random source whose seed is printed, so that a failure can be replayed
 /// with `BENCHWARDEN_CHAOS_SEED=<seed>`.
@@ -76,12 +76,8 @@ impl Stage {
     async fn new(name: &str) -> Self {
         let scope = TestScope::new(name).await;
         let engine = ScopedEngine::start(&scope.label_arg());
-        let network = format!(
-            "docker network create {labels} \"$BENCHWARDEN_RUN_ID-$BENCHWARDEN_TASK_ID\" >/dev/null",
-            labels = claimed_labels(&scope)
-        );
-        let holds = format!("{CREATES}\n{network}\necho holding-on\nwhile :; do sleep 1; done");
-        let finishes = format!("{CREATES}\n{network}\necho created\nexit 0");
+        let holds = format!("{CREATES}\ncreate_network\necho holding-on\nwhile :; do sleep 1; done");
+        let finishes = format!("{CREATES}\ncreate_network\necho created\nexit 0");
         let tasks = [("holds", holds.as_str()), ("finishes", finishes.as_str()), ("noop", "exit 0")];
         let fixture = fixture(&scope, &tasks, "");
         Stage { scope, engine, fixture, seeded: BTreeSet::new() }
@@ -147,16 +143,6 @@ impl Stage {
     }
 }
 
-/// The run id in the line `run <id>: N task(s) of ...`.
-fn run_id_of(line: &str) -> String {
-    line.split(" run ")
-        .nth(1)
-        .and_then(|rest| rest.split(':').next())
-        .unwrap_or_else(|| panic!("no run id in {line:?}"))
-        .trim()
-        .to_string()
-}
-
 /// Starts a run aimed at `phase` (seeding the pre-run sweep's leftovers
 /// first when that is the phase), and waits for the phase's event and then
 /// a random delay within the phase's usual length. Returns the run and its id.
@@ -165,7 +151,7 @@ async fn run_until(stage: &mut Stage, phase: Phase, rng: &mut fastrand::Rng) -> 
         stage.seed_leftovers(3).await;
     }
     let mut running = stage.start_run(phase.task());
-    let run_id = run_id_of(&running.wait_for(" task(s) of ").await);
+    let run_id = running.run_id().await;
     let longest = match phase {
         Phase::PreRunSweep => 400,
         Phase::Create => {
@@ -268,7 +254,7 @@ async fn ctrl_c_at_random_moments_of_a_run_leaves_nothing() {
 /// containers, a network and a live harness, for `recover` to take on.
 pub(crate) async fn orphaned_run(stage: &Stage) -> String {
     let mut running = stage.start_run("holds");
-    let run_id = run_id_of(&running.wait_for(" task(s) of ").await);
+    let run_id = running.run_id().await;
     running.wait_for("holding-on").await;
     running.send(Signal::SIGKILL);
     running.finish().await;

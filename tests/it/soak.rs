@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::chaos::seeded;
 use crate::common::{self, figures, Running, TestScope};
 use crate::harnesses::run_processes;
-use crate::run::{claimed_labels, fixture, fixture_processes, path, report_json};
+use crate::run::{fixture, fixture_processes, path, report_json};
 
 /// What a soak task does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,12 +50,12 @@ impl Kind {
 
     fn body(self) -> &'static str {
         match self {
-            Kind::Normal => "start_container; start_container; network; exit 0",
+            Kind::Normal => "start_container; start_container; create_network; exit 0",
             Kind::Crash => "start_container; echo crashing >&2; exit 3",
-            Kind::Hang => "start_container; start_container; network; while :; do sleep 1; done",
+            Kind::Hang => "start_container; start_container; create_network; while :; do sleep 1; done",
             Kind::DoubleFork => {
                 "( ( exec >/dev/null 2>&1 </dev/null; while :; do start_container; sleep 0.2; done ) & ) &\n\
-                 start_container; start_container; network; exit 0"
+                 start_container; start_container; create_network; exit 0"
             }
         }
     }
@@ -81,12 +81,7 @@ async fn the_docker_soak_leaves_nothing_and_accounts_for_every_task() {
     let kinds = kinds(tasks, &mut rng);
     let names: Vec<String> =
         kinds.iter().enumerate().map(|(index, kind)| format!("t{index:03}-{}", kind.name())).collect();
-    let network = format!(
-        "network() {{ docker network create {} \"$BENCHWARDEN_RUN_ID-$BENCHWARDEN_TASK_ID\" >/dev/null; }}",
-        claimed_labels(&scope)
-    );
-    let bodies: Vec<String> = kinds.iter().map(|kind| format!("{network}\n{}", kind.body())).collect();
-    let pairs: Vec<(&str, &str)> = names.iter().map(String::as_str).zip(bodies.iter().map(String::as_str)).collect();
+    let pairs: Vec<(&str, &str)> = names.iter().map(String::as_str).zip(kinds.iter().map(|kind| kind.body())).collect();
     let fixture = fixture(&scope, &pairs, "");
 
     let jobs_arg = jobs.to_string();

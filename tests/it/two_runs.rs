@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use crate::common::faulty::{Fault, FaultyEngine, Rule, When};
 use crate::common::{CliOutput, Running, ScopedEngine, TestScope};
 use crate::harnesses::run_processes;
-use crate::run::{claimed_labels, fixture, fixture_processes, path, report_json, Fixture};
+use crate::run::{fixture, fixture_processes, path, report_json, Fixture};
 
 /// The fixture: tasks that create and then hold on until the test drops the
 /// file `release`, and tasks that create and exit.
@@ -30,19 +30,15 @@ impl Shared {
         let scope = TestScope::new(name).await;
         let engine = ScopedEngine::start(&scope.label_arg());
         let release = scope.state_dir().join("release");
-        let network = format!(
-            "docker network create {labels} \"$BENCHWARDEN_RUN_ID-$BENCHWARDEN_TASK_ID\" >/dev/null",
-            labels = claimed_labels(&scope)
-        );
         // The harness waits for the file; the test drops it when it has looked at everything.
         let hold = format!("echo holding-on; while [ ! -e {} ]; do sleep 0.1; done; exit 0", release.display());
         let creates = |count: usize| format!("i=0; while [ $i -lt {count} ]; do i=$((i + 1)); start_container; done");
         let (two, four) = (creates(2), creates(4));
         let tasks = [
-            ("holds", format!("{two}\n{network}\n{hold}")),
-            ("holds-longer", format!("{four}\n{network}\n{hold}")),
-            ("quick", format!("{two}\n{network}\nexit 0")),
-            ("quick-too", format!("{two}\n{network}\nexit 0")),
+            ("holds", format!("{two}\ncreate_network\n{hold}")),
+            ("holds-longer", format!("{four}\ncreate_network\n{hold}")),
+            ("quick", format!("{two}\ncreate_network\nexit 0")),
+            ("quick-too", format!("{two}\ncreate_network\nexit 0")),
             ("noop", "exit 0".to_string()),
         ];
         let tasks: Vec<(&str, &str)> = tasks.iter().map(|(name, body)| (*name, body.as_str())).collect();
@@ -103,12 +99,6 @@ impl Shared {
     }
 }
 
-/// The run id in the line `run <id>: N task(s) of ...`.
-async fn run_id_of(running: &mut Running) -> String {
-    let line = running.wait_for(" task(s) of ").await;
-    line.split(" run ").nth(1).and_then(|rest| rest.split(':').next()).unwrap().trim().to_string()
-}
-
 /// The names of the networks the engine creates from now on (a network's
 /// events carry no labels; the fixture's are named `<run id>-<task>`).
 fn network_creates(scope: &TestScope) -> impl Stream<Item = String> + Unpin {
@@ -160,7 +150,7 @@ async fn two_runs_at_once_with_one_state_directory_take_nothing_of_each_other_an
     let mut creates = network_creates(&shared.scope);
     // The first run, under faults: every create slowed, its first removals failing.
     let mut first = shared.start_through(&faulty, "holds,holds-longer", "2");
-    let first_id = run_id_of(&mut first).await;
+    let first_id = first.run_id().await;
     network_of(&mut creates, &first_id, "holds").await;
     // The second starts while the first holds two containers and a network and goes on creating;
     // its pre-run sweep by age 0 sees them, claimed by the benchmark's selector.
@@ -206,14 +196,14 @@ async fn two_runs_at_once_with_one_state_directory_take_nothing_of_each_other_an
 async fn a_run_killed_while_another_lives_is_recovered_without_touching_the_live_one() {
     let shared = Shared::new("two-runs-kill").await;
     let mut live = shared.start("holds", "1");
-    let live_id = run_id_of(&mut live).await;
+    let live_id = live.run_id().await;
     live.wait_for("holding-on").await;
     let live_owned = shared.owned_by(&live_id).await;
     assert_eq!(live_owned.len(), 3, "two containers and a network");
     let mut killed = Vec::new();
     for finisher in ["recover", "the next run"] {
         let mut doomed = shared.start("holds-longer", "1");
-        let doomed_id = run_id_of(&mut doomed).await;
+        let doomed_id = doomed.run_id().await;
         doomed.wait_for("holding-on").await;
         assert_eq!(shared.owned_by(&doomed_id).await.len(), 5, "four containers and a network");
         doomed.send(Signal::SIGKILL);

@@ -190,6 +190,13 @@ impl Running {
         }
     }
 
+    /// Waits for a run's first line, `run <id>: N task(s) of ...`; returns the id.
+    pub async fn run_id(&mut self) -> String {
+        let line = self.wait_for(" task(s) of ").await;
+        let id = line.split(" run ").nth(1).and_then(|rest| rest.split(':').next());
+        id.unwrap_or_else(|| panic!("no run id in {line:?}")).trim().to_string()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("benchwarden is running")
     }
