@@ -59,15 +59,15 @@ impl Phase {
     }
 }
 
-/// Three containers, one at a time, each announced first; then a network.
+/// Three containers, one at a time, each announced first.
 const CREATES: &str = "i=0; while [ $i -lt 3 ]; do i=$((i + 1)); echo creating-$i; start_container; done";
 
 /// One iteration's corner: its scope, its view of the engine (the pre-run
 /// sweep by age 0 must see only this test's containers), its fixture, and
 /// the old leftovers it seeded for the pre-run sweep to take.
-pub(crate) struct Stage {
-    pub(crate) scope: TestScope,
-    pub(crate) engine: ScopedEngine,
+struct Stage {
+    scope: TestScope,
+    engine: ScopedEngine,
     fixture: Fixture,
     seeded: BTreeSet<String>,
 }
@@ -106,7 +106,7 @@ impl Stage {
         Running::start_as_job(self.command(&args))
     }
 
-    pub(crate) async fn cli(&self, args: &[&str]) -> CliOutput {
+    async fn cli(&self, args: &[&str]) -> CliOutput {
         crate::common::run_cli(self.command(args)).await
     }
 
@@ -252,7 +252,7 @@ async fn ctrl_c_at_random_moments_of_a_run_leaves_nothing() {
 /// Starts a run of the holding task through `stage`, and kills benchwarden
 /// once the harness has made all it makes: an orphaned run with three
 /// containers, a network and a live harness, for `recover` to take on.
-pub(crate) async fn orphaned_run(stage: &Stage) -> String {
+async fn orphaned_run(stage: &Stage) -> String {
     let mut running = stage.start_run("holds");
     let run_id = running.run_id().await;
     running.wait_for("holding-on").await;
