@@ -4,6 +4,7 @@
 //! makes of them: flipped, inserted, deleted and spliced bytes, cuts, and
 //! now and then arbitrary bytes. Starting from real messages reaches deep
 //! into the parsers, where arbitrary bytes stop at the first byte.
+#![cfg(test)]
 
 use std::path::Path;
 

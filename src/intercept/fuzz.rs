@@ -15,6 +15,7 @@
 //! `.ci/run` runs proptest's default number of cases; `scripts/reliability.sh`
 //! runs many more (`PROPTEST_CASES`). A failing input proptest finds is kept
 //! in `proptest-regressions/` and replayed first from then on.
+#![cfg(test)]
 
 use std::collections::BTreeMap;
 

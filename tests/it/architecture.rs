@@ -150,6 +150,10 @@ fn survey() -> Vec<(PathBuf, String, Findings)> {
         let Some(module) = top_module(&src, &file) else { continue };
         let text = std::fs::read_to_string(&file).expect("read a source file");
         let syntax = syn::parse_file(&text).unwrap_or_else(|error| panic!("{}: {error}", file.display()));
+        // A file compiled for tests only (`#![cfg(test)]`), like a `#[cfg(test)]` module.
+        if is_test_only(&syntax.attrs) {
+            continue;
+        }
         let mut findings = Findings::default();
         findings.visit_file(&syntax);
         surveyed.push((file, module, findings));
