@@ -522,14 +522,15 @@ async fn a_harness_that_exits_at_once_keeps_its_exit_status() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_that_cannot_be_written_is_reported_not_dropped() {
     let scope = TestScope::new("run-log-full").await;
-    // Files of benchwarden may grow to 1 MiB (the ledger stays far below); the harness prints
-    // 2 MB, so its log (written by benchwarden with -j 1) fails with EFBIG half way. SIGXFSZ is
-    // ignored, so the write fails instead of killing the process.
+    // Files of benchwarden may grow to 10 MiB (room for the ledger's 8 MiB reserve; the ledger
+    // stays far below); the harness prints 12 MB, so its log (written by benchwarden with -j 1)
+    // fails with EFBIG on the way. SIGXFSZ is ignored, so the write fails instead of killing the
+    // process.
     let mut command = std::process::Command::new("sh");
     command
-        .args(["-c", "trap '' XFSZ; ulimit -f 2048; exec \"$@\"", "sh", env!("CARGO_BIN_EXE_benchwarden")])
+        .args(["-c", "trap '' XFSZ; ulimit -f 20480; exec \"$@\"", "sh", env!("CARGO_BIN_EXE_benchwarden")])
         .args(["--state-dir", scope.state_dir().to_str().unwrap(), "run", "-j", "1", "--skip-cleanup", "--"])
-        .args(["sh", "-c", "head -c 2000000 /dev/zero | tr '\\0' x; echo; echo done"]);
+        .args(["sh", "-c", "head -c 12000000 /dev/zero | tr '\\0' x; echo; echo done"]);
     let output = common::run_cli(command).await;
     output.assert_code(0);
     assert!(output.stderr.contains("cannot write its log"), "{}", &output.stderr[..output.stderr.len().min(4000)]);
