@@ -8,6 +8,7 @@
 //! resources are recovered too.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -20,6 +21,10 @@ use crate::owner::{owner_is_alive, Claims, LabelledOwner, LABEL_HOST};
 use crate::resource::{LabelSelector, RemovalOutcome, ResourceRef};
 use crate::supervisor::process::{kill_orphaned_run, run_processes, RunProcess};
 use crate::teardown::{self, Backends, TakeKept, TeardownOptions};
+
+/// How long after its first teardown an orphaned run is looked at again:
+/// longer than the daemon takes to carry out a create it had already been sent.
+const LATE_CREATE_WAIT: Duration = Duration::from_secs(1);
 
 /// What recovery did for one orphaned run.
 #[derive(Debug, Clone, Serialize)]
@@ -221,7 +226,13 @@ async fn recover_orphan(
     if !processes.is_empty() {
         events.orphan(OrphanEvent::ProcessesKilled { run_id, processes: processes.len() });
     }
-    let torn = teardown::teardown(backends, ledger, claims, options, events).await?;
+    let mut torn = teardown::teardown(backends, ledger, claims, options, events).await?;
+    if !orphan.ended {
+        // A create the dead run's proxy had forwarded may still be in the daemon's hands, not
+        // listed yet (a run killed mid-create, recovered at once): look once more after a pause.
+        tokio::time::sleep(LATE_CREATE_WAIT).await;
+        torn.followed_by(teardown::teardown(backends, ledger, claims, options, events).await?);
+    }
     // A run that ended and is here for what it kept keeps its outcome.
     if !torn.left_something() && !orphan.ended {
         ledger.end_run(run_id, "recovered").await?;

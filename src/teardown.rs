@@ -50,6 +50,18 @@ impl TeardownReport {
         self.removal.results.len()
     }
 
+    /// This teardown, then `later` of the same owner: the removals of both,
+    /// and what is left as the later one found it.
+    pub(crate) fn followed_by(&mut self, later: TeardownReport) {
+        self.known += later.removal.results.len();
+        self.removal.extend(later.removal);
+        self.leaked = later.leaked;
+        self.pending = later.pending;
+        self.kept = later.kept;
+        self.removed_by_others.extend(later.removed_by_others);
+        self.seconds += later.seconds;
+    }
+
     /// Whether anything the owner had is still there or unaccounted for.
     pub(crate) fn left_something(&self) -> bool {
         !self.leaked.is_empty() || !self.pending.is_empty() || !self.kept.is_empty()
@@ -282,38 +294,17 @@ pub(crate) async fn teardown(
     events: &Events,
 ) -> Result<TeardownReport, Error> {
     let started = Instant::now();
-    let task_for_rows = claims.task_id.clone().unwrap_or_else(|| "-".to_string());
     // What was recorded as it was created (proxy, watcher, claims), before anyone here removed anything.
     let rows = Rows::split(ledger.unreleased(&claims.run_id, claims.task_id.as_deref()).await?, options.take_kept);
     let mut known: BTreeSet<ResourceRef> =
         rows.here.iter().chain(&rows.elsewhere).map(|row| row.resource.clone()).collect();
     let elsewhere = tear_down_elsewhere(ledger, &rows.elsewhere, options, events).await?;
-    let mut removal = elsewhere.removal;
-    let mut attempted: BTreeSet<ResourceRef> = BTreeSet::new();
-    let mut removed_by_others: BTreeSet<ResourceRef> = BTreeSet::new();
-    // A create already in flight when the harness was killed can still land after
-    // the first listing, so list again until a round finds nothing new.
-    let mut found = discover(backends, ledger, claims, options.take_kept).await?;
-    for round in 0..=TEARDOWN_ROUNDS {
-        release_gone(ledger, &found.gone, &attempted, &mut removed_by_others).await?;
-        let fresh: Vec<ResourceRef> =
-            found.found.iter().filter(|resource| !attempted.contains(*resource)).cloned().collect();
-        if fresh.is_empty() || round == TEARDOWN_ROUNDS {
-            break;
-        }
-        for resource in &fresh {
-            events.removal(RemovalEvent::Found { resource });
-        }
-        ledger.record_resources(&claims.run_id, &task_for_rows, fresh.clone()).await?;
-        let outcomes = remove_by_kind(backends, &fresh, options, events).await;
-        ledger.record_outcomes(ledger_outcomes(&outcomes)).await?;
-        attempted.extend(fresh);
-        removal.extend(outcomes);
-        found = discover(backends, ledger, claims, options.take_kept).await?;
-    }
+    let mut rounds = Rounds { removal: elsewhere.removal, ..Rounds::default() };
+    let found = remove_in_rounds(backends, ledger, claims, options, events, &mut rounds).await?;
+    let Rounds { removal, attempted, removed_by_others, .. } = rounds;
     // Sandboxes whose deletion was accepted but has not finished are pending, not leaked.
     let pending = removal.resources(|outcome| matches!(outcome, RemovalOutcome::Pending { .. }));
-    let mut leaked: Vec<ResourceRef> = found.found.into_iter().filter(|resource| !pending.contains(resource)).collect();
+    let mut leaked: Vec<ResourceRef> = found.into_iter().filter(|resource| !pending.contains(resource)).collect();
     leaked.extend(elsewhere.unreached);
     for resource in &leaked {
         events.emit(Event::Leaked { resource });
@@ -324,6 +315,68 @@ pub(crate) async fn teardown(
     let removed_by_others = removed_by_others.into_iter().collect();
     let seconds = started.elapsed().as_secs_f64();
     Ok(TeardownReport { removal, leaked, pending, kept, removed_by_others, known: known.len(), seconds })
+}
+
+/// What the rounds of a teardown did so far.
+#[derive(Default)]
+struct Rounds {
+    removal: RemovalReport,
+    attempted: BTreeSet<ResourceRef>,
+    removed_by_others: BTreeSet<ResourceRef>,
+    /// Answered "no such resource" by the last round's removals.
+    answered_gone: BTreeSet<ResourceRef>,
+}
+
+/// Lists and removes, round after round, until a listing finds nothing new
+/// or the rounds run out; returns what the last listing still found.
+///
+/// A create already in flight when the harness was killed can still land
+/// after the first listing, so each round lists again. And a resource still
+/// listed after its removal answered "no such resource" is tried again,
+/// after a pause: the Docker daemon lists a container from the start of its
+/// create, but knows it by id, and so removes it, only once the create is
+/// done (a create a dead run left in flight).
+async fn remove_in_rounds(
+    backends: Backends<'_>,
+    ledger: &Ledger,
+    claims: &Claims,
+    options: &TeardownOptions,
+    events: &Events,
+    rounds: &mut Rounds,
+) -> Result<Vec<ResourceRef>, Error> {
+    let task_for_rows = claims.task_id.clone().unwrap_or_else(|| "-".to_string());
+    let mut found = discover(backends, ledger, claims, options.take_kept).await?;
+    for round in 0..=TEARDOWN_ROUNDS {
+        release_gone(ledger, &found.gone, &rounds.attempted, &mut rounds.removed_by_others).await?;
+        let again: BTreeSet<ResourceRef> =
+            found.found.iter().filter(|resource| rounds.answered_gone.contains(*resource)).cloned().collect();
+        let fresh: Vec<ResourceRef> = found
+            .found
+            .iter()
+            .filter(|resource| !rounds.attempted.contains(*resource) || again.contains(*resource))
+            .cloned()
+            .collect();
+        if fresh.is_empty() || round == TEARDOWN_ROUNDS {
+            break;
+        }
+        if !again.is_empty() {
+            tokio::time::sleep(options.removal.retry.first_delay).await;
+            // The earlier "already gone" was wrong: this round's outcome replaces it.
+            rounds.removal.results.retain(|(resource, _)| !again.contains(resource));
+        }
+        for resource in fresh.iter().filter(|resource| !again.contains(*resource)) {
+            events.removal(RemovalEvent::Found { resource });
+        }
+        ledger.record_resources(&claims.run_id, &task_for_rows, fresh.clone()).await?;
+        let outcomes = remove_by_kind(backends, &fresh, options, events).await;
+        ledger.record_outcomes(ledger_outcomes(&outcomes)).await?;
+        rounds.answered_gone =
+            outcomes.resources(|outcome| matches!(outcome, RemovalOutcome::AlreadyGone { .. })).into_iter().collect();
+        rounds.attempted.extend(fresh);
+        rounds.removal.extend(outcomes);
+        found = discover(backends, ledger, claims, options.take_kept).await?;
+    }
+    Ok(found.found)
 }
 
 /// What a teardown did on other Docker hosts.

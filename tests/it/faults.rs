@@ -162,3 +162,60 @@ async fn a_daemon_away_past_the_deadline_leaves_the_run_to_recover() {
     assert!(recovered.stdout.contains(" removed, 0 left"), "{recovered}");
     assert_nothing_left(&scope.leftovers().await, &recovered);
 }
+
+/// The daemon lists a container from the start of its create, but answers
+/// its removal 404 "No such container" until the create is done: what
+/// `recover` meets when a dead run left a create in flight. A teardown that
+/// still lists the container after that 404 tries it again, rather than
+/// taking the 404 for gone and then counting the container as leaked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removal_answered_no_such_container_while_it_is_listed_is_tried_again() {
+    let scope = TestScope::new("faults-404-listed").await;
+    let fixture = fixture(&scope, &[("two", "start_container; start_container; exit 0")], "");
+    let engine = FaultyEngine::start(vec![delete_containers(Fault::NoSuchContainer, When::First(1))]);
+    let mut args = QUICK_RETRIES.to_vec();
+    args.extend(["run", path(&fixture)]);
+    let output = cli_through(&scope, &engine, &args).await;
+    assert_eq!(engine.injected(0), 1, "{output}");
+    output.assert_code(0);
+    assert!(output.stdout.contains("2 resource(s) removed, 0 leaked"), "{output}");
+    assert_nothing_left(&scope.leftovers().await, &output);
+}
+
+/// A create the run had sent when it was killed, which the daemon carries
+/// out only after `recover` first listed what the run owns (a run killed
+/// mid-create and recovered at once): `recover` looks again and removes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_that_lands_after_recover_first_listed_is_removed_too() {
+    let scope = TestScope::new("faults-late-create").await;
+    let fixture = fixture(&scope, &[("late", "echo creating; start_container; while :; do sleep 1; done")], "");
+    let late = Fault::Late(Duration::from_millis(700));
+    let engine = FaultyEngine::start(vec![Rule::new("POST", "/containers/create", late, When::First(1))]);
+    let filters = std::collections::HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        ("event".to_string(), vec!["create".to_string()]),
+        ("label".to_string(), vec![scope.label_arg()]),
+    ]);
+    let since = Some(crate::limits::chrono_now().to_string());
+    let options = bollard::query_parameters::EventsOptions { since, until: None, filters: Some(filters) };
+    let mut creates = scope.docker().events(Some(options));
+    let mut command = scope.benchwarden();
+    command.env("DOCKER_HOST", engine.docker_host()).args(["run", path(&fixture), "-j", "1"]);
+    let mut running = Running::start(command);
+    running.wait_for("creating").await;
+    // The engine holds the create back (it raises no event of its own): kill benchwarden meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while engine.injected(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the create never reached the engine");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.send(nix::sys::signal::Signal::SIGKILL);
+    running.finish().await;
+
+    let recovered = cli_through(&scope, &engine, &["recover"]).await;
+    recovered.assert_code(0);
+    let landed = tokio::time::timeout(Duration::from_secs(30), futures_util::StreamExt::next(&mut creates)).await;
+    assert!(landed.is_ok_and(|event| event.is_some()), "the held-back create never landed\n{recovered}");
+    assert!(recovered.stdout.contains("1 resource(s) removed, 0 left"), "{recovered}");
+    assert_nothing_left(&scope.leftovers().await, &recovered);
+}

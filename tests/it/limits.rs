@@ -70,7 +70,7 @@ impl LiveMonitor {
     }
 }
 
-fn chrono_now() -> i64 {
+pub(crate) fn chrono_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|now| now.as_secs() as i64).unwrap_or(0)
 }
 

@@ -5,6 +5,7 @@
 mod common;
 
 mod architecture;
+mod chaos;
 mod cleanup_all;
 mod cleanup_docker;
 mod contract_server;
@@ -24,8 +25,10 @@ mod metrics;
 mod misbehaving;
 mod retention;
 mod run;
+mod soak;
 mod soak_daytona;
 mod state_dir;
 mod support;
 mod sweep;
+mod two_runs;
 mod wrappers;

@@ -12,7 +12,8 @@ use crate::common::{self, run_cli, CliOutput, Running, ScopedEngine, TestScope, 
 /// A benchmark file and its harness script, written for one test. The
 /// harness runs `case "$1"` over the given task bodies; `start_container`
 /// starts a container claimed by the benchmark's selector and labelled with
-/// the test scope.
+/// the test scope, and `create_network` makes the task's network
+/// (`<run id>-<task>`), labelled alike.
 pub(crate) struct Fixture {
     benchmark: PathBuf,
 }
@@ -24,6 +25,9 @@ pub(crate) fn fixture(scope: &TestScope, tasks: &[(&str, &str)], extra_yaml: &st
         "#!/bin/sh\n\
          start_container() {{\n  \
            docker run -d {labels} {image} sleep 3600 >/dev/null\n\
+         }}\n\
+         create_network() {{\n  \
+           docker network create {labels} \"$BENCHWARDEN_RUN_ID-$BENCHWARDEN_TASK_ID\" >/dev/null\n\
          }}\n\
          case \"$1\" in\n",
         labels = claimed_labels(scope),

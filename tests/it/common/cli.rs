@@ -136,6 +136,16 @@ impl Running {
 
     /// Waits until a line of stderr contains `text`; returns that line.
     pub async fn wait_for(&mut self, text: &str) -> String {
+        match self.line_containing(text).await {
+            Some(line) => line,
+            None => panic!("benchwarden never said {text:?}:\n{}", self.seen),
+        }
+    }
+
+    /// Waits until a line of stderr contains `text` (that line), or until
+    /// stderr ends without one (`None`: benchwarden exited first); panics
+    /// after 90 s of neither.
+    pub async fn line_containing(&mut self, text: &str) -> Option<String> {
         let found = tokio::time::timeout(Duration::from_secs(90), async {
             while let Some(line) = self.lines.recv().await {
                 self.seen.push_str(&line);
@@ -147,10 +157,44 @@ impl Running {
             None
         })
         .await;
-        match found {
-            Ok(Some(line)) => line,
-            _ => panic!("benchwarden never said {text:?}:\n{}", self.seen),
+        found.unwrap_or_else(|_| panic!("benchwarden said neither {text:?} nor ended within 90 s:\n{}", self.seen))
+    }
+
+    /// Starts `command` in a process group of its own, as a shell starts a
+    /// foreground job, so that [`Running::press`] reaches it the way a
+    /// terminal's Ctrl-C does. As such a shell does, it gives the job the
+    /// default SIGINT: the tests may run under a shell's background job,
+    /// which ignores SIGINT, and an ignored disposition outlives `exec`.
+    pub fn start_as_job(mut command: std::process::Command) -> Self {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+        // SAFETY: between fork and exec only sigaction runs, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigDfl)
+                    .map(drop)
+                    .map_err(std::io::Error::from)
+            });
         }
+        Running::start(command)
+    }
+
+    /// Sends `signal` to the job's process group, as the terminal sends
+    /// Ctrl-C to the foreground group: benchwarden gets it, its harnesses
+    /// (each in a group of their own) do not. A job that has ended is no error.
+    pub fn press(&self, signal: nix::sys::signal::Signal) {
+        let group = nix::unistd::Pid::from_raw(self.pid() as i32);
+        match nix::sys::signal::killpg(group, signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(error) => panic!("send {signal} to process group {group}: {error}"),
+        }
+    }
+
+    /// Waits for a run's first line, `run <id>: N task(s) of ...`; returns the id.
+    pub async fn run_id(&mut self) -> String {
+        let line = self.wait_for(" task(s) of ").await;
+        let id = line.split(" run ").nth(1).and_then(|rest| rest.split(':').next());
+        id.unwrap_or_else(|| panic!("no run id in {line:?}")).trim().to_string()
     }
 
     pub fn pid(&self) -> u32 {

@@ -2,7 +2,8 @@
 //! each request to the real daemon on a fresh connection, as
 //! [`super::ScopedEngine`] does, except where a rule of the test says to
 //! inject a fault instead: a 500, a 409 "removal already in progress", a
-//! slow answer, a connection closed without an answer, a JSON body cut
+//! 404 for a container that is there (as during its create), a slow or a
+//! late answer, a connection closed without an answer, a JSON body cut
 //! short, or the socket vanishing for a while (a daemon restart).
 //!
 //! Rules are deterministic (the first N matching requests, or every Nth), so
@@ -33,8 +34,15 @@ pub enum Fault {
     ServerError,
     /// Answer 409 "removal of container X is already in progress".
     RemovalInProgress,
+    /// Answer 404 "No such container: X" without forwarding, as the daemon
+    /// answers for a container it lists while its create is not done.
+    NoSuchContainer,
     /// Forward, but only after waiting this long.
     Slow(Duration),
+    /// Forward after waiting this long, from a task of its own that goes on
+    /// when the client has gone: the daemon carries out a create it was
+    /// sent even when its sender is killed meanwhile.
+    Late(Duration),
     /// Close the connection without answering.
     Reset,
     /// Forward, then send the full Content-Length but only half the body, and close.
@@ -192,9 +200,30 @@ async fn answer(request: Request<Incoming>, state: Arc<State>) -> Result<Respons
             let message = format!("removal of container {id} is already in progress");
             Ok(json_answer(StatusCode::CONFLICT, &message))
         }
+        Some(Fault::NoSuchContainer) => {
+            let id = path.trim_start_matches("/containers/");
+            Ok(json_answer(StatusCode::NOT_FOUND, &format!("No such container: {id}")))
+        }
         Some(Fault::Slow(delay)) => {
             tokio::time::sleep(delay).await;
             Ok(forward(request).await)
+        }
+        Some(Fault::Late(delay)) => {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await?.to_bytes();
+            let late = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let answer = super::scoped::send_to_daemon(Request::from_parts(parts, Full::new(body))).await;
+                match answer {
+                    Ok(response) => {
+                        let (parts, body) = response.into_parts();
+                        let body = body.collect().await.map(|whole| whole.to_bytes()).unwrap_or_default();
+                        Response::from_parts(parts, Full::new(body).map_err(|never| match never {}).boxed())
+                    }
+                    Err(error) => json_answer(StatusCode::BAD_GATEWAY, &error),
+                }
+            });
+            Ok(late.await?)
         }
         Some(Fault::Reset) => Err("injected fault: connection reset".into()),
         Some(Fault::TruncatedBody) => Ok(truncated(forward(request).await, false).await),

@@ -12,7 +12,7 @@
 //! - `python`: the virtualenv Python of docker-py and the Daytona SDK;
 //! - `scoped`: [`ScopedEngine`], a socket whose listings show one test's
 //!   resources only, for commands that clean up host-wide by policy;
-//! - `faulty`: [`faulty::FaultyEngine`], a socket that injects 500s, 409s,
+//! - `faulty`: [`faulty::FaultyEngine`], a socket that injects 500s, 409s, 404s, late creates,
 //!   slow answers, resets, truncated bodies and daemon restarts;
 //! - `figures`: the reliability suite's scale (quick in `.ci/run`, long
 //!   under `scripts/reliability.sh`) and the figures it publishes.

@@ -63,7 +63,12 @@ impl ScopedEngine {
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// One request to the real daemon on a fresh connection: its answer, or why none came.
-pub(super) async fn send_to_daemon(request: Request<Incoming>) -> Result<Response<Incoming>, String> {
+pub(super) async fn send_to_daemon<B>(request: Request<B>) -> Result<Response<Incoming>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = UnixStream::connect(docker_socket()).await.map_err(|error| error.to_string())?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|error| error.to_string())?;
