@@ -27,6 +27,10 @@ pub trait CallTimeout {
     fn call_timed_out(after: Duration) -> Self;
 }
 
+/// How many server-dictated waits (a 429 with `Retry-After`) one operation
+/// takes at most on top of its retries; the deadline comes first in practice.
+const THROTTLED_RETRIES_MAX: usize = 10_000;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
@@ -78,7 +82,8 @@ impl RetryPolicy {
             .with_min_delay(self.first_delay)
             .with_factor(self.factor)
             .with_max_delay(self.max_delay)
-            .with_max_times(self.retries as usize);
+            // Waits the server dictates do not count against `retries` (see `run`); the deadline bounds them.
+            .with_max_times((self.retries as usize).saturating_add(THROTTLED_RETRIES_MAX));
         if self.jitter {
             builder.with_jitter()
         } else {
@@ -96,7 +101,11 @@ impl RetryPolicy {
 
     /// Runs `operation` until it succeeds, reaches a `Done`, `Fatal` or
     /// `Denied` error, runs out of retries, or would pass the deadline.
-    /// Each retry is told as an event about `call`.
+    /// A failure whose server said how long to wait (a 429 with
+    /// `Retry-After`) is waited out without spending a retry: under a shared
+    /// rate limit every caller meets 429s, and spending retries on them made
+    /// removals fail that only had to wait their turn. Each retry is told as
+    /// an event about `call`, its allowed attempts counting those waits.
     pub(crate) async fn run<T, E, F, Fut>(
         &self,
         call: Call<'_>,
@@ -110,8 +119,8 @@ impl RetryPolicy {
     {
         let started = Instant::now();
         let attempts = AtomicU32::new(0);
+        let (counted, throttled) = (AtomicU32::new(0), AtomicU32::new(0));
         let call_timeout = self.call_timeout;
-        let total = self.retries + 1;
         let outcome = (|| {
             attempts.fetch_add(1, Ordering::Relaxed);
             let call = operation();
@@ -124,7 +133,14 @@ impl RetryPolicy {
         })
         .retry(self.backoff())
         .sleep(tokio::time::sleep)
-        .when(|error: &E| matches!(error.class(), ErrorClass::Retryable { .. }))
+        .when(|error: &E| match error.class() {
+            ErrorClass::Retryable { wait: Some(_) } => {
+                throttled.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            ErrorClass::Retryable { wait: None } => counted.fetch_add(1, Ordering::Relaxed) < self.retries,
+            _ => false,
+        })
         .adjust(|error: &E, proposed| {
             let proposed = proposed?;
             let delay = match error.class() {
@@ -140,6 +156,7 @@ impl RetryPolicy {
         })
         .notify(|error: &E, delay| {
             let attempt = attempts.load(Ordering::Relaxed);
+            let total = self.retries + 1 + throttled.load(Ordering::Relaxed);
             let error = error.to_string();
             events.emit(Event::Retrying { call, attempt, attempts: total, error: &error, delay });
         })
@@ -302,6 +319,37 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(started.elapsed(), Duration::from_secs(8));
         assert!(matches!(failure.error, TestError::Throttled(_)));
+    }
+
+    /// Under a rate limit shared with other callers: more 429s with a wait
+    /// than there are retries, then a flaky answer, then success. The waits
+    /// spend no retry; the failures without one do.
+    #[tokio::test(start_paused = true)]
+    async fn server_dictated_waits_spend_no_retry_and_failures_without_one_do() {
+        let calls = AtomicU32::new(0);
+        let result = instant_policy(1)
+            .run(OP, &Events::discard(), || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0..=5 => Err(TestError::Throttled(Duration::from_secs(1))),
+                    6 => Err(TestError::Flaky),
+                    _ => Ok(9),
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(result, (Success::Done(9), 8));
+        let calls = AtomicU32::new(0);
+        let failure = instant_policy(1)
+            .run(OP, &Events::discard(), || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0 | 2 => Err(TestError::Flaky),
+                    _ => Err::<(), _>(TestError::Throttled(Duration::from_secs(1))),
+                }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(failure.attempts, 3, "two failures without a wait spend the one retry");
+        assert!(matches!(failure.error, TestError::Flaky));
     }
 
     #[test]
