@@ -111,12 +111,13 @@ fn assert_all_removed(case: &str, org: &Org, output: &CliOutput, at_least: u64) 
 async fn cleanup_waits_out_a_429_storm() {
     // The first 8 deletes refused with a one-second wait, and a lifecycle limit of 2 a second.
     // The pacer lets one delete probe each window, and that one may meet every 429 of the
-    // storm: 8 fit in its 9 attempts (`--retries 8`); a longer storm would end it as failed.
+    // storm. A 429 that says how long to wait spends no retry: with `--retries 2` the storm is
+    // four times longer than the retries (it used to end that sandbox as failed).
     let storm = 8;
     let rules = vec![rule(DELETE, Fault::throttled("1"), When::First(storm))];
     let config = ContractConfig { rules, lifecycle_limit_per_minute: Some(120), ..ContractConfig::default() };
     let started = Instant::now();
-    let (org, output) = cleanup_under(config).await;
+    let (org, output) = cleanup_with(config, &["--retries", "2", "--retry-delay", "50ms"]).await;
     // Each 429 says to wait a second, and the next delete waits for the window's end.
     assert!(started.elapsed() >= Duration::from_secs(storm), "the 429s' wait was not honoured\n{output}");
     assert!(output.stderr.contains("429"), "the 429s are not shown\n{output}");
