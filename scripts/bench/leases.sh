@@ -5,7 +5,7 @@
 # left. Needs root: each machine is a benchwarden in a UTS namespace of its
 # own (`unshare --uts`), with its own host name and state directory.
 #
-#   sudo scripts/bench/leases.sh                    # HOSTS=10 PER_HOST=500 LEASE=60
+#   sudo scripts/bench/leases.sh                    # HOSTS=10 PER_HOST=500 LEASE=600 (25 min)
 #   sudo HOSTS=4 PER_HOST=100 LEASE=30 scripts/bench/leases.sh
 #
 # The server (release `daytona-contract-server`) has the real API's Tier 1
@@ -31,7 +31,7 @@
 set -euo pipefail
 hosts=${HOSTS:-10}
 per_host=${PER_HOST:-500}
-lease=${LEASE:-60}
+lease=${LEASE:-600}
 latency_ms=20
 destroy_ms=200
 root=$(cd "$(dirname "$0")/../.." && pwd)
