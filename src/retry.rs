@@ -117,12 +117,10 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let started = Instant::now();
-        let attempts = AtomicU32::new(0);
-        let (counted, throttled) = (AtomicU32::new(0), AtomicU32::new(0));
+        let budget = Budget::of(self);
         let call_timeout = self.call_timeout;
         let outcome = (|| {
-            attempts.fetch_add(1, Ordering::Relaxed);
+            budget.attempts.fetch_add(1, Ordering::Relaxed);
             let call = operation();
             async move {
                 match tokio::time::timeout(call_timeout, call).await {
@@ -133,35 +131,15 @@ impl RetryPolicy {
         })
         .retry(self.backoff())
         .sleep(tokio::time::sleep)
-        .when(|error: &E| match error.class() {
-            ErrorClass::Retryable { wait: Some(_) } => {
-                throttled.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            ErrorClass::Retryable { wait: None } => counted.fetch_add(1, Ordering::Relaxed) < self.retries,
-            _ => false,
-        })
-        .adjust(|error: &E, proposed| {
-            let proposed = proposed?;
-            let delay = match error.class() {
-                // A server-dictated wait replaces our own guess.
-                ErrorClass::Retryable { wait: Some(wait) } => wait,
-                _ => proposed,
-            };
-            if started.elapsed() + delay > self.deadline {
-                None
-            } else {
-                Some(delay)
-            }
-        })
+        .when(|error: &E| budget.allows(error.class()))
+        .adjust(|error: &E, proposed| budget.delay(error.class(), proposed?))
         .notify(|error: &E, delay| {
-            let attempt = attempts.load(Ordering::Relaxed);
-            let total = self.retries + 1 + throttled.load(Ordering::Relaxed);
+            let (attempt, attempts) = budget.told();
             let error = error.to_string();
-            events.emit(Event::Retrying { call, attempt, attempts: total, error: &error, delay });
+            events.emit(Event::Retrying { call, attempt, attempts, error: &error, delay });
         })
         .await;
-        let attempts = attempts.load(Ordering::Relaxed);
+        let attempts = budget.attempts.load(Ordering::Relaxed);
         match outcome {
             Ok(value) => Ok((Success::Done(value), attempts)),
             Err(error) => match error.class() {
@@ -169,6 +147,52 @@ impl RetryPolicy {
                 class => Err(Failure { error, attempts, class }),
             },
         }
+    }
+}
+
+/// One operation's retries as they are spent: calls made, failures that
+/// count against `retries`, and waits the server dictated (which do not).
+struct Budget<'a> {
+    policy: &'a RetryPolicy,
+    started: Instant,
+    attempts: AtomicU32,
+    counted: AtomicU32,
+    throttled: AtomicU32,
+}
+
+impl<'a> Budget<'a> {
+    fn of(policy: &'a RetryPolicy) -> Self {
+        let zero = || AtomicU32::new(0);
+        Budget { policy, started: Instant::now(), attempts: zero(), counted: zero(), throttled: zero() }
+    }
+
+    /// Whether a failure of `class` is tried again.
+    fn allows(&self, class: ErrorClass) -> bool {
+        match class {
+            ErrorClass::Retryable { wait: Some(_) } => {
+                self.throttled.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            ErrorClass::Retryable { wait: None } => self.counted.fetch_add(1, Ordering::Relaxed) < self.policy.retries,
+            _ => false,
+        }
+    }
+
+    /// The wait before the next try: the server's, else the backoff's
+    /// `proposed`; `None` when it would pass the deadline.
+    fn delay(&self, class: ErrorClass, proposed: Duration) -> Option<Duration> {
+        let delay = match class {
+            ErrorClass::Retryable { wait: Some(wait) } => wait,
+            _ => proposed,
+        };
+        (self.started.elapsed() + delay <= self.policy.deadline).then_some(delay)
+    }
+
+    /// The attempt just failed, and how many are allowed so far (each
+    /// server-dictated wait adds one).
+    fn told(&self) -> (u32, u32) {
+        let allowed = self.policy.retries + 1 + self.throttled.load(Ordering::Relaxed);
+        (self.attempts.load(Ordering::Relaxed), allowed)
     }
 }
 

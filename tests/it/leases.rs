@@ -228,9 +228,10 @@ async fn cleanup_all_sweep_and_the_pre_run_sweep_collect_ended_leases_only() {
 }
 
 /// A renewal that meets a 429 and then 5xx keeps the lease alive: with no
-/// retries inside a round (`--retries 0`), the first two rounds fail
-/// outright (a 429 for both sandboxes, then a 503 for both), each tried
-/// again after half a period, and the third renews before the lease ends.
+/// retries inside a round (`--retries 0`; the 429's wait spends none), the
+/// first two rounds fail outright (a 429 then a 503 for both sandboxes,
+/// then a 503 for both), each tried again after half a period, and the
+/// third renews before the lease ends.
 /// Checked every 100 ms, to the millisecond, from the server's own labels,
 /// over two lease lengths.
 #[tokio::test(flavor = "multi_thread")]
@@ -238,8 +239,10 @@ async fn two_failed_renewal_rounds_in_a_row_do_not_let_a_lease_lapse() {
     use daytona_contract::{Fault, FaultRule, When};
     let route = "PUT /api/sandbox/{idOrName}/labels";
     let throttled = FaultRule::new(route, Fault::throttled("0"), When::First(2));
-    // Asked only about the calls the first rule lets by.
-    let unavailable = FaultRule::new(route, Fault::Status(503), When::First(2));
+    // Asked only about the calls the first rule lets by. A 429 that says how long to wait spends
+    // no retry, so each sandbox's first renewal meets the 429, then a 503 (a failed round), and
+    // its second a 503 again (a second failed round).
+    let unavailable = FaultRule::new(route, Fault::Status(503), When::First(4));
     let org =
         Org::start(ContractConfig { rules: vec![throttled.clone(), unavailable.clone()], ..ContractConfig::default() })
             .await;
@@ -267,7 +270,7 @@ async fn two_failed_renewal_rounds_in_a_row_do_not_let_a_lease_lapse() {
     host.send(Signal::SIGINT);
     let output = host.finish().await;
     output.assert_code(130);
-    assert_eq!((throttled.injected(), unavailable.injected()), (2, 2), "{output}");
+    assert_eq!((throttled.injected(), unavailable.injected()), (2, 4), "{output}");
     let failed_rounds = output.stderr.matches("renewal(s) failed").count();
     assert!(failed_rounds >= 2, "two rounds should have failed: {failed_rounds}\n{output}");
     eprintln!("lowest lease margin seen: {lowest_margin} ms");
