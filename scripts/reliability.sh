@@ -4,7 +4,7 @@
 # property; then the figures the tests told go into RELIABILITY.md, between
 # its `figures:begin` and `figures:end` marks.
 #
-#   scripts/reliability.sh            # everything: about an hour on 2 cores
+#   scripts/reliability.sh            # everything: about 20 minutes on 2 cores
 #   scripts/reliability.sh chaos      # only the tests whose names match
 #
 # The same tests run small in `.ci/run`; here BENCHWARDEN_RELIABILITY=long
